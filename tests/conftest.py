@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random BERT and LLaMA models saved as local folders, tiny task data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = (
+    "the a an is was good bad great awful movie film plot actor fun boring what why who where "
+    "cat dog sat on mat yes no not very really question answer because and or but it this that "
+    "sentence premise hypothesis true false maybe red blue green happy sad"
+).split()
+
+
+def _tokenizer(kind: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] if kind == "bert" else ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if kind == "bert":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+        )
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                       cls_token="[CLS]", sep_token="[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", 2)],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def make_tiny_model(folder: Path, kind: str, seed: int = 0) -> Path:
+    """Save a tiny random ``kind`` ('bert' or 'llama') model and its tokenizer into ``folder``."""
+    import torch
+    from transformers import AutoModel, BertConfig, LlamaConfig
+
+    torch.manual_seed(seed)
+    vocab = len(WORDS) + 4
+    if kind == "bert":
+        config = BertConfig(vocab_size=vocab, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=48, max_position_embeddings=64, pad_token_id=0)
+    else:
+        config = LlamaConfig(vocab_size=vocab, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=1, intermediate_size=48, max_position_embeddings=64,
+                             pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    model = AutoModel.from_config(config)
+    model.save_pretrained(str(folder))
+    _tokenizer(kind).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """Path (as a base-model reference) of a tiny random BERT encoder."""
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """Path (as a base-model reference) of a tiny random LLaMA decoder."""
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama"))
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path | None:
+    """The real dataset mirror (``TTLORA_DATA_MIRROR`` or ../shared/datasets), or None if absent."""
+    path = Path(os.environ.get("TTLORA_DATA_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    return path if path.is_dir() else None

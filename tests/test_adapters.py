@@ -1,0 +1,101 @@
+"""Attaching TT-LoRA to Hugging Face models; adapter-only state round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ttlora_moe.adapters import (
+    adapter_state_dict,
+    attach_tt_lora,
+    load_adapter_state_dict,
+    lora_equivalent_params,
+    save_adapter,
+    load_tensors,
+    trainable_tt_params,
+    tt_modules,
+)
+from ttlora_moe.base_model import load_base_model
+from ttlora_moe.config import TTLoRAConfig
+from ttlora_moe.errors import BadInput
+from ttlora_moe.tensor_train import tt_reconstruct
+
+
+@pytest.mark.parametrize("fixture,targets", [("tiny_bert", ("query", "value")), ("tiny_llama", ("q_proj", "v_proj"))])
+def test_attach_adapts_default_targets_and_freezes_everything_else(request, fixture, targets):
+    base = load_base_model(request.getfixturevalue(fixture))
+    names = attach_tt_lora(base.model, TTLoRAConfig(rank=2))
+    assert len(names) == 4 and all(n.rsplit(".", 1)[-1] in targets for n in names)
+    trainable = [n for n, p in base.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".tt_cores." in n for n in trainable)
+    assert trainable_tt_params(base.model) == sum(p.numel() for p in base.model.parameters() if p.requires_grad)
+
+
+def test_forward_adds_alpha_times_delta(tiny_bert):
+    base = load_base_model(tiny_bert)
+    attach_tt_lora(base.model, TTLoRAConfig(rank=2, alpha=3.0))
+    layer = next(iter(tt_modules(base.model).values()))
+    x = torch.randn(2, 4, layer.in_features)
+    delta = tt_reconstruct(list(layer.tt_cores), layer.in_factors, layer.out_factors)
+    torch.testing.assert_close(layer(x), layer.base(x) + 3.0 * x @ delta.T, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_init_leaves_the_model_unchanged(tiny_llama):
+    base = load_base_model(tiny_llama)
+    ids = torch.tensor([[2, 5, 6, 7]])
+    before = base.model(input_ids=ids).last_hidden_state
+    attach_tt_lora(base.model, TTLoRAConfig(rank=2, init="zero"))
+    torch.testing.assert_close(base.model(input_ids=ids).last_hidden_state, before)
+
+
+def test_adapter_state_round_trips_through_safetensors(tiny_bert, tmp_path):
+    first = load_base_model(tiny_bert)
+    attach_tt_lora(first.model, TTLoRAConfig(rank=2), seed=1)
+    save_adapter(first.model, tmp_path / "a.safetensors")
+    second = load_base_model(tiny_bert)
+    attach_tt_lora(second.model, TTLoRAConfig(rank=2), seed=2)
+    load_adapter_state_dict(second.model, load_tensors(tmp_path / "a.safetensors"))
+    for key, value in adapter_state_dict(first.model).items():
+        torch.testing.assert_close(adapter_state_dict(second.model)[key], value)
+
+
+def test_mismatched_adapter_is_a_clear_error(tiny_bert, tmp_path):
+    first = load_base_model(tiny_bert)
+    attach_tt_lora(first.model, TTLoRAConfig(rank=2))
+    state = adapter_state_dict(first.model)
+    other = load_base_model(tiny_bert)
+    attach_tt_lora(other.model, TTLoRAConfig(rank=3))
+    with pytest.raises(BadInput, match="shape"):
+        load_adapter_state_dict(other.model, state)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(BadInput, match="not a readable safetensors"):
+        load_tensors(tmp_path / "bad.safetensors")
+
+
+def test_layers_from_skips_early_layers_and_unknown_targets_fail(tiny_bert):
+    base = load_base_model(tiny_bert)
+    names = attach_tt_lora(base.model, TTLoRAConfig(rank=2, layers_from=1))
+    assert names and all(".layer.1." in n for n in names)
+    with pytest.raises(BadInput, match="target modules"):
+        attach_tt_lora(load_base_model(tiny_bert).model, TTLoRAConfig(target_modules=["nope"]))
+
+
+@pytest.mark.slow
+def test_default_minilm_takes_an_adapter_under_5_percent_of_lora():
+    minilm = load_base_model()
+    names = attach_tt_lora(minilm.model, TTLoRAConfig(rank=4))
+    assert len(names) == 12  # query and value of 6 layers
+    assert trainable_tt_params(minilm.model) < 0.05 * lora_equivalent_params(minilm.model)
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_as_llama_and_takes_an_adapter():
+    from ttlora_moe.base_model import SMOLLM2_BASE_MODEL
+
+    smol = load_base_model(SMOLLM2_BASE_MODEL)
+    assert smol.model_type == "llama" and smol.pooling == "last"
+    names = attach_tt_lora(smol.model, TTLoRAConfig(rank=5))
+    assert len(names) == 2 * smol.model.config.num_hidden_layers
+    ids = smol.tokenizer(["a short test"], return_tensors="pt")
+    out = smol.model(**ids).last_hidden_state
+    assert torch.isfinite(out).all()

@@ -1,0 +1,136 @@
+"""Train one task's expert end to end: prepared data -> TT-LoRA training -> test -> artifact.
+
+This is the function the CLI's ``train-expert`` and the Prefect ``train-expert`` flow both call.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ttlora_moe.adapters import attach_tt_lora, lora_equivalent_params, trainable_tt_params, tt_modules
+from ttlora_moe.base_model import DEFAULT_BASE_MODEL, load_base_model
+from ttlora_moe.classifier import SequenceClassifier
+from ttlora_moe.config import TTLoRAConfig
+from ttlora_moe.data import Collator, import_raw, load_split, prepare_task, prepared_md5
+from ttlora_moe.experts import save_expert
+from ttlora_moe.params import load_params, project_dir, section
+from ttlora_moe.tasks import TaskCard, load_task_card
+from ttlora_moe.training import TrainConfig, clear_checkpoint, evaluate, run_fingerprint, train
+
+
+def data_root() -> Path:
+    """``TTLORA_DATA_DIR`` or ``<project>/data``: holds ``raw/`` and ``prepared/``."""
+    return Path(os.environ.get("TTLORA_DATA_DIR", project_dir() / "data"))
+
+
+def ensure_prepared(card: TaskCard, params: dict[str, Any]) -> Path:
+    """The task's prepared folder, importing and preparing it from the mirror when missing."""
+    prepared = data_root() / "prepared" / card.name
+    if all((prepared / f"{s}.parquet").exists() for s in ("train", "validation", "test")):
+        return prepared
+    raw = data_root() / "raw" / card.name
+    if not raw.exists() or not any(raw.iterdir()):
+        print(f"importing raw data for {card.name} into {raw}", file=sys.stderr)
+        import_raw(card, raw)
+    print(f"preparing {card.name} into {prepared}", file=sys.stderr)
+    prepare_task(card, raw, prepared, section(params, "prepare"))
+    return prepared
+
+
+def train_expert(
+    task: str,
+    output: Path,
+    *,
+    params: dict[str, Any] | None = None,
+    base_model: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    tt_overrides: dict[str, Any] | None = None,
+    head_only: bool = False,
+    progress: bool = True,
+    on_eval: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train, test and save the expert for ``task`` into ``output``; return a JSON-able summary.
+
+    ``overrides`` and ``tt_overrides`` replace keys of the ``train`` and ``tt`` sections of the
+    params. ``head_only`` trains only the head on the frozen base: the baseline an expert must beat.
+    A killed run resumes from its checkpoint next to ``output`` when re-run with the same inputs.
+    """
+    params = load_params() if params is None else params
+    card = load_task_card(task)
+    config = TrainConfig.from_dict({**section(params, "train"), **(overrides or {})})
+    tt_config = TTLoRAConfig.from_dict({**section(params, "tt"), **(tt_overrides or {})})
+    base_section = section(params, "base_model")
+    ref = base_model or base_section.get("ref", DEFAULT_BASE_MODEL)
+
+    prepared = ensure_prepared(card, params)
+    data_md5 = prepared_md5(prepared)
+    train_rows = load_split(prepared, "train", config.max_train_samples, config.seed)
+    val_rows = load_split(prepared, "validation", config.max_eval_samples, config.seed)
+    test_rows = load_split(prepared, "test")
+
+    base = load_base_model(ref, base_section.get("pooling"))
+    if not head_only:
+        attach_tt_lora(base.model, tt_config, seed=config.seed)
+    head_mode = "trainable" if head_only else config.head_mode
+    classifier = SequenceClassifier(base.model, card.num_labels, base.pooling, head_mode, config.seed)
+    collate = Collator(base.tokenizer, config.max_length)
+
+    output = Path(output)
+    checkpoint_dir = output.parent / f".{output.name}.checkpoint"
+    fingerprint = run_fingerprint({
+        "task": task, "data": data_md5, "train": config.to_dict(), "tt": tt_config.to_dict(),
+        "base": base.fingerprint, "head_only": head_only,
+    })
+    result = train(classifier, train_rows, val_rows, collate, config, card.metric, checkpoint_dir,
+                   fingerprint, progress, on_eval)
+    test = evaluate(classifier, test_rows, collate, card.metric, bf16=config.bf16, progress=progress)
+    validation = evaluate(classifier, val_rows, collate, card.metric, bf16=config.bf16, progress=False)
+
+    adapted = bool(tt_modules(base.model))
+    trainable = trainable_tt_params(base.model) if adapted else 0
+    head_params = sum(p.numel() for p in classifier.head.parameters())
+    meta = {
+        "task": task,
+        "kind": "head-only" if head_only else "ttlora",
+        "label_names": card.label_names,
+        "metric": card.metric,
+        "base_model": {"ref": ref, "fingerprint": base.fingerprint, "model_type": base.model_type,
+                       "hidden_size": base.hidden_size},
+        "tt": tt_config.to_dict(),
+        "head_mode": head_mode,
+        "max_length": config.max_length,
+        "train": config.to_dict(),
+        "data": {"prepared_md5": data_md5, "train_rows": len(train_rows), "validation_rows": len(val_rows),
+                 "test_rows": len(test_rows)},
+        "metrics": {"test": test, "validation": validation},
+        "history": result.history,
+        "trainable_params": trainable,
+        "head_params": head_params,
+        "lora_r16_params": lora_equivalent_params(base.model) if adapted else 0,
+        "train_seconds": round(result.seconds, 2),
+        "best_step": result.best_step,
+        "steps": result.steps,
+    }
+    save_expert(output, classifier, meta)
+    clear_checkpoint(checkpoint_dir)
+    return {
+        "task": task,
+        "kind": meta["kind"],
+        "test_accuracy": test["accuracy"],
+        "test_metrics": test,
+        "validation_accuracy": validation["accuracy"],
+        "trainable_params": trainable,
+        "head_params": head_params,
+        "lora_r16_params": meta["lora_r16_params"],
+        "trainable_ratio_vs_lora": (trainable / meta["lora_r16_params"]) if meta["lora_r16_params"] else None,
+        "train_seconds": meta["train_seconds"],
+        "resumed_from_step": result.resumed_from_step,
+        "steps": result.steps,
+        "artifact": str(output.resolve()),
+        "data_md5": data_md5,
+        "base_fingerprint": base.fingerprint,
+    }
