@@ -8,6 +8,7 @@ shape, and rebuilds a :class:`SequenceClassifier` that reproduces the recorded t
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +53,14 @@ class Expert:
 
 
 def git_commit() -> str | None:
-    """The current git commit of the code, when run from a checkout."""
+    """The git commit of the code: the checkout's HEAD, else ``TTLORA_GIT_COMMIT`` (set in images)."""
+    env = os.environ.get("TTLORA_GIT_COMMIT")
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
+        return out.stdout.strip() or env
     except (OSError, subprocess.SubprocessError):
-        return None
+        return env
 
 
 def code_version() -> dict[str, str | None]:

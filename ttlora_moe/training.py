@@ -36,6 +36,7 @@ class TrainConfig:
     lr: float = field(default=5e-3, metadata={"help": "AdamW learning rate of the TT cores."})
     head_lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate of the head."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Clip the gradient norm to this (None: no clipping)."})
     warmup_ratio: float = field(default=0.06, metadata={"help": "Linear warm-up share of all steps, then linear decay."})
     max_length: int = field(default=128, metadata={"help": "Tokens per input; longer inputs are truncated."})
     max_train_samples: int | None = field(default=4000, metadata={"help": "Seeded training subsample (None: all)."})
@@ -227,6 +228,8 @@ def train(
             loss = nn.functional.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1

@@ -1,0 +1,176 @@
+"""S3 helpers against a moto server on 127.0.0.1, and the service checks against a closed port."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from ttlora_moe.errors import BadInput
+
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+          "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+          "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def no_aws(monkeypatch, tmp_path):
+    """An environment where boto3's chain finds nothing: no variables, no files, no instance metadata."""
+    for name in S3_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def s3_env(no_aws, monkeypatch, moto_endpoint):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", moto_endpoint)
+    return moto_endpoint
+
+
+def test_ensure_bucket_creates_then_is_idempotent(s3_env):
+    from ttlora_moe.s3 import ensure_bucket, s3_client
+
+    assert ensure_bucket("ttlora-test") is True
+    assert ensure_bucket("ttlora-test") is False
+    client = s3_client()
+    assert client.meta.endpoint_url == s3_env  # MLFLOW_S3_ENDPOINT_URL is honoured
+    assert "ttlora-test" in [b["Name"] for b in client.list_buckets()["Buckets"]]
+
+
+def test_cli_ensure_bucket_uses_env_bucket(s3_env, monkeypatch, capsys):
+    from ttlora_moe.s3 import main
+
+    monkeypatch.setenv("TTLORA_S3_BUCKET", "ttlora-cli")
+    assert main(["ensure-bucket"]) == 0
+    assert "created" in capsys.readouterr().err
+    assert main(["ensure-bucket"]) == 0
+    assert "exists" in capsys.readouterr().err
+
+
+def test_aws_endpoint_url_wins(s3_env, monkeypatch):
+    from ttlora_moe.s3 import endpoint_url
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    assert endpoint_url() == "http://127.0.0.1:1"
+
+
+def test_missing_credentials_is_bad_input(no_aws, monkeypatch, capsys):
+    from ttlora_moe.s3 import check_credentials, ensure_bucket, main
+
+    with pytest.raises(BadInput, match="S3 credentials are missing"):
+        check_credentials()
+    with pytest.raises(BadInput, match="AWS_ACCESS_KEY_ID"):
+        ensure_bucket("ttlora-test")
+    assert main(["ensure-bucket", "ttlora-test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "S3 credentials are missing" in err
+
+
+def test_missing_profile_is_bad_input(no_aws, monkeypatch):
+    from ttlora_moe.s3 import check_credentials
+
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(BadInput, match="S3 credentials are missing"):
+        check_credentials()
+
+
+def test_secret_is_never_in_messages(s3_env, monkeypatch):
+    from ttlora_moe.s3 import ensure_bucket
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    with pytest.raises(BadInput, match="unreachable") as info:
+        ensure_bucket("ttlora-test")
+    assert "testing-secret" not in str(info.value)
+
+
+def test_bad_bucket_name(s3_env):
+    from ttlora_moe.s3 import ensure_bucket
+
+    with pytest.raises(BadInput, match="not a valid S3 bucket name"):
+        ensure_bucket("Bad_Name")
+
+
+def test_service_checks_on_a_closed_port():
+    from ttlora_moe.services import check_mlflow, check_prefect
+
+    url = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(BadInput, match=r"MLflow server at .* is unreachable") as info:
+        check_mlflow(url, timeout=1)
+    assert "make up" in str(info.value)
+    with pytest.raises(BadInput, match=r"Prefect server at .* is unreachable"):
+        check_prefect(url + "/api", timeout=1)
+
+
+@pytest.fixture
+def health_server():
+    """A stand-in server on 127.0.0.1 that answers 200 on /health and /api/health, 404 elsewhere."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path in ("/health", "/api/health")
+            self.send_response(200 if ok else 404)
+            self.end_headers()
+            self.wfile.write(b"OK" if ok else b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_service_checks_pass_on_a_healthy_server(health_server):
+    from ttlora_moe.services import check_mlflow, check_prefect
+
+    assert check_mlflow(health_server) == health_server
+    assert check_prefect(health_server + "/api") == health_server + "/api"
+
+
+def test_something_else_on_the_port_is_bad_input(moto_endpoint):
+    from ttlora_moe.services import check_mlflow
+
+    # moto answers 404 on /health: something listens, but it is not MLflow.
+    with pytest.raises(BadInput, match="does not answer like a MLflow server"):
+        check_mlflow(moto_endpoint, timeout=2)
+
+
+def test_local_store_needs_no_server(monkeypatch):
+    from ttlora_moe.services import check_mlflow
+
+    assert check_mlflow("sqlite:///tmp/x.db") is None
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert check_mlflow() is None
+
+
+def test_credentials_are_redacted_in_messages():
+    from ttlora_moe.services import check_mlflow
+
+    with pytest.raises(BadInput) as info:
+        check_mlflow(f"http://user:hunter2@127.0.0.1:{_free_port()}", timeout=1)
+    assert "hunter2" not in str(info.value)
