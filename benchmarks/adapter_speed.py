@@ -1,0 +1,120 @@
+"""Adapter cost: frozen base vs TT contraction vs dense reconstruction vs merged weights.
+
+Two levels: one adapted linear layer (384 -> 384, the default base model's query) and the whole
+default base model with query and value adapted, on SST-2 sentences, batch sizes 1..128. Forward
+latency is the median of several repeats after warm-up; ratios are taken within one run. Memory is
+the bytes the forward allocates beyond the frozen base (torch profiler), a proxy for peak memory
+on CPU (on a GPU, the true peak from ``torch.cuda.max_memory_allocated``).
+
+    python -m benchmarks.adapter_speed [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from benchmarks.common import markdown_table, median_seconds, write_results
+from ttlora_moe.adapters import TTLoRALinear, attach_tt_lora, tt_modules
+from ttlora_moe.base_model import load_base_model
+from ttlora_moe.config import TTLoRAConfig
+from ttlora_moe.tensor_train import balanced_factors
+
+MODES = ("base", "contraction", "reconstruction", "merged")
+
+
+@contextlib.contextmanager
+def mode(model: nn.Module, name: str) -> Iterator[None]:
+    """Run every TT layer of ``model`` in one of :data:`MODES` for the duration of the block."""
+    layers = list(tt_modules(model).values())
+    saved = [layer.forward for layer in layers]
+    merged = {}
+    for layer in layers:
+        if name == "base":
+            layer.forward = layer.base.forward
+        elif name == "reconstruction":
+            layer.forward = (lambda lyr: lambda x: nn.functional.linear(
+                x, lyr.base.weight + lyr.dense_delta().to(x.dtype), lyr.base.bias))(layer)
+        elif name == "merged":
+            merged[layer] = (layer.base.weight + layer.dense_delta()).detach()
+            layer.forward = (lambda lyr: lambda x: nn.functional.linear(x, merged[lyr], lyr.base.bias))(layer)
+    try:
+        yield
+    finally:
+        for layer, fwd in zip(layers, saved):
+            layer.forward = fwd
+
+
+def allocated_bytes(fn) -> int:
+    """Bytes allocated during ``fn`` (GPU: peak increase; CPU: profiler's total of allocations)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        return torch.cuda.max_memory_allocated() - before
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return int(sum(max(0, e.self_cpu_memory_usage) for e in prof.key_averages()))
+
+
+def layer_rows(batch_sizes: list[int], seq_len: int, repeats: int) -> list[dict]:
+    """One 384 -> 384 linear, tokens = batch x seq_len."""
+    rows = []
+    factors = balanced_factors(384)
+    layer = TTLoRALinear(nn.Linear(384, 384), factors, factors, rank=4, alpha=32.0).eval()
+    wrapper = nn.Sequential(layer)
+    for bs in batch_sizes:
+        x = torch.randn(bs, seq_len, 384)
+        row = {"level": "layer", "batch": bs}
+        with torch.inference_mode():
+            for name in MODES:
+                with mode(wrapper, name):
+                    row[f"{name}_ms"] = 1000 * median_seconds(lambda: layer(x), repeats=repeats)
+                    row[f"{name}_bytes"] = allocated_bytes(lambda: layer(x))
+        rows.append(row)
+    return rows
+
+
+def model_rows(batch_sizes: list[int], repeats: int) -> list[dict]:
+    """The default base model with q and v adapted, on real SST-2 sentences."""
+    from benchmarks.sst2_sentences import sst2_sentences
+
+    base = load_base_model()
+    attach_tt_lora(base.model, TTLoRAConfig(rank=4, alpha=32.0))
+    sentences = sst2_sentences(max(batch_sizes))
+    rows = []
+    for bs in batch_sizes:
+        enc = base.tokenizer(sentences[:bs], padding=True, return_tensors="pt")
+        row = {"level": "model", "batch": bs, "tokens": int(enc["input_ids"].shape[1])}
+        with torch.inference_mode():
+            for name in MODES:
+                with mode(base.model, name):
+                    row[f"{name}_ms"] = 1000 * median_seconds(lambda: base.model(**enc), repeats=repeats)
+                    row[f"{name}_bytes"] = allocated_bytes(lambda: base.model(**enc))
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer batch sizes and repeats")
+    args = parser.parse_args(argv)
+    batch_sizes = [1, 32] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128]
+    repeats = 3 if args.quick else 9
+    rows = layer_rows(batch_sizes, 32, repeats) + model_rows(batch_sizes, repeats)
+    for row in rows:
+        for name in MODES[1:]:
+            row[f"{name}_x"] = row[f"{name}_ms"] / row["base_ms"]
+    columns = ["level", "batch", "base_ms", "contraction_x", "reconstruction_x", "merged_x",
+               "base_bytes", "contraction_bytes", "reconstruction_bytes"]
+    table = markdown_table(rows, columns)
+    write_results("adapter_speed", {"rows": rows, "quick": args.quick}, table)
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
