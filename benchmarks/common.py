@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("TTLORA_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
 def median_seconds(fn: Callable[[], Any], warmup: int = 2, repeats: int = 7) -> float:

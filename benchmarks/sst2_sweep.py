@@ -37,7 +37,8 @@ SWEEP = [
 def run(name: str, tt: dict, train: dict, head_only: bool, budget: dict, workdir: Path) -> dict:
     params = load_params()
     summary = train_expert("sst2", workdir / name.replace(" ", "_").replace(":", ""), params=params,
-                           overrides={**train, **budget}, tt_overrides=tt, head_only=head_only, progress=False)
+                           overrides={**train, **budget}, tt_overrides=tt,
+                           adapter="head-only" if head_only else "ttlora", progress=False)
     row = {"run": name, "samples": budget.get("max_train_samples", section(params, "train").get("max_train_samples")),
            "epochs": budget.get("epochs", section(params, "train").get("epochs")),
            "test_accuracy": summary["test_accuracy"], "validation_accuracy": summary["validation_accuracy"],

@@ -10,39 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
 from ttlora_moe.cli import main
 
 REQUIRED = {"task", "test_accuracy", "trainable_params", "lora_r16_params", "train_seconds", "artifact"}
-
-
-@pytest.fixture()
-def project(tmp_path, monkeypatch, tiny_bert):
-    """A throwaway project: one toy task in a mirror, tiny budgets, the tiny BERT as base model."""
-    mirror = tmp_path / "mirror" / "toy"
-    mirror.mkdir(parents=True)
-    words = ["good", "great", "bad", "awful"]
-    pd.DataFrame([{"sentence": f"the movie {i} was {words[i % 4]}", "label": int(i % 4 < 2)} for i in range(600)]
-                 ).to_parquet(mirror / "train.parquet")
-    pd.DataFrame([{"sentence": f"a film {i} is {words[i % 4]}", "label": int(i % 4 < 2)} for i in range(40)]
-                 ).to_parquet(mirror / "validation.parquet")
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "toy.yaml").write_text(yaml.safe_dump({
-        "source": "toy", "files": {"train": "train.parquet", "test": "validation.parquet"}, "text": "sentence",
-        "label": "label", "label_names": ["neg", "pos"], "label_values": [0, 1], "metric": "f1"}))
-    params = {"base_model": {"ref": tiny_bert}, "tt": {"rank": 2, "alpha": 4.0},
-              "prepare": {"min_rows": 5, "validation_max_rows": 60},
-              "train": {"epochs": 1, "batch_size": 16, "lr": 0.02, "max_train_samples": 200, "evals_per_epoch": 1}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {"TTLORA_DATA_MIRROR": str(tmp_path / "mirror"), "TTLORA_TASKS_DIR": str(tasks),
-           "TTLORA_DATA_DIR": str(tmp_path / "data"), "TTLORA_PARAMS": str(tmp_path / "params.yaml")}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return tmp_path
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:

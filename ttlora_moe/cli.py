@@ -82,7 +82,8 @@ def train_expert_cmd(
     if output is None:
         output = project_dir() / "outputs" / "experts" / (f"{task}-head-only" if head_only else task)
     with quiet_stdout(as_json):
-        result = train_expert(task, output, base_model=base_model, overrides=overrides, head_only=head_only)
+        result = train_expert(task, output, base_model=base_model, overrides=overrides,
+                              adapter="head-only" if head_only else "ttlora")
 
     def render(r: dict[str, Any]) -> str:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in r["test_metrics"].items() if k != "loss")

@@ -11,15 +11,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ttlora_moe.adapters import attach_tt_lora, lora_equivalent_params, trainable_tt_params, tt_modules
+from torch import nn
+
+from ttlora_moe.adapters import attach_tt_lora, lora_equivalent_params, tt_modules
 from ttlora_moe.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.classifier import SequenceClassifier
 from ttlora_moe.config import TTLoRAConfig
 from ttlora_moe.data import Collator, import_raw, load_split, prepare_task, prepared_md5
+from ttlora_moe.errors import BadInput
 from ttlora_moe.experts import save_expert
 from ttlora_moe.params import load_params, project_dir, section
 from ttlora_moe.tasks import TaskCard, load_task_card
 from ttlora_moe.training import TrainConfig, clear_checkpoint, evaluate, run_fingerprint, train
+
+
+ADAPTERS = ("ttlora", "head-only", "lora")
+
+
+def attach_peft_lora(model: nn.Module, tt_config: TTLoRAConfig, rank: int = 16, alpha: float = 8.0) -> None:
+    """PEFT LoRA (the paper's baseline: r=16, alpha=8) on the modules TT-LoRA would adapt."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = tt_config.resolved_targets(str(model.config.model_type))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0), model)
 
 
 def data_root() -> Path:
@@ -49,14 +65,16 @@ def train_expert(
     base_model: str | None = None,
     overrides: dict[str, Any] | None = None,
     tt_overrides: dict[str, Any] | None = None,
-    head_only: bool = False,
+    adapter: str = "ttlora",
     progress: bool = True,
     on_eval: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train, test and save the expert for ``task`` into ``output``; return a JSON-able summary.
 
     ``overrides`` and ``tt_overrides`` replace keys of the ``train`` and ``tt`` sections of the
-    params. ``head_only`` trains only the head on the frozen base: the baseline an expert must beat.
+    params. ``adapter`` is ``ttlora`` (the expert), ``head-only`` (only the head on the frozen base:
+    the baseline an expert must beat) or ``lora`` (PEFT LoRA r=16, alpha=8 on the same modules:
+    the paper's baseline; benchmarks only, its artifact is not a loadable expert).
     A killed run resumes from its checkpoint next to ``output`` when re-run with the same inputs.
     """
     params = load_params() if params is None else params
@@ -72,9 +90,14 @@ def train_expert(
     val_rows = load_split(prepared, "validation", config.max_eval_samples, config.seed)
     test_rows = load_split(prepared, "test")
 
+    if adapter not in ADAPTERS:
+        raise BadInput(f"unknown adapter {adapter!r}", f"use one of {', '.join(ADAPTERS)}")
     base = load_base_model(ref, base_section.get("pooling"))
-    if not head_only:
+    if adapter == "ttlora":
         attach_tt_lora(base.model, tt_config, seed=config.seed)
+    elif adapter == "lora":
+        attach_peft_lora(base.model, tt_config)
+    head_only = adapter == "head-only"
     head_mode = "trainable" if head_only else config.head_mode
     classifier = SequenceClassifier(base.model, card.num_labels, base.pooling, head_mode, config.seed)
     collate = Collator(base.tokenizer, config.max_length)
@@ -83,7 +106,7 @@ def train_expert(
     checkpoint_dir = output.parent / f".{output.name}.checkpoint"
     fingerprint = run_fingerprint({
         "task": task, "data": data_md5, "train": config.to_dict(), "tt": tt_config.to_dict(),
-        "base": base.fingerprint, "head_only": head_only,
+        "base": base.fingerprint, "adapter": adapter,
     })
     result = train(classifier, train_rows, val_rows, collate, config, card.metric, checkpoint_dir,
                    fingerprint, progress, on_eval)
@@ -91,11 +114,11 @@ def train_expert(
     validation = evaluate(classifier, val_rows, collate, card.metric, bf16=config.bf16, progress=False)
 
     adapted = bool(tt_modules(base.model))
-    trainable = trainable_tt_params(base.model) if adapted else 0
+    trainable = sum(p.numel() for n, p in base.model.named_parameters() if p.requires_grad)
     head_params = sum(p.numel() for p in classifier.head.parameters())
     meta = {
         "task": task,
-        "kind": "head-only" if head_only else "ttlora",
+        "kind": adapter,
         "label_names": card.label_names,
         "metric": card.metric,
         "base_model": {"ref": ref, "fingerprint": base.fingerprint, "model_type": base.model_type,
@@ -111,6 +134,7 @@ def train_expert(
         "trainable_params": trainable,
         "head_params": head_params,
         "lora_r16_params": lora_equivalent_params(base.model) if adapted else 0,
+        "train_samples_per_second": round(result.samples_seen / max(result.seconds, 1e-9), 2),
         "train_seconds": round(result.seconds, 2),
         "best_step": result.best_step,
         "steps": result.steps,
@@ -128,6 +152,7 @@ def train_expert(
         "lora_r16_params": meta["lora_r16_params"],
         "trainable_ratio_vs_lora": (trainable / meta["lora_r16_params"]) if meta["lora_r16_params"] else None,
         "train_seconds": meta["train_seconds"],
+        "train_samples_per_second": meta["train_samples_per_second"],
         "resumed_from_step": result.resumed_from_step,
         "steps": result.steps,
         "artifact": str(output.resolve()),

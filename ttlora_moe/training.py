@@ -70,6 +70,7 @@ class TrainResult:
     history: list[dict[str, float]]
     resumed_from_step: int
     seconds: float
+    samples_seen: int
 
 
 def task_metrics(labels: Sequence[int], preds: Sequence[int], metric: str) -> dict[str, float]:
@@ -215,6 +216,7 @@ def train(
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     running_loss, running_correct, running_seen = 0.0, 0, 0
+    samples_seen = 0  # in this process (not before a resume): the throughput denominator
     while step < total_steps and not stopped:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(config.seed * 1009 + epoch))
@@ -236,6 +238,7 @@ def train(
             running_loss += loss.detach().item() * len(ids)
             running_correct += int((logits.argmax(-1) == labels).sum())
             running_seen += len(ids)
+            samples_seen += len(ids)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{running_loss / running_seen:.3f}", acc=f"{running_correct / running_seen:.3f}")
             if batch_index + 1 in eval_points:
@@ -267,7 +270,8 @@ def train(
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(best_state[n])
-    return TrainResult(best_score[0], best_step, step, history, resumed_from, time.perf_counter() - start_time)
+    return TrainResult(best_score[0], best_step, step, history, resumed_from, time.perf_counter() - start_time,
+                       samples_seen)
 
 
 def clear_checkpoint(checkpoint_dir: Path) -> None:

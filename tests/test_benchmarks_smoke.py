@@ -1,0 +1,17 @@
+"""Small smoke runs of the benchmark scripts on the tiny model and toy task (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_peft_quality_compares_ttlora_lora_and_head_only(project, bench_results):
+    from benchmarks import peft_quality
+
+    peft_quality.main(["--tasks", "toy", "--samples", "64", "--epochs", "1"])
+    rows = json.loads((bench_results / "peft_quality.json").read_text())["rows"]
+    by_method = {r["method"]: r for r in rows}
+    assert set(by_method) == {"ttlora", "lora", "head-only"}
+    assert by_method["head-only"]["trainable_params"] == 0
+    assert 0 < by_method["ttlora"]["trainable_params"] < by_method["lora"]["trainable_params"]
+    assert (bench_results / "peft_quality.md").read_text().count("| toy |") == 3
