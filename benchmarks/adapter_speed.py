@@ -20,8 +20,9 @@ from torch import nn
 
 from benchmarks.common import markdown_table, median_seconds, write_results
 from ttlora_moe.adapters import TTLoRALinear, attach_tt_lora, tt_modules
-from ttlora_moe.base_model import load_base_model
+from ttlora_moe.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.config import TTLoRAConfig
+from ttlora_moe.params import load_params, section
 from ttlora_moe.tensor_train import balanced_factors
 
 MODES = ("base", "contraction", "reconstruction", "merged")
@@ -80,11 +81,12 @@ def layer_rows(batch_sizes: list[int], seq_len: int, repeats: int) -> list[dict]
 
 
 def model_rows(batch_sizes: list[int], repeats: int) -> list[dict]:
-    """The default base model with q and v adapted, on real SST-2 sentences."""
+    """The configured base model (default all-MiniLM-L6-v2), q and v adapted, on SST-2 sentences."""
     from benchmarks.sst2_sentences import sst2_sentences
 
-    base = load_base_model()
-    attach_tt_lora(base.model, TTLoRAConfig(rank=4, alpha=32.0))
+    params = load_params()
+    base = load_base_model(section(params, "base_model").get("ref", DEFAULT_BASE_MODEL))
+    attach_tt_lora(base.model, TTLoRAConfig.from_dict(section(params, "tt")))
     sentences = sst2_sentences(max(batch_sizes))
     rows = []
     for bs in batch_sizes:

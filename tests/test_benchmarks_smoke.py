@@ -15,3 +15,14 @@ def test_peft_quality_compares_ttlora_lora_and_head_only(project, bench_results)
     assert by_method["head-only"]["trainable_params"] == 0
     assert 0 < by_method["ttlora"]["trainable_params"] < by_method["lora"]["trainable_params"]
     assert (bench_results / "peft_quality.md").read_text().count("| toy |") == 3
+
+
+def test_adapter_speed_reports_every_mode(project, bench_results):
+    from benchmarks import adapter_speed
+
+    adapter_speed.main(["--quick"])
+    rows = json.loads((bench_results / "adapter_speed.json").read_text())["rows"]
+    assert {r["level"] for r in rows} == {"layer", "model"}
+    for row in rows:
+        assert all(row[f"{m}_ms"] > 0 for m in adapter_speed.MODES)
+        assert row["contraction_x"] > 0 and row["merged_x"] > 0
