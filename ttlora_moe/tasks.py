@@ -111,7 +111,7 @@ def load_task_card(name: str, directory: Path | None = None) -> TaskCard:
     path = directory / f"{name}.yaml"
     if not isinstance(name, str) or not name.isidentifier() or not path.is_file():
         known = ", ".join(list_tasks(directory)) or "none"
-        raise BadInput(f"unknown task {name!r} in {directory} (known: {known})",
+        raise BadInput(f"unknown task {name!r} (known: {known}; cards in {directory})",
                        "pick a listed task or add one with `ttlora-moe tasks add`")
     try:
         data = yaml.safe_load(path.read_text()) or {}
