@@ -1,0 +1,132 @@
+"""Flow ``build-moe-bundle``: registered experts -> router -> evaluation -> gates -> ``ttlora-moe`` version.
+
+Experts come from the registry: every registered ``expert-<task>`` (or ``tasks``) at its latest
+version, at an ``alias``, or at ``versions`` pinned per task. The new ``ttlora-moe`` version's tags
+pin each expert version; alias ``candidate`` moves to it only if the gates pass (thresholds
+``bundle.min_router_accuracy`` and ``bundle.max_retention_drop`` in params.yaml). Promotion to
+``champion`` is a person's decision (MLflow UI or ``ttlora-moe promote VERSION``). A bundle of the
+same expert versions, params and code is built once: asking again returns the registered version.
+
+    prefect deployment run build-moe-bundle/local
+    prefect deployment run build-moe-bundle/local --param versions='{"sst2": 3}'
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows import check_services, pipeline_params, work_dir
+from ttlora_moe import registry
+
+
+@task(cache_policy=NO_CACHE)
+def choose_experts(tasks: list[str] | None, versions: dict[str, int] | None, alias: str | None) -> list[dict[str, Any]]:
+    """One registered version per task: pinned, at ``alias``, or the latest."""
+    return registry.select_experts(tasks, versions, alias)
+
+
+@task(cache_policy=NO_CACHE)
+def download_experts(experts: list[dict[str, Any]], dest: str) -> list[dict[str, Any]]:
+    """Download the chosen expert versions from the registry."""
+    return registry.download_experts(experts, Path(dest))
+
+
+@task(cache_policy=NO_CACHE)
+def build(experts: list[dict[str, Any]], output: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Train the router on cached base-model features and write the bundle directory."""
+    from ttlora_moe.bundle import build_bundle
+
+    return build_bundle([Path(e["dir"]) for e in experts], Path(output), params=params,
+                        versions={e["task"]: str(e["version"]) for e in experts}, progress=False)
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate(bundle_dir: str, output: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate on the experts' mixed test sets: evaluation.json, plots, and the gates of ``bundle`` params."""
+    from ttlora_moe.evaluate import evaluate_bundle
+
+    return evaluate_bundle(Path(bundle_dir), params=params, output=Path(output), progress=False)
+
+
+@task(cache_policy=NO_CACHE)
+def check_gates(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation's gates (router accuracy, retention; thresholds from params.yaml ``bundle``)."""
+    return registry.check_gates(evaluation)
+
+
+@task(cache_policy=NO_CACHE)
+def register(bundle_dir: str, evaluation: dict[str, Any], gates: dict[str, Any], experts: list[dict[str, Any]],
+             evaluation_dir: str, params: dict[str, Any], key: str) -> dict[str, Any]:
+    """Register the bundle as a new ``ttlora-moe`` version (alias ``candidate`` if the gates pass)."""
+    return registry.register_bundle(Path(bundle_dir), evaluation, gates, experts, Path(evaluation_dir), params, key)
+
+
+@flow(name="build-moe-bundle", persist_result=True, result_serializer="json")
+def build_moe_bundle_flow(tasks: list[str] | None = None, versions: dict[str, int] | None = None,
+                          alias: str | None = None, profile: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Bundle registered experts, evaluate, gate and register the bundle.
+
+    A bundle of the same expert versions, params and code that is already registered is returned
+    as it is (``unchanged: true``) unless ``force``.
+    """
+    logger = get_run_logger()
+    params = pipeline_params(profile)
+    check_services()
+    chosen = choose_experts(tasks, versions, alias)
+    key = registry.bundle_key(chosen, params)
+    existing = None if force else registry.find_bundle(key)
+    if existing is not None:
+        logger.info("ttlora-moe version %s already bundles %s with these params and code: nothing to do", existing,
+                    ", ".join(f"{e['task']} v{e['version']}" for e in chosen))
+        return unchanged(existing)
+    root = work_dir("bundles", dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
+    experts = download_experts(chosen, str(root / "experts"))
+    build(experts, str(root / "bundle"), params)
+    evaluation = evaluate(str(root / "bundle"), str(root / "evaluation"), params)
+    gates = check_gates(evaluation)
+    result = register(str(root / "bundle"), evaluation, gates, experts, str(root / "evaluation"), params, key)
+    if gates["passed"]:
+        logger.info("%s version %s: gates passed, alias candidate", result["model"], result["version"])
+    else:
+        logger.warning("%s version %s: gates failed (%s); no alias set", result["model"], result["version"],
+                       registry.describe_failed_gates(gates))
+    create_markdown_artifact(key="bundle-evaluation", markdown=evaluation_table(evaluation, gates, result),
+                             description=f"ttlora-moe version {result['version']}")
+    return {**result, "unchanged": False, **_headline(evaluation)}
+
+
+def unchanged(version: int) -> dict[str, Any]:
+    """The result of a bundle version registered earlier, in the shape of a fresh one."""
+    summary = registry.bundle_summary(version)
+    gates = registry.check_gates(summary["evaluation"])
+    return {"model": summary["model"], "version": summary["version"], "run_id": summary["run_id"],
+            "model_uri": f"models:/{summary['model']}/{summary['version']}", "gates_passed": summary["gates_passed"],
+            "aliases": summary["aliases"], "experts": summary["experts"], "gates": gates,
+            "tracking_uri": registry.tracking_uri(), "unchanged": True, **_headline(summary["evaluation"])}
+
+
+def _headline(evaluation: dict[str, Any]) -> dict[str, Any]:
+    return {"evaluation": {k: v for k, v in evaluation.items() if not isinstance(v, (dict, list))},
+            "per_task": {t: {k: v for k, v in row.items() if not isinstance(v, (dict, list))}
+                         for t, row in (evaluation.get("per_task") or {}).items()}}
+
+
+def evaluation_table(evaluation: dict[str, Any], gates: dict[str, Any], result: dict[str, Any]) -> str:
+    """A markdown table of the bundle's evaluation, one row per task."""
+    lines = [f"**{result['model']} version {result['version']}**: router accuracy "
+             f"{_fmt(evaluation.get('router_accuracy'))}, gates {'passed' if gates['passed'] else 'FAILED: ' + registry.describe_failed_gates(gates)}",
+             "", "| task | expert version | router accuracy | expert alone | in bundle | drop |", "|---|---|---|---|---|---|"]
+    for task_name, row in sorted((evaluation.get("per_task") or {}).items()):
+        lines.append(f"| {task_name} | {result['experts'].get(task_name, '')} | {_fmt(row.get('router_accuracy'))} | "
+                     f"{_fmt(row.get('expert_metric'))} | {_fmt(row.get('bundle_metric'))} | {_fmt(row.get('retention_drop'))} |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{float(value):.4f}"

@@ -1,0 +1,72 @@
+"""Flow ``train-expert``: prepared data -> TT-LoRA expert -> MLflow run -> ``expert-<task>`` version.
+
+Training and registration form one cached task, keyed on exactly what determines the expert: the
+task, the md5 of its prepared data, the ``train``/``tt``/``base_model`` params (with the base
+model's fingerprint), the code version (package + git commit) and the MLflow registry it goes to.
+Re-running with the same inputs returns the registered version without training again (Prefect
+persists the JSON result under ``PREFECT_HOME/storage``); ``force=True`` retrains.
+
+    prefect deployment run train-expert/local --param task=sst2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import INPUTS, NO_CACHE
+
+from flows import check_services, pipeline_params, work_dir
+from ttlora_moe import registry
+from ttlora_moe.base_model import DEFAULT_BASE_MODEL, fingerprint
+from ttlora_moe.data import prepared_md5
+from ttlora_moe.experts import code_version
+from ttlora_moe.params import section
+from ttlora_moe.tasks import load_task_card
+from ttlora_moe.train_expert import ensure_prepared, train_expert
+
+
+@task(cache_policy=NO_CACHE, task_run_name="prepare-{task_name}")
+def prepare_data(task_name: str, params: dict[str, Any]) -> dict[str, str]:
+    """The task's prepared splits (prepared from its raw data if missing) and their md5."""
+    prepared = ensure_prepared(load_task_card(task_name), params)
+    return {"dir": str(prepared), "data_md5": prepared_md5(prepared)}
+
+
+def expert_config(params: dict[str, Any]) -> dict[str, Any]:
+    """The params that shape an expert, with the base model's fingerprint (a cache-key input)."""
+    base = section(params, "base_model")
+    ref = base.get("ref") or DEFAULT_BASE_MODEL
+    return {"train": section(params, "train"), "tt": section(params, "tt"),
+            "base_model": {**base, "ref": ref, "fingerprint": fingerprint(ref)}}
+
+
+@task(cache_policy=INPUTS, persist_result=True, result_serializer="json", task_run_name="train-and-register-{task_name}")
+def train_and_register(task_name: str, data_md5: str, config: dict[str, Any], code: dict[str, Any],
+                       registry_uri: str) -> dict[str, Any]:
+    """Train the expert in an MLflow run and register it as a new ``expert-<task>`` version."""
+    key = hashlib.sha256(json.dumps([data_md5, config, code], sort_keys=True).encode()).hexdigest()[:12]
+    output = work_dir("experts") / f"{task_name}-{key}"
+    params = {"train": config["train"], "tt": config["tt"], "base_model": config["base_model"]}
+    with registry.expert_run(task_name, params, run_name=f"{task_name}-{key}") as run:
+        summary = train_expert(task_name, output, params=params, progress=False, on_eval=run.log_eval)
+        return run.register(summary)
+
+
+@flow(name="train-expert", persist_result=True, result_serializer="json")
+def train_expert_flow(task: str, profile: str | None = None, overrides: dict[str, Any] | None = None,
+                      force: bool = False) -> dict[str, Any]:
+    """Train, test, log and register the expert of ``task`` (cached on data, params and code)."""
+    logger = get_run_logger()
+    params = pipeline_params(profile, overrides)
+    check_services()
+    data = prepare_data(task, params)
+    inputs = (task, data["data_md5"], expert_config(params), code_version(), registry.tracking_uri())
+    result = train_and_register.with_options(refresh_cache=force)(*inputs)
+    if not registry.has_version(result["model"], result["version"]):  # the cache outlived its registry
+        logger.warning("%s version %s is gone from the registry: training again", result["model"], result["version"])
+        result = train_and_register.with_options(refresh_cache=True)(*inputs)
+    logger.info("%s: test accuracy %.4f -> %s", task, result["test_accuracy"], result["model_uri"])
+    return result

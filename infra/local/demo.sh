@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# `make demo`: the whole pipeline on the embedded local stack, from raw data to a gated bundle.
+#
+#   1. infra/local/stack.sh up: Prefect server + process worker + MLflow server on 127.0.0.1 (.run/)
+#   2. DVC: init + default remote (idempotent; .dvc-remote/, or S3 with TTLORA_S3=1), then the six
+#      default tasks' raw data from the mirror under DVC: dvc add, dvc repro prepare@<task>, dvc push
+#   3. prefect deploy --all (prefect.yaml: four deployments on the process pool)
+#   4. prefect deployment run train-all-experts/local --param profile=demo --watch: one
+#      train-expert/local flow run per task (2 at a time), then build-moe-bundle
+#   5. the bundle's evaluation table and the UI URLs
+#
+# Settings (environment): TTLORA_DEMO_PROFILE (demo: the small budgets of params.yaml `demo:`),
+# TTLORA_DEMO_TASKS (default: `tasks` of params.yaml), TTLORA_DEMO_CONCURRENCY (2),
+# TTLORA_DATA_MIRROR (../shared/datasets), TTLORA_S3=1 (MLflow artifacts and the DVC remote in S3).
+# `make down` stops the stack; re-running the demo retrains nothing whose data, params and code are unchanged.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+BIN=${TTLORA_VENV:-$ROOT/.venv}/bin
+[[ -x $BIN/python ]] || { echo "demo: error: no virtualenv at ${BIN%/bin}; run \`make setup\`" >&2; exit 2; }
+export PATH=$BIN:$PATH
+export TTLORA_DATA_MIRROR=${TTLORA_DATA_MIRROR:-$(cd "$ROOT/.." && pwd)/shared/datasets}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
+PROFILE=${TTLORA_DEMO_PROFILE:-demo}
+CONCURRENCY=${TTLORA_DEMO_CONCURRENCY:-2}
+t0=$SECONDS
+say() { echo "demo [$((SECONDS - t0))s]: $*" >&2; }
+
+[[ -d $TTLORA_DATA_MIRROR ]] || { echo "demo: error: data mirror $TTLORA_DATA_MIRROR does not exist (set TTLORA_DATA_MIRROR)" >&2; exit 2; }
+if [[ -n ${TTLORA_DEMO_TASKS:-} ]]; then
+    read -r -a TASKS <<<"$TTLORA_DEMO_TASKS"
+else
+    mapfile -t TASKS < <(python -c 'from ttlora_moe.params import load_params; print("\n".join(load_params()["tasks"]))')
+fi
+
+say "starting the local stack"
+bash infra/local/stack.sh up
+# shellcheck disable=SC1091
+source .run/env.sh
+export TTLORA_WORK_POOL=${TTLORA_WORK_POOL:-local-process}
+
+say "data under DVC: ${TASKS[*]}"
+python -m ttlora_moe.dvc_data import "${TASKS[@]}"
+
+say "deploying the flows (prefect.yaml) to pool $TTLORA_WORK_POOL"
+prefect --no-prompt deploy --all >"$TTLORA_RUN_DIR/logs/deploy.log" 2>&1 \
+    || { tail -n 20 "$TTLORA_RUN_DIR/logs/deploy.log" >&2; echo "demo: error: prefect deploy failed (log: $TTLORA_RUN_DIR/logs/deploy.log)" >&2; exit 1; }
+prefect deployment ls 2>/dev/null | grep -E "local" >&2 || true
+
+tasks_json=$(python -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "${TASKS[@]}")
+say "running train-all-experts/local (profile $PROFILE, $CONCURRENCY experts at a time); logs: $TTLORA_RUN_DIR/logs/prefect-worker.log"
+status=0
+prefect deployment run train-all-experts/local --param "profile=$PROFILE" --param "tasks=$tasks_json" \
+    --param "concurrency=$CONCURRENCY" --watch --watch-timeout 3000 \
+    | tee "$TTLORA_RUN_DIR/logs/demo-run.log" | grep -vE "^\s*$" | tail -n 5 >&2 || status=$?
+say "train-all-experts finished (exit $status)"
+
+python - "$PREFECT_UI_URL" "$MLFLOW_TRACKING_URI" <<'PY'
+import sys
+
+from flows.build_bundle import evaluation_table
+from ttlora_moe import registry
+from ttlora_moe.errors import BadInput
+
+prefect_ui, mlflow_ui = sys.argv[1], sys.argv[2]
+try:
+    summary = registry.bundle_summary()
+except BadInput as exc:
+    print(f"demo: no bundle registered: {exc}", file=sys.stderr)
+    sys.exit(1)
+gates = registry.check_gates(summary["evaluation"])
+result = {"model": summary["model"], "version": summary["version"], "experts": summary["experts"]}
+print()
+print(evaluation_table(summary["evaluation"], gates, result))
+print()
+aliases = ", ".join(summary["aliases"]) or "none (gates failed: " + registry.describe_failed_gates(gates) + ")"
+print(f"ttlora-moe version {summary['version']}, aliases: {aliases}")
+print(f"MLflow UI:  {mlflow_ui}/#/models/ttlora-moe/versions/{summary['version']}")
+print(f"Prefect UI: {prefect_ui}/runs")
+print(f"Promote:    ttlora-moe promote {summary['version']}   (or move alias 'champion' in the MLflow UI)")
+print(f"Serve:      mlflow models serve -m models:/ttlora-moe@champion --env-manager local -p 5001")
+print("Stop:       make down")
+PY
+say "done in $((SECONDS - t0))s"
+exit "$status"

@@ -1,0 +1,170 @@
+"""The Prefect flows on the Prefect test harness (one per session), MLflow on sqlite, DVC in a temporary
+git repository, tiny random BERT and toy data: caching, fan-out with retries and failures, bundles
+with gates, and registering a new task without retraining the others."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ttlora_moe.errors import BadInput
+
+PROJECT = Path(__file__).resolve().parents[1]
+WORDS = ["good", "great", "bad", "awful"]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """Prefect's test harness (a temporary API server and database), started once per session."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    storage = tmp_path_factory.mktemp("prefect-storage")
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(storage)}), prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_task(root: Path, name: str, template: str, rows: int = 240) -> None:
+    mirror = root.parent / "mirror" / name
+    mirror.mkdir(parents=True)
+    pd.DataFrame([{"sentence": template.format(i=i, w=WORDS[i % 4]), "label": int(i % 4 < 2)} for i in range(rows)]
+                 ).to_parquet(mirror / "train.parquet")
+    pd.DataFrame([{"sentence": template.format(i=10_000 + i, w=WORDS[i % 4]), "label": int(i % 4 < 2)} for i in range(40)]
+                 ).to_parquet(mirror / "validation.parquet")
+    (root / "data" / "tasks" / f"{name}.yaml").write_text(yaml.safe_dump({
+        "source": name, "files": {"train": "train.parquet", "test": "validation.parquet"}, "text": "sentence",
+        "label": "label", "label_names": ["neg", "pos"], "label_values": [0, 1]}))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_bert, prefect_harness):
+    """A git + DVC project with two toy tasks, tiny budgets, sqlite MLflow."""
+    root = tmp_path_factory.mktemp("flows") / "project"
+    (root / "data" / "tasks").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    shutil.copy(PROJECT / "dvc.yaml", root / "dvc.yaml")
+    (root / "ttlora_moe").symlink_to(PROJECT / "ttlora_moe")
+    (root / ".gitignore").write_text("/data/raw/*/*\n/data/prepared/\n/.dvc-remote/\n/outputs/\n")
+    write_task(root, "toy", "the movie {i} was {w}")
+    write_task(root, "toy2", "what about {i} cat {w} question")
+    params = {"tasks": ["toy", "toy2"], "base_model": {"ref": tiny_bert}, "tt": {"rank": 2, "alpha": 4.0},
+              "prepare": {"min_rows": 5, "validation_max_rows": 60},
+              "train": {"epochs": 1, "batch_size": 16, "lr": 0.02, "max_train_samples": 96, "evals_per_epoch": 1},
+              "router": {"max_epochs": 10}, "bundle": {"test_per_task": 40, "min_router_accuracy": 0.5},
+              "quick": {"train": {"max_train_samples": 64}}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        env = {"TTLORA_PROJECT_DIR": str(root), "TTLORA_DATA_MIRROR": str(root.parent / "mirror"),
+               "TTLORA_CACHE": str(root.parent / "cache"), "MLFLOW_TRACKING_URI": f"sqlite:///{root.parent}/mlflow.db"}
+        for k, v in env.items():
+            mp.setenv(k, v)
+        for name in ("TTLORA_DATA_DIR", "TTLORA_TASKS_DIR", "TTLORA_PARAMS", "TTLORA_DVC_REMOTE", "TTLORA_S3"):
+            mp.delenv(name, raising=False)
+        import mlflow
+
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        from ttlora_moe import dvc_data
+
+        dvc_data.ensure_repo()
+        dvc_data.configure_remote()
+        yield root
+        mlflow.set_tracking_uri(None)
+
+
+def versions(name: str) -> list[int]:
+    from mlflow import MlflowClient
+
+    return sorted(int(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'"))
+
+
+def test_train_expert_is_cached_on_data_params_and_code(project):
+    from flows.train_expert import train_expert_flow
+
+    first = train_expert_flow(task="toy")
+    assert first["version"] == 1 and first["model_uri"] == "models:/expert-toy/1"
+    again = train_expert_flow(task="toy")  # same data md5, params and code: no training, same version
+    assert again["version"] == 1 and again["run_id"] == first["run_id"] and versions("expert-toy") == [1]
+    other = train_expert_flow(task="toy", profile="quick")  # other params: a new expert version
+    assert other["version"] == 2 and versions("expert-toy") == [1, 2]
+    assert train_expert_flow(task="toy", profile="quick")["version"] == 2
+    with pytest.raises(BadInput, match="no profile section 'nope'"):
+        train_expert_flow(task="toy", profile="nope")
+
+
+def test_train_all_experts_fans_out_retries_reports_and_bundles(project, monkeypatch):
+    import flows.train_all_experts as module
+    from mlflow import MlflowClient
+
+    calls: dict[str, int] = {}
+    active, peak, lock = [0], [0], threading.Lock()
+    real = module.train_expert_flow
+
+    def flaky(task, profile=None):
+        with lock:
+            calls[task] = calls.get(task, 0) + 1
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.5)
+            if task == "toy2" and calls[task] == 1:
+                raise RuntimeError("transient: worker lost")
+            return real(task=task, profile=profile)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(module, "train_expert_flow", flaky)
+    summary = module.train_all_experts_flow(tasks=["toy", "toy2", "nope"], concurrency=2, retries=1,
+                                            retry_backoff_s=0.1)
+    assert calls == {"toy": 1, "toy2": 2, "nope": 1}  # retried once; bad input is not retried
+    assert peak[0] == 2  # in parallel, within the bound
+    assert set(summary["trained"]) == {"toy", "toy2"} and "unknown task 'nope'" in summary["failed"]["nope"]
+    bundle = summary["bundle"]
+    assert bundle["experts"] == {"toy": summary["trained"]["toy"]["version"], "toy2": 1}
+    assert bundle["gates_passed"] and bundle["aliases"] == ["candidate"]
+    tags = MlflowClient().get_model_version("ttlora-moe", str(bundle["version"])).tags
+    assert tags["expert.toy2"] == "1" and tags["gates_passed"] == "true"
+
+    from flows.build_bundle import build_moe_bundle_flow
+
+    again = build_moe_bundle_flow(versions={"toy": bundle["experts"]["toy"]}, tasks=["toy", "toy2"])
+    assert again["unchanged"] and again["version"] == bundle["version"] and again["gates_passed"]
+
+
+def test_build_bundle_with_a_missing_pinned_version_fails_with_one_line(project):
+    from flows.build_bundle import build_moe_bundle_flow
+
+    with pytest.raises(BadInput, match="expert-toy2/9 does not exist"):
+        build_moe_bundle_flow(versions={"toy2": 9})
+
+
+def test_register_task_from_csv_trains_only_the_new_expert(project, tmp_path):
+    from flows.register_task import register_task_flow
+
+    csv = tmp_path / "reviews.csv"
+    pd.DataFrame([{"review_text": f"dog {i} sat on mat {WORDS[i % 4]} red", "stars": ["low", "high"][i % 4 < 2]}
+                  for i in range(200)]).to_csv(csv, index=False)
+    before = {t: versions(f"expert-{t}") for t in ("toy", "toy2")}
+    bundles_before = versions("ttlora-moe")
+
+    with pytest.raises(BadInput, match="column 'review' is not in reviews.csv"):
+        register_task_flow(name="reviews", source=str(csv), text="review", label="stars", train=True)
+    assert not (project / "data" / "tasks" / "reviews.yaml").exists()
+
+    result = register_task_flow(name="reviews", source=str(csv), text="review_text", label="stars", train=True)
+    assert result["registered"]["labels"] == ["high", "low"]
+    assert (project / "data" / "raw" / "reviews.dvc").exists() and (project / "data" / "prepared" / "reviews").is_dir()
+    assert "reviews" in yaml.safe_load((project / "params.yaml").read_text())["tasks"]
+    assert "prepare@reviews" in (project / "dvc.lock").read_text()
+    assert result["expert"]["model_uri"] == "models:/expert-reviews/1"
+    assert {t: versions(f"expert-{t}") for t in ("toy", "toy2")} == before  # nothing else retrained
+    bundle = result["bundle"]
+    assert bundle["version"] == max(bundles_before) + 1
+    assert bundle["experts"] == {"reviews": 1, "toy": max(before["toy"]), "toy2": max(before["toy2"])}

@@ -1,0 +1,304 @@
+"""Router features: pooled states of the frozen base model, computed in batches and cached on disk.
+
+The router decides *which task an input comes from* from the frozen base model alone, so its
+features depend only on (base model, data, feature spec): they are computed once and cached.
+A :class:`FeatureSpec` says which hidden states (embeddings = 0, then every block) are pooled how
+(masked ``mean``, masked ``max``, ``cls``, ``last`` non-pad token), whether the two segments of a
+pair (``text`` and ``text_pair``) are also mean-pooled separately, and whether token counts are
+appended. The same :func:`batch_features` runs in training (through the cache) and inside the
+mixture-of-experts forward, so a router always sees features computed by the same code.
+
+Cache layout: ``cache_dir()/features/<key>/<split>.safetensors`` holding ``index`` (row numbers in
+the prepared split file) and ``features``; ``<key>`` hashes the base fingerprint, the prepared
+data md5, the spec (incl. max_length) and the code's feature version. Rows are added on demand,
+so a larger sample reuses the rows already computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ttlora_moe.base_model import BaseModel, cache_dir
+from ttlora_moe.errors import BadInput
+
+FEATURE_VERSION = 1  # bump when the feature code changes meaning: old caches are then ignored
+POOLINGS = ("mean", "max", "cls", "last")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the router sees of an input (``router.features`` in params.yaml)."""
+
+    layers: tuple[int, ...] | str = field(
+        default=(), metadata={"help": "Hidden states pooled over the whole input (0 = embeddings, -1 = last), or 'all'."})
+    pooling: tuple[str, ...] = field(
+        default=("mean",), metadata={"help": "Poolings of those whole-input states: mean, max, cls, last."})
+    segment_layers: tuple[int, ...] | str = field(
+        default="all", metadata={"help": "Hidden states whose text and text_pair tokens are mean-pooled separately."})
+    lengths: bool = field(
+        default=True, metadata={"help": "Append log token counts of text and text_pair and a has-pair flag."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per input (as the experts)."})
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "segment_layers"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                if value != "all":
+                    raise BadInput(f"router.features.{name} is {value!r}", "give a list of layer indices or 'all'")
+            else:
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+        object.__setattr__(self, "pooling", tuple(self.pooling))
+        bad = [p for p in self.pooling if p not in POOLINGS]
+        if bad:
+            raise BadInput(f"unknown router feature pooling {bad}", f"use {', '.join(POOLINGS)}")
+        if not (self.layers and self.pooling) and not self.segment_layers:
+            raise BadInput("the router feature spec pools no hidden state",
+                           "set router.features.layers and pooling, or segment_layers")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> FeatureSpec:
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInput(f"unknown router feature keys {unknown}", f"use only {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("layers", "segment_layers", "pooling"):
+            if not isinstance(out[key], str):
+                out[key] = list(out[key])
+        return out
+
+    def resolve(self, num_states: int) -> tuple[list[int], list[int]]:
+        """Concrete (pooled layers, segment layers) for a model with ``num_states`` hidden states."""
+        def concrete(value: tuple[int, ...] | str) -> list[int]:
+            if value == "all":
+                return list(range(num_states))
+            out = []
+            for v in value:
+                if not -num_states <= v < num_states:
+                    raise BadInput(f"router feature layer {v} does not exist (the base has {num_states} hidden states)",
+                                   "pick layers between 0 and the number of blocks")
+                out.append(v % num_states)
+            return out
+
+        return concrete(self.layers), concrete(self.segment_layers)
+
+
+def num_hidden_states(base: BaseModel) -> int:
+    """Embeddings plus one state per block."""
+    return int(base.model.config.num_hidden_layers) + 1
+
+
+def feature_dim(spec: FeatureSpec, base: BaseModel) -> int:
+    layers, segments = spec.resolve(num_hidden_states(base))
+    return base.hidden_size * (len(layers) * len(spec.pooling) + 2 * len(segments)) + (3 if spec.lengths else 0)
+
+
+# --- tokenisation ---------------------------------------------------------------------------------
+
+def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int) -> dict[str, torch.Tensor]:
+    """Token ids as the experts' collator makes them (right padding), plus ``segment_ids``.
+
+    ``segment_ids`` is 0 for ``text`` tokens, 1 for ``text_pair`` tokens and -1 for special and pad
+    tokens. Single texts and pairs may be mixed in one call.
+    """
+    encoded: list[tuple[list[int], list[int]]] = [([], [])] * len(rows)
+    kw = {"truncation": True, "max_length": max_length}
+    singles = [i for i, r in enumerate(rows) if r.get("text_pair") is None]
+    pairs = [i for i, r in enumerate(rows) if r.get("text_pair") is not None]
+    for group, args in ((singles, lambda idx: ([rows[i]["text"] for i in idx],)),
+                        (pairs, lambda idx: ([rows[i]["text"] for i in idx], [rows[i]["text_pair"] for i in idx]))):
+        if not group:
+            continue
+        enc = tokenizer(*args(group), **kw)
+        for j, i in enumerate(group):
+            seq = enc.sequence_ids(j)
+            encoded[i] = (enc["input_ids"][j], [-1 if s is None else s for s in seq])
+    width = max((len(ids) for ids, _ in encoded), default=0)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    segments = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, (ids, seq) in enumerate(encoded):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = 1
+        segments[i, : len(ids)] = torch.tensor(seq)
+    return {"input_ids": input_ids, "attention_mask": attention, "segment_ids": segments}
+
+
+# --- pooling --------------------------------------------------------------------------------------
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def pool_states(
+    hidden_states: Sequence[torch.Tensor],
+    attention_mask: torch.Tensor,
+    segment_ids: torch.Tensor,
+    spec: FeatureSpec,
+) -> torch.Tensor:
+    """``[B, D]`` router features from a model's ``hidden_states`` (embeddings first)."""
+    layers, segment_layers = spec.resolve(len(hidden_states))
+    valid = attention_mask.bool()
+    parts: list[torch.Tensor] = []
+    for layer in layers:
+        h = hidden_states[layer].float()
+        for mode in spec.pooling:
+            if mode == "mean":
+                parts.append(_masked_mean(h, valid))
+            elif mode == "max":
+                parts.append(h.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1).clamp_min(-1e4))
+            elif mode == "cls":
+                parts.append(h[:, 0])
+            else:  # last non-pad token (right padding)
+                last = valid.long().sum(1).clamp_min(1) - 1
+                parts.append(h[torch.arange(h.shape[0], device=h.device), last])
+    for layer in segment_layers:
+        h = hidden_states[layer].float()
+        parts.append(_masked_mean(h, segment_ids == 0))
+        parts.append(_masked_mean(h, segment_ids == 1))
+    if spec.lengths:
+        n_a = (segment_ids == 0).sum(1).float()
+        n_b = (segment_ids == 1).sum(1).float()
+        parts.append(torch.stack([torch.log1p(n_a), torch.log1p(n_b), (n_b > 0).float()], 1).to(parts[0].device
+                     if parts else n_a.device))
+    return torch.cat(parts, 1)
+
+
+def batch_features(base: BaseModel, batch: dict[str, torch.Tensor], spec: FeatureSpec) -> torch.Tensor:
+    """Router features of one tokenised batch (one forward of the frozen, un-adapted base)."""
+    device = next(base.model.parameters()).device
+    with torch.inference_mode():
+        out = base.model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                         output_hidden_states=True)
+        return pool_states(out.hidden_states, batch["attention_mask"].to(device), batch["segment_ids"].to(device),
+                           spec).float().cpu()
+
+
+def compute_features(
+    base: BaseModel,
+    rows: Sequence[dict[str, Any]],
+    spec: FeatureSpec,
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "features",
+) -> torch.Tensor:
+    """``[N, D]`` features for ``rows``; batches are length-sorted to pad less."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
+    out: torch.Tensor | None = None
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress,
+                      file=sys.stderr, dynamic_ncols=True):
+        idx = order[start : start + batch_size]
+        feats = batch_features(base, tokenize(base.tokenizer, [rows[i] for i in idx], spec.max_length), spec)
+        if out is None:
+            out = torch.empty(len(rows), feats.shape[1])
+        out[torch.tensor(idx)] = feats
+    return out if out is not None else torch.empty(0, feature_dim(spec, base))
+
+
+# --- cache ----------------------------------------------------------------------------------------
+
+def cache_key(base: BaseModel, data_md5: str, spec: FeatureSpec) -> str:
+    """Hash of everything the cached features depend on."""
+    parts = {"base": base.fingerprint, "data": data_md5, "spec": spec.to_dict(), "version": FEATURE_VERSION}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def features_dir() -> Path:
+    return cache_dir() / "features"
+
+
+def sample_indices(total: int, cap: int | None, seed: int) -> list[int]:
+    """A seeded random subset of ``range(total)`` (all rows, shuffled, when ``cap`` is None).
+
+    It is a prefix of one seeded permutation, so a larger cap contains every row of a smaller one
+    (and reuses their cached features).
+    """
+    order = list(range(total))
+    random.Random(seed).shuffle(order)
+    return order if cap is None else order[:cap]
+
+
+@dataclass
+class CacheStats:
+    """What a cached lookup did: rows served from disk and rows computed."""
+
+    hits: int = 0
+    computed: int = 0
+
+    def add(self, other: CacheStats) -> None:
+        self.hits += other.hits
+        self.computed += other.computed
+
+
+def cached_features(
+    base: BaseModel,
+    prepared_dir: Path,
+    split: str,
+    indices: Sequence[int],
+    spec: FeatureSpec,
+    data_md5: str,
+    rows: Sequence[dict[str, Any]] | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[torch.Tensor, CacheStats]:
+    """Features of rows ``indices`` of a prepared split, computing (and caching) only missing rows.
+
+    ``rows`` (the whole split, as :func:`data.load_split` returns it) is read from disk when not given.
+    """
+    path = features_dir() / cache_key(base, data_md5, spec) / f"{split}.safetensors"
+    known_index = torch.empty(0, dtype=torch.long)
+    known = torch.empty(0, 0)
+    if path.exists():
+        try:
+            stored = load_file(str(path))
+            known_index, known = stored["index"], stored["features"]
+        except Exception:  # a corrupt cache file is recomputed, never trusted
+            print(f"ignoring unreadable feature cache {path}", file=sys.stderr)
+    position = {int(i): p for p, i in enumerate(known_index.tolist())}
+    missing = sorted({int(i) for i in indices if int(i) not in position})
+    stats = CacheStats(hits=len(indices) - sum(1 for i in indices if int(i) not in position), computed=len(missing))
+    if missing:
+        if rows is None:
+            from ttlora_moe.data import load_split
+
+            rows = load_split(prepared_dir, split)
+        new = compute_features(base, [rows[i] for i in missing], spec, batch_size, progress,
+                               desc=f"features {Path(prepared_dir).name}/{split}").to(torch.float16)
+        known = new if known.numel() == 0 else torch.cat([known, new])
+        known_index = torch.cat([known_index, torch.tensor(missing, dtype=torch.long)])
+        _atomic_save(path, {"index": known_index.contiguous(), "features": known.contiguous()},
+                     {"spec": json.dumps(spec.to_dict()), "base": base.fingerprint, "data": data_md5})
+        position = {int(i): p for p, i in enumerate(known_index.tolist())}
+    take = torch.tensor([position[int(i)] for i in indices], dtype=torch.long)
+    return known[take].float(), stats
+
+
+def _atomic_save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,59 @@
+"""PNG plots of a bundle evaluation (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def confusion_png(confusion: list[list[int]], tasks: list[str], path: Path, title: str = "Routing confusion (test)") -> Path:
+    """Row-normalised routing confusion matrix: true task (rows) -> chosen expert or abstain (columns)."""
+    columns = tasks + ["abstain"]
+    totals = [max(1, sum(row)) for row in confusion]
+    share = [[v / t for v in row] for row, t in zip(confusion, totals)]
+    fig, ax = plt.subplots(figsize=(1.1 * len(columns) + 2, 0.9 * len(tasks) + 1.8))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_xlabel("routed to")
+    ax.set_ylabel("true task")
+    for i, row in enumerate(confusion):
+        for j, count in enumerate(row):
+            if count:
+                ax.text(j, i, f"{share[i][j]:.2f}\n({count})", ha="center", va="center", fontsize=7,
+                        color="white" if share[i][j] > 0.5 else "black")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def per_task_png(per_task: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Per task: router accuracy, the task metric inside the bundle and the same expert alone."""
+    tasks = list(per_task)
+    series = [("router accuracy", "router_accuracy"), ("bundle metric", "bundle_metric"),
+              ("expert alone", "expert_metric")]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 2, 4))
+    for k, (label, key) in enumerate(series):
+        values = [float(per_task[t].get(key) or 0.0) for t in tasks]
+        bars = ax.bar([i + (k - 1) * width for i in range(len(tasks))], values, width, label=label)
+        for bar, v in zip(bars, values):
+            ax.text(bar.get_x() + bar.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center", fontsize=6, rotation=90)
+    names = [f"{t}\n({per_task[t].get('metric', 'accuracy')})" for t in tasks]
+    ax.set_xticks(range(len(tasks)), names)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("score on the test split")
+    ax.legend(loc="upper center", ncol=len(series), fontsize=8)
+    ax.set_title("Bundle vs expert alone")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
