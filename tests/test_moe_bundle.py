@@ -261,6 +261,17 @@ def test_adding_an_expert_reuses_cached_features_and_artifacts(env, built, tmp_p
             assert old["files"][f"experts/{t}/{f}"] == new["files"][f"experts/{t}/{f}"]
 
 
+def test_features_cached_ahead_make_the_build_router_only(env, built, tmp_path):
+    from ttlora_moe.bundle import build_bundle, cache_task_features
+
+    params = {**env["params"], "train": {"max_length": 32}}  # the experts' max_length
+    ahead = cache_task_features("extra", params=params, progress=False)
+    assert ahead["cache_hits"] + ahead["cache_misses"] == router_rows(env, "extra")
+    summary = build_bundle([env["experts"]["senti"], env["experts"]["extra"]], tmp_path / "b", params=params,
+                           progress=False)
+    assert summary["cache_misses"] == 0 and summary["cache_hits"] == router_rows(env, "senti", "extra")
+
+
 def _copy(built, tmp_path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(built[0], target)
@@ -317,16 +328,20 @@ def test_unlabelled_inputs_join_the_router_training_mix(env, tmp_path):
 
     from ttlora_moe.bundle import build_bundle
 
-    prepared = env["root"] / "data" / "prepared" / "quest"
+    from ttlora_moe.tasks import load_task_card
+    from ttlora_moe.train_expert import ensure_prepared
+
+    prepared = ensure_prepared(load_task_card("quest"), env["params"])
+    experts = [env["experts"]["senti"], env["experts"]["quest"]]
+    build_bundle(experts, tmp_path / "a", params=env["params"], progress=False)  # labelled rows now cached
     rows = rows_of("quest", 30, offset=500)
     pq.write_table(pa.table({"text": [r["text"] for r in rows], "text_pair": [None] * 30}), prepared / "unlabelled.parquet")
     try:
         router = {**ROUTER, "unlabelled_per_task": 25}
-        summary = build_bundle([env["experts"]["senti"], env["experts"]["quest"]], tmp_path / "b", params=env["params"],
-                               router=router, progress=False)
+        summary = build_bundle(experts, tmp_path / "b", params=env["params"], router=router, progress=False)
     finally:
         (prepared / "unlabelled.parquet").unlink()
-    assert summary["cache_misses"] == 25  # the labelled rows were cached by earlier builds
+    assert summary["cache_misses"] == 25
     from ttlora_moe.data import load_split
 
     labelled = sum(min(ROUTER["train_per_task"], len(load_split(prepared.parent / t, "train"))) for t in ("senti", "quest"))

@@ -151,6 +151,28 @@ def router_data(
     return {s: (torch.cat(x), torch.cat(y)) for s, (x, y) in out.items()}, stats, versions
 
 
+def cache_task_features(task: str, *, params: dict[str, Any] | None = None, base_model: str | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Compute and cache the router features of one task now (e.g. right after its expert is trained).
+
+    A later ``build_bundle`` with this task then trains only the router. Uses the params' base model,
+    ``router`` section and ``train.max_length`` (what the expert and the bundle will use).
+    """
+    from ttlora_moe.base_model import DEFAULT_BASE_MODEL
+    from ttlora_moe.params import load_params, section
+
+    start = time.perf_counter()
+    params = load_params() if params is None else params
+    config = RouterConfig.from_dict(section(params, "router"))
+    max_length = int(section(params, "train").get("max_length", 128))
+    spec = FeatureSpec.from_dict({"max_length": max_length, **config.features})
+    base_section = section(params, "base_model")
+    base = load_base_model(base_model or base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"))
+    _, stats, _ = router_data(base, [task], spec, config, params, progress)
+    return {"task": task, "cache_hits": stats.hits, "cache_misses": stats.computed,
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
 def build_bundle(
     expert_dirs: list[Path],
     output: Path,

@@ -2,10 +2,12 @@
 
 The router decides *which task an input comes from* from the frozen base model alone, so its
 features depend only on (base model, data, feature spec): they are computed once and cached.
-A :class:`FeatureSpec` says which hidden states (embeddings = 0, then every block) are pooled how
-(masked ``mean``, masked ``max``, ``cls``, ``last`` non-pad token), whether the two segments of a
-pair (``text`` and ``text_pair``) are also mean-pooled separately, and whether token counts are
-appended. The same :func:`batch_features` runs in training (through the cache) and inside the
+A :class:`FeatureSpec` says which hidden states (embeddings = 0, then every block) are pooled over
+the whole input and how (masked ``mean``, masked ``max``, ``cls``, ``last`` non-pad token), which
+hidden states are mean-pooled over the ``text`` and the ``text_pair`` tokens separately, and whether
+token counts are appended. The default (segments of every hidden state + counts) is what
+docs/router.md found best for all-MiniLM-L6-v2. Pads and special tokens are never pooled into a
+segment. The same :func:`batch_features` runs in training (through the cache) and inside the
 mixture-of-experts forward, so a router always sees features computed by the same code.
 
 Cache layout: ``cache_dir()/features/<key>/<split>.safetensors`` holding ``index`` (row numbers in
@@ -178,8 +180,7 @@ def pool_states(
     if spec.lengths:
         n_a = (segment_ids == 0).sum(1).float()
         n_b = (segment_ids == 1).sum(1).float()
-        parts.append(torch.stack([torch.log1p(n_a), torch.log1p(n_b), (n_b > 0).float()], 1).to(parts[0].device
-                     if parts else n_a.device))
+        parts.append(torch.stack([torch.log1p(n_a), torch.log1p(n_b), (n_b > 0).float()], 1))
     return torch.cat(parts, 1)
 
 

@@ -210,7 +210,20 @@ def load_model(path: str):
     return AutoAdapterModel.from_pretrained(path)
 
 
+def budget(args) -> dict[str, Any]:
+    """What a saved adapter must have been trained with to be reused by ``--resume``."""
+    keys = ("adapter_config", "samples", "eval_samples", "evals_per_epoch", "epochs", "batch_size", "max_length",
+            "lr", "warmup_ratio", "seed", "max_test_rows", "test_cap")
+    return {k: getattr(args, k) for k in keys} | {"model": str(args.model), "data": str(Path(args.data).resolve())}
+
+
 def train_pfeiffer(task: str, args, tokenizer) -> dict[str, Any]:
+    saved = args.adapters_dir / task / "pfeiffer.json" if args.adapters_dir else None
+    if args.resume and saved and saved.exists() and (args.adapters_dir / task / "adapter_config.json").exists():
+        row = json.loads(saved.read_text())
+        if row.get("budget") == budget(args):
+            print(f"== pfeiffer {task}: reusing {saved} (--resume)", file=sys.stderr)
+            return row
     card = load_card(args.cards, task)
     prepared = args.data / task
     train_rows = seeded_subset(read_rows(prepared / "train.parquet"), args.samples, args.seed)
@@ -236,7 +249,7 @@ def train_pfeiffer(task: str, args, tokenizer) -> dict[str, Any]:
     cap = min(len(test_rows), args.test_cap)
     mixed = task_metrics(labels[:cap], preds[:cap], card["metric"])
     if args.adapters_dir:
-        model.save_adapter(str(args.adapters_dir / task), task, with_head=True)
+        model.save_adapter(str(args.adapters_dir / task), task, with_head=True, use_safetensors=True)
     row = {
         "task": task, "method": "pfeiffer", "metric": card["metric"], "num_labels": card["num_labels"],
         "test_metric": test.get(card["metric"], test["accuracy"]), "test_accuracy": test["accuracy"],
@@ -245,6 +258,7 @@ def train_pfeiffer(task: str, args, tokenizer) -> dict[str, Any]:
         "train_rows": len(train_rows), "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
         "train_seconds": result["seconds"], "train_samples_per_s": result["samples_per_s"],
         "best_step": result["best_step"], "steps": result["steps"], "history": result["history"],
+        "budget": budget(args),
     }
     if args.adapters_dir:
         (args.adapters_dir / task / "pfeiffer.json").write_text(json.dumps(row, indent=2) + "\n")
@@ -268,7 +282,7 @@ def train_fusion(tasks: list[str], args, tokenizer) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     model = load_model(args.model)
     for t in tasks:
-        model.load_adapter(str(args.adapters_dir / t), load_as=t, with_head=False, set_active=False)
+        model.load_adapter(str(args.adapters_dir / t), load_as=t, with_head=False, set_active=False, use_safetensors=True)
     fuse = Fuse(*tasks)
     model.add_adapter_fusion(fuse)  # the library default fusion config ("dynamic")
     model.train_adapter_fusion(fuse)
@@ -334,6 +348,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-test-rows", type=int, default=None,
                         help="Pfeiffer test: only the first N test rows (default: the whole test split)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse adapters already saved in --adapters-dir with the same budget instead of retraining")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
