@@ -111,6 +111,15 @@ def unlabelled_rows(prepared: Path) -> tuple[list[dict[str, Any]], str] | None:
     return [{"text": t, "text_pair": p} for t, p in zip(texts, pairs)], sha256_file(path)
 
 
+def _num_rows(prepared: Path, split: str) -> int:
+    import pyarrow.parquet as pq
+
+    path = Path(prepared) / f"{split}.parquet"
+    if not path.exists():
+        raise BadInput(f"{path} does not exist", "prepare the task first (`ttlora-moe train-expert` or `dvc repro`)")
+    return int(pq.ParquetFile(str(path)).metadata.num_rows)
+
+
 def router_data(
     base: BaseModel,
     tasks: list[str],
@@ -124,25 +133,24 @@ def router_data(
     Per task: a seeded sample of ``train_per_task`` training rows (plus ``unlabelled_per_task``
     unlabelled inputs when the task has them) and ``validation_per_task`` validation rows.
     """
-    from ttlora_moe.data import load_split
-
     stats = CacheStats()
     out: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {"train": ([], []), "validation": ([], [])}
     versions: dict[str, str] = {}
     for position, task in enumerate(tasks):
         prepared, md5 = _task_data(task, params)
         versions[task] = md5
-        sources: list[tuple[str, str, list[dict[str, Any]], int, str]] = [
-            ("train", "train", load_split(prepared, "train"), config.train_per_task, md5),
-            ("validation", "validation", load_split(prepared, "validation"), config.validation_per_task, md5),
+        # (mix, split, rows or None = read only if some are not cached, number of rows, cap, data version)
+        sources: list[tuple[str, str, list[dict[str, Any]] | None, int, int, str]] = [
+            ("train", "train", None, _num_rows(prepared, "train"), config.train_per_task, md5),
+            ("validation", "validation", None, _num_rows(prepared, "validation"), config.validation_per_task, md5),
         ]
         extra = unlabelled_rows(prepared) if config.unlabelled_per_task else None
         if extra:
             rows, digest = extra
-            sources.append(("train", "unlabelled", rows, config.unlabelled_per_task, digest))
+            sources.append(("train", "unlabelled", rows, len(rows), config.unlabelled_per_task, digest))
             versions[f"{task}/unlabelled"] = digest
-        for mix, split, rows, cap, version in sources:
-            indices = sample_indices(len(rows), cap, config.seed)
+        for mix, split, rows, total, cap, version in sources:
+            indices = sample_indices(total, cap, config.seed)
             feats, st = cached_features(base, prepared, split, indices, spec, version, rows=rows,
                                         batch_size=config.batch_size_features, progress=progress)
             stats.add(st)

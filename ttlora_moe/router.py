@@ -19,6 +19,7 @@ Saved as ``router.safetensors`` (weights, standardisation, temperature, threshol
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
@@ -66,13 +67,14 @@ class RouterConfig:
     false_abstain_rate: float = _f(0.01, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
     features: dict[str, Any] = _f({}, "Feature spec (see features.FeatureSpec); {} = defaults.")
     batch_size_features: int = _f(64, "Inputs per base-model forward when computing features.")
+    threads: int = _f(1, "Intra-op threads while training the router: it is tiny, and a busy thread pool costs more than it gains.")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise BadInput(f"unknown router kind {self.kind!r}", f"set router.kind to one of {', '.join(KINDS)}")
         if not 0 <= self.false_abstain_rate < 1:
             raise BadInput(f"router.false_abstain_rate must be in [0, 1), got {self.false_abstain_rate}", "fix params.yaml")
-        for key in ("hidden", "batch_size", "max_epochs", "patience", "train_per_task", "validation_per_task"):
+        for key in ("hidden", "batch_size", "max_epochs", "patience", "train_per_task", "validation_per_task", "threads"):
             if int(getattr(self, key)) < 1:
                 raise BadInput(f"router.{key} must be a positive integer", "fix params.yaml")
         if int(self.unlabelled_per_task) < 0:
@@ -190,6 +192,16 @@ class RouterReport:
         return asdict(self)
 
 
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_router(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -204,6 +216,11 @@ def train_router(
     Labels are positions in ``expert_names``. Every task weighs the same in the loss, the early
     stopping score, the temperature fit and the abstain threshold, however many rows it has.
     """
+    with _threads(config.threads):
+        return _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress)
+
+
+def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress):
     import time
 
     start = time.perf_counter()
