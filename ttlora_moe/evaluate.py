@@ -95,7 +95,7 @@ def evaluate_bundle(
     bundle_seconds = time.perf_counter() - t0
 
     names = list(tasks)
-    routed = [max(range(num_experts), key=lambda k: a["router_probabilities"][names[k]]) for a in answers]
+    routed = [names.index(a["router_choice"]) for a in answers]
     confusion = [[0] * (num_experts + 1) for _ in tasks]
     for t, r, a in zip(truth, routed, answers):
         confusion[t][num_experts if a["abstained"] else r] += 1

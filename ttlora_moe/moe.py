@@ -181,18 +181,21 @@ class MixtureOfExperts(nn.Module):
         """Answers for ``rows`` (dicts with ``text`` and optional ``text_pair``), in order.
 
         Each answer: ``task``, ``label``, ``probabilities`` (over that task's labels), ``router_confidence``,
-        ``router_probabilities``, ``expert`` ({name, version}) and ``abstained``. With ``force_expert``
+        ``router_probabilities``, ``router_choice`` (the arg-max expert, also when abstaining), ``expert``
+        ({name, version}) and ``abstained``; an abstained answer has task, label, probabilities and
+        expert ``None``. With ``force_expert``
         (one index per row) routing is skipped: evaluation uses it for oracle routing.
         """
+        for row in rows:
+            if not isinstance(row.get("text"), str) or not isinstance(row.get("text_pair"), (str, type(None))):
+                raise BadInput(f"input {row!r} has no text (or a text_pair that is not a string)",
+                               'give {"text": ..., "text_pair": ...} per input')
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
         answers: list[dict[str, Any] | None] = [None] * len(rows)
         names = [e.name for e in self.experts]
         for start in tqdm(range(0, len(order), batch_size), desc="predict", leave=False, disable=not progress,
                           file=sys.stderr, dynamic_ncols=True):
             idx = order[start : start + batch_size]
-            for row in (rows[i] for i in idx):
-                if not isinstance(row.get("text"), str):
-                    raise BadInput(f"input {row!r} has no text", 'give {"text": ..., "text_pair": ...} per input')
             batch = tokenize(self.base.tokenizer, [rows[i] for i in idx], self.max_length)
             if force_expert is None:
                 index, confidence, router_probs = self.route(batch)
@@ -208,7 +211,8 @@ class MixtureOfExperts(nn.Module):
             kept_pos = {int(k): j for j, k in enumerate(keep.tolist())}
             for j, i in enumerate(idx):
                 rp = {n: round(float(p), 6) for n, p in zip(names, router_probs[j].tolist())}
-                answer: dict[str, Any] = {"router_confidence": float(confidence[j]), "router_probabilities": rp}
+                answer: dict[str, Any] = {"router_confidence": float(confidence[j]), "router_probabilities": rp,
+                                          "router_choice": names[int(router_probs[j].argmax())]}
                 if j in kept_pos:
                     e = int(index[j])
                     info = self.experts[e]

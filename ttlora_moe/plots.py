@@ -41,18 +41,22 @@ def per_task_png(per_task: dict[str, dict[str, Any]], path: Path) -> Path:
     series = [("router accuracy", "router_accuracy"), ("bundle metric", "bundle_metric"),
               ("expert alone", "expert_metric")]
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 2, 4))
+    fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 2, 4.2))
+    lowest = 0.0
     for k, (label, key) in enumerate(series):
         values = [float(per_task[t].get(key) or 0.0) for t in tasks]
+        lowest = min(lowest, *values)
         bars = ax.bar([i + (k - 1) * width for i in range(len(tasks))], values, width, label=label)
         for bar, v in zip(bars, values):
-            ax.text(bar.get_x() + bar.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center", fontsize=6, rotation=90)
+            ax.text(bar.get_x() + bar.get_width() / 2, max(v, 0) + 0.01, f"{v:.2f}", ha="center", va="bottom",
+                    fontsize=6)
     names = [f"{t}\n({per_task[t].get('metric', 'accuracy')})" for t in tasks]
     ax.set_xticks(range(len(tasks)), names)
-    ax.set_ylim(0, 1.15)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_ylim(min(0.0, lowest - 0.05), 1.12)
     ax.set_ylabel("score on the test split")
-    ax.legend(loc="upper center", ncol=len(series), fontsize=8)
-    ax.set_title("Bundle vs expert alone")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series), fontsize=8, frameon=False)
+    ax.set_title("Bundle vs expert alone", pad=30)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
