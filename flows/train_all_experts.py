@@ -85,7 +85,7 @@ def train_all_experts_flow(
             trained[t] = state.result()
         else:
             failed[t] = _failure_line(state)
-            logger.error("expert %s failed after %d retries: %s", t, retries, failed[t])
+            logger.error("expert %s failed (bad input is not retried, anything else %d time(s)): %s", t, retries, failed[t])
     summary: dict[str, Any] = {"trained": {t: {"version": r["version"], "test_accuracy": r["test_accuracy"],
                                                "model_uri": r["model_uri"]} for t, r in trained.items()},
                                "failed": failed}

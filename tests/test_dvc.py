@@ -74,6 +74,8 @@ def test_local_remote_add_push_and_byte_identical_repro(repo):
     assert "/.dvc-remote/" in (repo / ".dvcignore").read_text()
     info = dvc_data.configure_remote()
     assert info["url"] == str(repo / ".dvc-remote") and dvc_data.remote_url() == info["url"]
+    assert "url = ../.dvc-remote" in (repo / ".dvc" / "config").read_text()  # relative: valid in any clone
+    assert dvc_data.ensure_remote() is None  # already the default remote
 
     result = dvc_data.import_task("toy")
     prepared = repo / "data" / "prepared" / "toy"

@@ -157,9 +157,12 @@ def configure_remote(url: str | None = None, root: Path | None = None) -> dict[s
         check_credentials()
         bucket = url[len("s3://"):].split("/", 1)[0]
         info["bucket_created"] = ensure_bucket(bucket)
-    elif "://" not in url:
+    arg = url
+    if "://" not in url:
         Path(url).mkdir(parents=True, exist_ok=True)
-    run_dvc(["remote", "add", "--default", "--force", REMOTE_NAME, url], root)
+        if Path(url).resolve().is_relative_to(root.resolve()):  # stored relative: the config stays valid in any clone
+            arg = os.path.relpath(Path(url).resolve(), root.resolve())
+    run_dvc(["remote", "add", "--default", "--force", REMOTE_NAME, arg], root)
     if url.startswith("s3://"):
         endpoint = endpoint_url()
         if endpoint:
@@ -190,7 +193,10 @@ def remote_url(root: Path | None = None) -> str | None:
                 default = value
             elif section_name and section_name.startswith("remote ") and key == "url":
                 urls[section_name[len("remote "):].strip()] = value
-    return urls.get(default) if default else None
+    url = urls.get(default) if default else None
+    if url and "://" not in url and not Path(url).is_absolute():  # DVC keeps local paths relative to .dvc/
+        url = str((root / ".dvc" / url).resolve())
+    return url
 
 
 def effective_remote_url(root: Path | None = None) -> str:

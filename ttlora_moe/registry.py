@@ -20,7 +20,6 @@ import contextlib
 import json
 import math
 import shutil
-import sys
 import tempfile
 import urllib.parse
 import warnings
@@ -601,7 +600,6 @@ def promote(version: int | str, force: bool = False, alias: str = CHAMPION) -> d
     c.set_registered_model_alias(BUNDLE_MODEL, alias, str(mv.version))
     if force and not passed:
         c.set_model_version_tag(BUNDLE_MODEL, str(mv.version), "forced_promotion", "true")
-    print(f"{BUNDLE_MODEL}@{alias} -> version {mv.version}" + (f" (was {previous})" if previous else ""), file=sys.stderr)
     return {"model": BUNDLE_MODEL, "alias": alias, "version": int(mv.version), "previous": previous,
             "gates_passed": passed, "forced": bool(force and not passed), "model_uri": f"models:/{BUNDLE_MODEL}@{alias}"}
 
