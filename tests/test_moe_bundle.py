@@ -359,6 +359,17 @@ def test_bundle_refuses_two_experts_for_one_task(env, tmp_path):
 
 # --- evaluation and CLI -----------------------------------------------------------------------------
 
+def test_out_of_scope_task_choice(env):
+    from ttlora_moe.evaluate import _out_of_scope_task
+
+    assert _out_of_scope_task(["a", "b"], "c", preferred="d") == "c"
+    assert _out_of_scope_task(["a", "b"], None, preferred="d") == "d"
+    with pytest.raises(BadInput, match="out-of-scope task 'a' is in the bundle"):
+        _out_of_scope_task(["a", "b"], "a")
+    # params.yaml's preference is only a preference: a bundle that serves it gets another task
+    assert _out_of_scope_task(["senti", "nli", "quest"], None, preferred="nli") == "extra"
+
+
 def test_evaluate_bundle_reports_routing_retention_and_abstain(env, built, tmp_path):
     from ttlora_moe.evaluate import evaluate_bundle
 

@@ -158,6 +158,28 @@ def test_pairs_and_conflicting_labels(tmp_path):
     assert_disjoint(tmp_path / "out")
 
 
+def test_unlabelled_file_gives_router_inputs_outside_every_split(tmp_path):
+    raw = write_toy(tmp_path / "raw")
+    hidden = [{"sentence": f"test input {i}", "label": -1} for i in range(30)]
+    pd.DataFrame(hidden + [{"sentence": "sentence number 3", "label": -1},  # already in a split: dropped
+                           {"sentence": "test input 4", "label": -1},       # duplicate: dropped
+                           {"sentence": "  ", "label": -1}]).to_parquet(raw / "test.parquet")
+    with_unlabelled = card(files={"train": "train.parquet", "test": "validation.parquet", "unlabelled": "test.parquet"})
+    meta = prepare_task(with_unlabelled, raw, tmp_path / "a", {**PARAMS, "unlabelled_max_rows": 25})
+    plain = prepare_task(card(), raw, tmp_path / "b", PARAMS)
+    assert meta["md5"] == plain["md5"]  # the labelled splits do not change
+    table = pd.read_parquet(tmp_path / "a" / "unlabelled.parquet")
+    assert list(table.columns) == ["text", "text_pair"] and meta["rows"]["unlabelled"] == len(table) == 25
+    assert set(table["text"]) <= {f"test input {i}" for i in range(30)} and table["text_pair"].isna().all()
+    assert "test.parquet" in meta["raw_files"] and "unlabelled" in meta["origin"]
+    again = prepare_task(with_unlabelled, raw, tmp_path / "c", {**PARAMS, "unlabelled_max_rows": 25})
+    assert (tmp_path / "c" / "unlabelled.parquet").read_bytes() == (tmp_path / "a" / "unlabelled.parquet").read_bytes()
+    assert again["rows"] == meta["rows"]
+    pd.DataFrame([{"other": "x"}]).to_parquet(raw / "test.parquet")
+    with pytest.raises(BadInput, match="not in its unlabelled file"):
+        prepare_task(with_unlabelled, raw, tmp_path / "d", PARAMS)
+
+
 def test_minus_one_is_unlabelled_unless_the_card_makes_it_a_class(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -399,6 +421,8 @@ def test_shipped_cards_match_the_real_mirror(mirror):
             frame = pd.read_parquet(files[0])
             columns = set(frame.columns)
             assert {c.text, c.label, *([c.text_pair] if c.text_pair else [])} <= columns, (name, columns)
+            if role == "unlabelled":  # labels, if any, are ignored
+                continue
             raw_labels = {v for v in frame[c.label].tolist() if v not in (-1, "")}
             assert raw_labels == set(c.label_values) or role == "test" and raw_labels <= set(c.label_values), name
 
@@ -421,4 +445,6 @@ def test_real_sst2_and_cb_prepare(mirror, tmp_path):
     assert meta["rows"]["train"] + meta["rows"]["validation"] == 67349 - 366
     assert 2000 <= meta["rows"]["validation"] <= 2010  # capped; inputs with two labels stay together
     assert meta["dropped"]["test"]["unlabelled"] == 0
-    assert sorted(meta["raw_files"]) == ["train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+    assert sorted(meta["raw_files"]) == ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet",
+                                         "validation-00000-of-00001.parquet"]
+    assert meta["rows"]["unlabelled"] == 1821  # GLUE's 1,821 hidden-label test sentences: router inputs only

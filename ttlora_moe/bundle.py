@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ttlora_moe.base_model import BaseModel, load_base_model
+from ttlora_moe.data import UNLABELLED_FILE
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts import META_FILE, WEIGHTS_FILE, code_version, read_expert_meta
 from ttlora_moe.features import CacheStats, FeatureSpec, cached_features, sample_indices
@@ -36,12 +37,11 @@ from ttlora_moe.router import ROUTER_META, ROUTER_WEIGHTS, RouterConfig, load_ro
 
 BUNDLE_FORMAT = "ttlora-moe/bundle@1"
 MANIFEST = "manifest.json"
-UNLABELLED_FILE = "unlabelled.parquet"
 DEFAULT_BUNDLE: dict[str, Any] = {
     "min_router_accuracy": 0.95,   # gate: router accuracy (validation at build, test at evaluate)
     "max_retention_drop": 0.01,    # gate: bundle metric vs expert alone on correctly routed rows
     "test_per_task": 500,          # evaluate: seeded rows per task from each test split
-    "out_of_scope_task": None,     # evaluate: a prepared task not in the bundle (None: first available)
+    "out_of_scope_task": None,     # evaluate: preferred task not in the bundle (None, or in the bundle: first prepared one it lacks)
     "out_of_scope_rows": 300,      # evaluate: rows of it
     "eval_seed": 0,
     "batch_size": 32,              # inputs per MoE forward

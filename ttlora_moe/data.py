@@ -37,6 +37,8 @@ PREPARED_COLUMNS = ("text", "text_pair", "label")
 SPLITS = ("train", "validation", "test")
 RAW_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 SCHEMA = pa.schema([("text", pa.string()), ("text_pair", pa.string()), ("label", pa.int64())])
+UNLABELLED_SCHEMA = pa.schema([("text", pa.string()), ("text_pair", pa.string())])
+UNLABELLED_FILE = "unlabelled.parquet"  # task inputs without labels: router training only, never expert training
 DEFAULT_PREPARE: dict[str, Any] = {
     "seed": 13,                   # every shuffle and carve derives from it
     "validation_fraction": 0.1,   # share of the train pool held out as validation
@@ -45,6 +47,7 @@ DEFAULT_PREPARE: dict[str, Any] = {
     "test_max_rows": 2000,        # cap on test rows (carved: the rest goes to train; official: recorded as unused)
     "min_rows": 20,               # a split with fewer rows after cleaning is an error
     "train_max_rows": None,       # optional cap on train rows (null: keep all)
+    "unlabelled_max_rows": 2000,  # cap on unlabelled.parquet rows (inputs of the card's `unlabelled` file, for the router)
 }
 UNLABELLED = ("-1", "", "nan", "none", "null")
 
@@ -66,7 +69,7 @@ def prepare_params(params: dict[str, Any] | None) -> dict[str, Any]:
         v = p[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
             raise BadInput(f"prepare.{key} must be a fraction between 0 and 1 (exclusive), got {v!r}", "fix params.yaml")
-    for key in ("validation_max_rows", "test_max_rows", "train_max_rows"):
+    for key in ("validation_max_rows", "test_max_rows", "train_max_rows", "unlabelled_max_rows"):
         v = p[key]
         if v is not None and (not is_int(v) or v < 1):
             raise BadInput(f"prepare.{key} must be a positive integer or null, got {v!r}", "fix params.yaml")
@@ -134,6 +137,13 @@ def import_raw(card: TaskCard, dest: Path, mirror: Path | None = None) -> Path:
                 if file.parent != tmp:
                     shutil.copy2(file, tmp / file.name)
     return Path(dest)
+
+
+def raw_complete(card: TaskCard, raw_dir: Path) -> bool:
+    """Whether ``raw_dir`` holds a file for every role of the card (else it needs a fresh import)."""
+    raw_dir = Path(raw_dir)
+    return raw_dir.is_dir() and all(
+        any(p.suffix in RAW_SUFFIXES for p in raw_dir.glob(pattern)) for pattern in card.files.values())
 
 
 def _download_hub(dataset_id: str, dest: Path) -> None:
@@ -263,6 +273,30 @@ def _conflicts(df: pd.DataFrame) -> int:
     return int((df.assign(key=_key(df)).groupby("key")["label"].nunique() > 1).sum())
 
 
+def _unlabelled_inputs(card: TaskCard, df: pd.DataFrame, splits: dict[str, pd.DataFrame],
+                       p: dict[str, Any]) -> pd.DataFrame:
+    """Distinct inputs of the card's ``unlabelled`` file that are in no split: a seeded sample for the router.
+
+    Labels are ignored (GLUE test files hide them); the router only needs to know which task an
+    input belongs to. Inputs already in train, validation or test are dropped (held-out hygiene).
+    """
+    columns = [c for c in (card.text, card.text_pair) if c]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise BadInput(f"column(s) {missing} of task {card.name!r} are not in its unlabelled file {card.files['unlabelled']!r}",
+                       "fix the task card")
+    out = pd.DataFrame({"text": df[card.text].astype("string"),
+                        "text_pair": (df[card.text_pair].astype("string") if card.text_pair
+                                      else pd.Series(pd.NA, index=df.index, dtype="string"))})
+    keep = pd.Series(True, index=out.index)
+    for column in ["text", "text_pair"] if card.text_pair else ["text"]:
+        keep &= out[column].notna() & (out[column].str.strip() != "")
+    out = out[keep.astype(bool)].drop_duplicates().reset_index(drop=True)
+    seen = set().union(*(set(_key(s)) for s in splits.values()))
+    out = _shuffle(out[~_key(out).isin(seen)].reset_index(drop=True), p["seed"] + 2)
+    return out.iloc[: p["unlabelled_max_rows"] or len(out)].reset_index(drop=True)
+
+
 def _write_split(df: pd.DataFrame, path: Path) -> None:
     table = pa.Table.from_pandas(df[list(PREPARED_COLUMNS)].reset_index(drop=True), schema=SCHEMA, preserve_index=False)
     pq.write_table(table.replace_schema_metadata(None), str(path))
@@ -355,11 +389,20 @@ def prepare_task(card: TaskCard, raw_dir: Path, out_dir: Path, params: dict[str,
         "conflicting_labels": conflicts,
         "notes": notes,
         "params": p,
-        "raw_files": {f.name: _md5_file(f) for f in sorted(used)},
     }
+    unlabelled = None
+    if "unlabelled" in card.files:
+        unlabelled = _unlabelled_inputs(card, _read_raw(card, _raw_files(card, raw_dir, "unlabelled")), splits, p)
+        used.extend(_raw_files(card, raw_dir, "unlabelled"))
+        meta["rows"]["unlabelled"] = len(unlabelled)
+        origin["unlabelled"] = f"inputs of {card.files['unlabelled']} (labels ignored; for the router only)"
     with atomic_dir(Path(out_dir)) as tmp:
         for name, df in splits.items():
             _write_split(df, tmp / f"{name}.parquet")
+        if unlabelled is not None:
+            table = pa.Table.from_pandas(unlabelled, schema=UNLABELLED_SCHEMA, preserve_index=False)
+            pq.write_table(table.replace_schema_metadata(None), str(tmp / UNLABELLED_FILE))
+        meta["raw_files"] = {f.name: _md5_file(f) for f in sorted(set(used))}
         meta["md5"] = prepared_md5(tmp)
         write_json(tmp / "meta.json", meta)
     return meta

@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from ttlora_moe.data import RAW_SUFFIXES, _read_raw, import_raw, prepare_task, prepared_md5
+from ttlora_moe.data import RAW_SUFFIXES, _read_raw, import_raw, prepare_task, prepared_md5, raw_complete
 from ttlora_moe.errors import BadInput
 from ttlora_moe.params import load_params, params_path, project_dir, section
 from ttlora_moe.tasks import TaskCard, load_task_card, normalise, save_task_card, tasks_dir, validate_task_name
@@ -272,7 +272,8 @@ def repro_prepare(task: str, root: Path | None = None, force: bool = False) -> d
 def import_task(task: str, root: Path | None = None, push_data: bool = True) -> dict[str, Any]:
     """Import a task's raw data from its card's source (the mirror, a path or the hub) under DVC.
 
-    Already-present raw data is kept (re-tracking unchanged bytes is a no-op). Then ``dvc add``,
+    Already-present raw data is kept when it has a file for every role of the card (re-tracking
+    unchanged bytes is a no-op). Then ``dvc add``,
     ``dvc repro prepare@<task>`` and ``dvc push``. The task must be listed in params.yaml ``tasks``
     (dvc.yaml's ``prepare`` stage iterates over that list).
     """
@@ -283,7 +284,7 @@ def import_task(task: str, root: Path | None = None, push_data: bool = True) -> 
                        f"add it to `tasks`, or register it with `ttlora-moe tasks add`")
     folder = raw_dir(task, root)
     imported = False
-    if not folder.is_dir() or not any(folder.iterdir()):
+    if not raw_complete(card, folder):  # missing, or the card gained a file role since
         import_raw(card, folder)
         imported = True
     pointer = track_raw(task, root)

@@ -39,7 +39,9 @@ def wrong_label(label: int, num_labels: int) -> int:
     return (label + 1) % num_labels
 
 
-def _out_of_scope_task(tasks: list[str], wanted: str | None) -> str | None:
+def _out_of_scope_task(tasks: list[str], wanted: str | None, preferred: str | None = None) -> str | None:
+    """The task whose inputs should abstain: ``wanted`` (must not be in the bundle), else ``preferred``
+    (params.yaml) when the bundle lacks it, else the first prepared task the bundle lacks."""
     from ttlora_moe.tasks import list_tasks
     from ttlora_moe.train_expert import data_root
 
@@ -47,6 +49,8 @@ def _out_of_scope_task(tasks: list[str], wanted: str | None) -> str | None:
         if wanted in tasks:
             raise BadInput(f"out-of-scope task {wanted!r} is in the bundle", "pick a task the bundle has no expert for")
         return wanted
+    if preferred and preferred not in tasks:
+        return preferred
     candidates = [t for t in list_tasks() if t not in tasks]
     prepared = [t for t in candidates if (data_root() / "prepared" / t / "test.parquet").exists()]
     return (prepared or candidates or [None])[0]
@@ -157,7 +161,7 @@ def evaluate_bundle(
     balanced = sum(v["router_accuracy"] for v in per_task.values()) / max(1, len(per_task))
     abstain_in = sum(int(a["abstained"]) for a in answers) / max(1, total)
 
-    oos_task = _out_of_scope_task(tasks, out_of_scope_task)
+    oos_task = _out_of_scope_task(tasks, out_of_scope_task, bp["out_of_scope_task"])
     oos: dict[str, Any] = {"task": oos_task, "rows": 0, "abstain_rate": None, "routed_to": {}}
     if oos_task:
         test = load_split(ensure_prepared(load_task_card(oos_task), params), "test")

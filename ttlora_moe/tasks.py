@@ -13,7 +13,7 @@ import yaml
 from ttlora_moe.errors import BadInput
 
 METRICS = ("accuracy", "f1", "mcc")
-FILE_ROLES = ("train", "test", "labelled")
+FILE_ROLES = ("train", "test", "labelled", "unlabelled")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class TaskCard:
     label_names: list[str]      # human names; index = class id
     label_values: list[Any]     # raw values in the data (ints, strings or bools), aligned with label_names
     metric: str = "accuracy"    # headline metric besides accuracy: accuracy | f1 (binary, class 1) | mcc
-    files: dict[str, str] = field(default_factory=dict)  # role (train | test | labelled) -> glob in the source
+    files: dict[str, str] = field(default_factory=dict)  # role (train | test | labelled | unlabelled) -> glob in the source
     notes: str = ""             # data quirks, copied into the prepared meta.json
     description: str = ""       # one line for `ttlora-moe tasks list` and the model card
 

@@ -17,7 +17,7 @@ from ttlora_moe.adapters import attach_tt_lora, lora_equivalent_params, tt_modul
 from ttlora_moe.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.classifier import SequenceClassifier
 from ttlora_moe.config import TTLoRAConfig
-from ttlora_moe.data import Collator, import_raw, load_split, prepare_task, prepared_md5
+from ttlora_moe.data import Collator, import_raw, load_split, prepare_task, prepared_md5, raw_complete
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts import save_expert
 from ttlora_moe.params import load_params, project_dir, section
@@ -49,7 +49,7 @@ def ensure_prepared(card: TaskCard, params: dict[str, Any]) -> Path:
     if all((prepared / f"{s}.parquet").exists() for s in ("train", "validation", "test")):
         return prepared
     raw = data_root() / "raw" / card.name
-    if not raw.exists() or not any(raw.iterdir()):
+    if not raw_complete(card, raw):
         print(f"importing raw data for {card.name} into {raw}", file=sys.stderr)
         import_raw(card, raw)
     print(f"preparing {card.name} into {prepared}", file=sys.stderr)
