@@ -2,42 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 
+from tests.conftest import free_port
 from ttlora_moe.errors import BadInput
-
-S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
-          "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-          "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def no_aws(monkeypatch, tmp_path):
-    """An environment where boto3's chain finds nothing: no variables, no files, no instance metadata."""
-    for name in S3_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture
@@ -98,7 +67,7 @@ def test_missing_profile_is_bad_input(no_aws, monkeypatch):
 def test_secret_is_never_in_messages(s3_env, monkeypatch):
     from ttlora_moe.s3 import ensure_bucket
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     with pytest.raises(BadInput, match="unreachable") as info:
         ensure_bucket("ttlora-test")
     assert "testing-secret" not in str(info.value)
@@ -114,7 +83,7 @@ def test_bad_bucket_name(s3_env):
 def test_service_checks_on_a_closed_port():
     from ttlora_moe.services import check_mlflow, check_prefect
 
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(BadInput, match=r"MLflow server at .* is unreachable") as info:
         check_mlflow(url, timeout=1)
     assert "make up" in str(info.value)
@@ -172,5 +141,5 @@ def test_credentials_are_redacted_in_messages():
     from ttlora_moe.services import check_mlflow
 
     with pytest.raises(BadInput) as info:
-        check_mlflow(f"http://user:hunter2@127.0.0.1:{_free_port()}", timeout=1)
+        check_mlflow(f"http://user:hunter2@127.0.0.1:{free_port()}", timeout=1)
     assert "hunter2" not in str(info.value)
