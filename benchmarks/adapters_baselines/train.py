@@ -11,11 +11,15 @@ on the **CLS token**: the library default for BERT, kept as the paper kept it; o
 mean-pool). The head is added after `train_adapter`, so it trains too, as in the paper. The
 budget is our experts': the same seeded subsample of train (`--samples`, seed 0, the rows
 `ttlora_moe.data.load_split` picks), the same epoch shuffles, AdamW with 6 % linear warm-up then
-linear decay, gradient clipping at 1.0, validation twice per epoch on the same 1,000 validation
-rows with the best state kept (accuracy, then loss). Evaluated on the whole test split with the
-task metric. The adapter and its head are saved to `--adapters-dir/<task>`.
+linear decay, gradient clipping at 1.0, validation `--evals-per-epoch` times per epoch on the same
+`--eval-samples` validation rows with the best state kept (accuracy, then loss). Evaluated on the
+whole test split with the task metric; the accuracy on the task's mixed-test-set rows (below) is
+taken from the same predictions. With `--adapters-dir` the adapter and its head are saved to
+`<adapters-dir>/<task>/` as safetensors (the library's `save_adapter`), with the result and its
+budget (every training setting, the base model, an MD5 of the task's data) in `pfeiffer.json`;
+`--resume` reuses such a folder instead of retraining when the budget is the same.
 
-Stage `fusion`: one model, the six saved adapters loaded without their heads,
+Stage `all` then adds AdapterFusion: one model, the saved adapters loaded without their heads,
 `add_adapter_fusion(Fuse(*tasks))` with the library's default fusion config ("dynamic"),
 `train_adapter_fusion`, and one shared classification head with max C (= 3) classes: the paper's
 mixed mode, where every task's class ids share the same output units. Trained for
@@ -26,7 +30,7 @@ first min(test rows, `--test-cap`) rows of `test.parquet` in file order (the sam
 evaluation must use), reporting mixed accuracy (all rows pooled) and per-task accuracy.
 
     .venv-adapters/bin/python benchmarks/adapters_baselines/train.py --model MODEL_DIR \
-        --data data/prepared --cards data/tasks --out results.json [--stage all|pfeiffer|fusion] ...
+        --data data/prepared --cards data/tasks --out results.json [--stage all|pfeiffer] [--adapters-dir DIR --resume] ...
 
 Progress goes to stderr (tqdm); the JSON result goes to `--out`.
 """
@@ -34,11 +38,13 @@ Progress goes to stderr (tqdm); the JSON result goes to `--out`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +62,9 @@ from tqdm.auto import tqdm  # noqa: E402
 
 TASKS = ["mnli", "cola", "rte", "sst2", "qnli", "qqp"]
 COLUMNS = ["text", "text_pair", "label"]
+SPLITS = ("train", "validation", "test")
+RESULT_FILE = "pfeiffer.json"  # next to the saved adapter: its result and budget
+ADAPTER_FILES = ("adapter_config.json", "adapter.safetensors", "head_config.json", "model_head.safetensors")
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -210,25 +219,54 @@ def load_model(path: str):
     return AutoAdapterModel.from_pretrained(path)
 
 
-def budget(args) -> dict[str, Any]:
-    """What a saved adapter must have been trained with to be reused by ``--resume``."""
+def data_md5(prepared: Path) -> str:
+    """MD5 over a task's train, validation and test files: saved adapters are reused only on the same data."""
+    digest = hashlib.md5()
+    for split in SPLITS:
+        digest.update((prepared / f"{split}.parquet").read_bytes())
+    return digest.hexdigest()
+
+
+def budget(args, task: str) -> dict[str, Any]:
+    """Everything that shapes a trained Pfeiffer adapter: a saved one is reused by ``--resume`` only if equal."""
     keys = ("adapter_config", "samples", "eval_samples", "evals_per_epoch", "epochs", "batch_size", "max_length",
-            "lr", "warmup_ratio", "seed", "max_test_rows", "test_cap")
-    return {k: getattr(args, k) for k in keys} | {"model": str(args.model), "data": str(Path(args.data).resolve())}
+            "lr", "warmup_ratio", "seed")
+    return {k: getattr(args, k) for k in keys} | {"model": str(args.model), "data_md5": data_md5(args.data / task)}
+
+
+def saved_row(task: str, args) -> dict[str, Any] | None:
+    """The result of an adapter already saved in ``--adapters-dir`` with this budget (``--resume``), else None."""
+    folder = args.adapters_dir / task if args.adapters_dir else None
+    if not (args.resume and folder and all((folder / f).exists() for f in (RESULT_FILE, *ADAPTER_FILES))):
+        return None
+    row = json.loads((folder / RESULT_FILE).read_text())
+    if row.get("budget") != budget(args, task):
+        print(f"== pfeiffer {task}: {folder} was trained with another budget: retraining", file=sys.stderr)
+        return None
+    print(f"== pfeiffer {task}: reusing {folder} (--resume, same budget)", file=sys.stderr)
+    return row
+
+
+def with_mixed_score(row: dict[str, Any], labels: list[int], test_cap: int) -> dict[str, Any]:
+    """Add the accuracy on the mixed test set's rows of this task (the first ``test_cap`` test rows)."""
+    cap = min(len(labels), test_cap)
+    preds = row["test_predictions"][:cap]
+    return row | {"mixed_test_rows": cap, "mixed_test_accuracy": task_metrics(labels[:cap], preds, "accuracy")["accuracy"]}
 
 
 def train_pfeiffer(task: str, args, tokenizer) -> dict[str, Any]:
-    saved = args.adapters_dir / task / "pfeiffer.json" if args.adapters_dir else None
-    if args.resume and saved and saved.exists() and (args.adapters_dir / task / "adapter_config.json").exists():
-        row = json.loads(saved.read_text())
-        if row.get("budget") == budget(args):
-            print(f"== pfeiffer {task}: reusing {saved} (--resume)", file=sys.stderr)
-            return row
+    """Train (or, with ``--resume``, reuse) the task's Pfeiffer adapter + head; test it on the whole test split."""
+    test_rows = read_rows(args.data / task / "test.parquet")
+    row = saved_row(task, args) or fit_pfeiffer(task, args, tokenizer, test_rows)
+    return with_mixed_score(row, [r["label"] for r in test_rows], args.test_cap)
+
+
+def fit_pfeiffer(task: str, args, tokenizer, test_rows: list[dict]) -> dict[str, Any]:
+    """Train the task's adapter and head on the budget, test them, save them (with the result) if asked."""
     card = load_card(args.cards, task)
     prepared = args.data / task
     train_rows = seeded_subset(read_rows(prepared / "train.parquet"), args.samples, args.seed)
     val_rows = seeded_subset(read_rows(prepared / "validation.parquet"), args.eval_samples, args.seed)
-    test_rows = read_rows(prepared / "test.parquet")[:args.max_test_rows]  # None: all
     collate = Collate(tokenizer, args.max_length)
 
     torch.manual_seed(args.seed)
@@ -244,27 +282,31 @@ def train_pfeiffer(task: str, args, tokenizer) -> dict[str, Any]:
                  warmup_ratio=args.warmup_ratio, seed=args.seed, val_rows=val_rows, metric=card["metric"],
                  evals_per_epoch=args.evals_per_epoch, desc=f"pfeiffer {task}")
     preds, _ = predict(model, test_rows, collate, desc=f"test {task}")
-    labels = [r["label"] for r in test_rows]
-    test = task_metrics(labels, preds, card["metric"])
-    cap = min(len(test_rows), args.test_cap)
-    mixed = task_metrics(labels[:cap], preds[:cap], card["metric"])
-    if args.adapters_dir:
-        model.save_adapter(str(args.adapters_dir / task), task, with_head=True, use_safetensors=True)
+    test = task_metrics([r["label"] for r in test_rows], preds, card["metric"])
     row = {
         "task": task, "method": "pfeiffer", "metric": card["metric"], "num_labels": card["num_labels"],
         "test_metric": test.get(card["metric"], test["accuracy"]), "test_accuracy": test["accuracy"],
-        "test_rows": len(test_rows), "mixed_test_rows": cap, "mixed_test_accuracy": mixed["accuracy"],
-        "adapter_params": adapter, "head_params": head, "trainable_params": adapter + head,
+        "test_rows": len(test_rows), "adapter_params": adapter, "head_params": head, "trainable_params": adapter + head,
         "train_rows": len(train_rows), "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
         "train_seconds": result["seconds"], "train_samples_per_s": result["samples_per_s"],
         "best_step": result["best_step"], "steps": result["steps"], "history": result["history"],
-        "budget": budget(args),
+        "test_predictions": preds, "budget": budget(args, task),
     }
     if args.adapters_dir:
-        (args.adapters_dir / task / "pfeiffer.json").write_text(json.dumps(row, indent=2) + "\n")
+        save_pfeiffer(model, task, row, args.adapters_dir / task)
     print(f"== pfeiffer {task}: test {card['metric']} {row['test_metric']:.4f} accuracy {test['accuracy']:.4f} "
           f"({result['samples_per_s']} samples/s)", file=sys.stderr, flush=True)
     return row
+
+
+def save_pfeiffer(model, task: str, row: dict[str, Any], folder: Path) -> None:
+    """Adapter + head as safetensors (the library's own save_adapter), then the result file, written last.
+
+    The result file marks a complete save: it is removed first, so a save cut short is never reused.
+    """
+    (folder / RESULT_FILE).unlink(missing_ok=True)
+    model.save_adapter(str(folder), task, with_head=True, use_safetensors=True)
+    (folder / RESULT_FILE).write_text(json.dumps(row, indent=2) + "\n")
 
 
 def train_fusion(tasks: list[str], args, tokenizer) -> dict[str, Any]:
@@ -321,19 +363,32 @@ def train_fusion(tasks: list[str], args, tokenizer) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def rows_or_all(value: str) -> int | None:
+    """A row count for argparse: a positive integer, or ``all`` (None: no subsample)."""
+    if value == "all":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
+    return int(value)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="base model folder (all-MiniLM-L6-v2's <pkg>/model)")
     parser.add_argument("--data", type=Path, required=True, help="prepared data root: <data>/<task>/{train,validation,test}.parquet")
     parser.add_argument("--cards", type=Path, required=True, help="task cards folder: <cards>/<task>.yaml")
     parser.add_argument("--out", type=Path, required=True, help="JSON result file")
     parser.add_argument("--tasks", nargs="+", default=TASKS)
-    parser.add_argument("--stage", choices=["all", "pfeiffer", "fusion"], default="all",
-                        help="fusion alone reuses the adapters saved in --adapters-dir")
-    parser.add_argument("--adapters-dir", type=Path, default=None, help="where per-task adapters are saved / loaded")
+    parser.add_argument("--stage", choices=["all", "pfeiffer"], default="all",
+                        help="pfeiffer: the per-task adapters only; all: then AdapterFusion over them")
+    parser.add_argument("--adapters-dir", type=Path, default=None,
+                        help="save the per-task adapters (+ heads, + result) here (default for --stage all: a temporary folder)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse adapters already saved in --adapters-dir with the same budget and data instead of retraining")
     parser.add_argument("--adapter-config", default="seq_bn", help="adapters config name (seq_bn = Pfeiffer)")
-    parser.add_argument("--samples", type=int, default=4000, help="training rows per task (seeded subsample)")
-    parser.add_argument("--eval-samples", type=int, default=1000, help="validation rows per task for best-state selection")
+    parser.add_argument("--samples", type=rows_or_all, default=4000, help="training rows per task (seeded subsample; all: every row)")
+    parser.add_argument("--eval-samples", type=rows_or_all, default=1000,
+                        help="validation rows per task for best-state selection (all: every row)")
     parser.add_argument("--evals-per-epoch", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -345,13 +400,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fusion-lr", type=float, default=5e-5)
     parser.add_argument("--fusion-batch-size", type=int, default=8, help="paper: 8")
     parser.add_argument("--test-cap", type=int, default=500, help="mixed test set: first min(rows, cap) test rows per task")
-    parser.add_argument("--max-test-rows", type=int, default=None,
-                        help="Pfeiffer test: only the first N test rows (default: the whole test split)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true",
-                        help="reuse adapters already saved in --adapters-dir with the same budget instead of retraining")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -362,33 +417,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     transformers.logging.set_verbosity_error()
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    if args.stage == "fusion" and not args.adapters_dir:
-        parser.error("--stage fusion needs --adapters-dir with the saved per-task adapters")
-    cleanup = None
-    if args.adapters_dir is None and args.stage == "all":
-        import tempfile
-
-        cleanup = tempfile.TemporaryDirectory(prefix="pfeiffer-")
-        args.adapters_dir = Path(cleanup.name)
-    if args.adapters_dir:
-        args.adapters_dir.mkdir(parents=True, exist_ok=True)
-
     payload: dict[str, Any] = {
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "adapters": adapters.__version__},
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "threads": torch.get_num_threads(),
     }
-    try:
-        if args.stage in ("all", "pfeiffer"):
-            payload["pfeiffer"] = [train_pfeiffer(t, args, tokenizer) for t in args.tasks]
-        elif args.adapters_dir:
-            saved = [args.adapters_dir / t / "pfeiffer.json" for t in args.tasks]
-            payload["pfeiffer"] = [json.loads(p.read_text()) for p in saved if p.exists()]
-        if args.stage in ("all", "fusion"):
+    with tempfile.TemporaryDirectory(prefix="pfeiffer-") as tmp:
+        if args.adapters_dir is None and args.stage == "all":  # the fusion stage loads the adapters from disk
+            args.adapters_dir = Path(tmp)
+        if args.adapters_dir:
+            args.adapters_dir.mkdir(parents=True, exist_ok=True)
+        payload["pfeiffer"] = [train_pfeiffer(t, args, tokenizer) for t in args.tasks]
+        if args.stage == "all":
             payload["fusion"] = train_fusion(args.tasks, args, tokenizer)
-    finally:
-        if cleanup is not None:
-            cleanup.cleanup()
     payload["wall_seconds"] = round(time.perf_counter() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
