@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup demo test down up status bench bench-quick screenshots demo-s3 clean
+.PHONY: setup demo demo-add-task test down up status bench bench-quick screenshots demo-s3 clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,9 @@ bench-quick: setup
 
 screenshots: setup
 	bash infra/local/screenshots.sh
+
+demo-add-task: setup
+	bash infra/local/add_task_demo.sh
 
 demo-s3: setup
 	TTLORA_S3=1 bash infra/local/demo.sh

@@ -1,4 +1,5 @@
-"""Flow ``train-expert``: prepared data -> TT-LoRA expert -> MLflow run -> ``expert-<task>`` version.
+"""Flow ``train-expert``: prepared data -> TT-LoRA expert -> MLflow run -> ``expert-<task>`` version
+-> the task's router features cached (so a bundle with this expert only trains the router).
 
 Training and registration form one cached task, keyed on exactly what determines the expert: the
 task, the md5 of its prepared data, the ``train``/``tt``/``base_model`` params (with the base
@@ -21,6 +22,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE
 from flows import check_services, pipeline_params, work_dir
 from ttlora_moe import registry
 from ttlora_moe.base_model import DEFAULT_BASE_MODEL, fingerprint
+from ttlora_moe.bundle import cache_task_features
 from ttlora_moe.data import prepared_md5
 from ttlora_moe.experts import code_version
 from ttlora_moe.params import section
@@ -55,6 +57,12 @@ def train_and_register(task_name: str, data_md5: str, config: dict[str, Any], co
         return run.register(summary)
 
 
+@task(cache_policy=NO_CACHE, task_run_name="router-features-{task_name}")
+def cache_router_features(task_name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Compute the task's router features now, so a bundle build with this expert trains only the router."""
+    return cache_task_features(task_name, params=params, progress=False)
+
+
 @flow(name="train-expert", persist_result=True, result_serializer="json")
 def train_expert_flow(task: str, profile: str | None = None, overrides: dict[str, Any] | None = None,
                       force: bool = False) -> dict[str, Any]:
@@ -69,4 +77,7 @@ def train_expert_flow(task: str, profile: str | None = None, overrides: dict[str
         logger.warning("%s version %s is gone from the registry: training again", result["model"], result["version"])
         result = train_and_register.with_options(refresh_cache=True)(*inputs)
     logger.info("%s: test accuracy %.4f -> %s", task, result["test_accuracy"], result["model_uri"])
+    features = cache_router_features(task, params)
+    logger.info("%s: router features cached (%d computed, %d from cache, %.1f s)", task,
+                features["cache_misses"], features["cache_hits"], features["seconds"])
     return result

@@ -87,8 +87,11 @@ def versions(name: str) -> list[int]:
 def test_train_expert_is_cached_on_data_params_and_code(project):
     from flows.train_expert import train_expert_flow
 
+    from ttlora_moe.features import features_dir
+
     first = train_expert_flow(task="toy")
     assert first["version"] == 1 and first["model_uri"] == "models:/expert-toy/1"
+    assert list(features_dir().rglob("*.safetensors")), "the router features of the task were not cached"
     again = train_expert_flow(task="toy")  # same data md5, params and code: no training, same version
     assert again["version"] == 1 and again["run_id"] == first["run_id"] and versions("expert-toy") == [1]
     other = train_expert_flow(task="toy", profile="quick")  # other params: a new expert version
