@@ -67,7 +67,7 @@ def register(bundle_dir: str, evaluation: dict[str, Any], gates: dict[str, Any],
     return registry.register_bundle(Path(bundle_dir), evaluation, gates, experts, Path(evaluation_dir), params, key)
 
 
-@flow(name="build-moe-bundle", persist_result=True, result_serializer="json")
+@flow(name="build-moe-bundle", flow_run_name="build-moe-bundle", persist_result=True, result_serializer="json")
 def build_moe_bundle_flow(tasks: list[str] | None = None, versions: dict[str, int] | None = None,
                           alias: str | None = None, profile: str | None = None, force: bool = False) -> dict[str, Any]:
     """Bundle registered experts, evaluate, gate and register the bundle.

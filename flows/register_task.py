@@ -34,7 +34,7 @@ def register_data(staged: dvc_data.StagedTask) -> dict[str, Any]:
     return dvc_data.commit_task(staged)
 
 
-@flow(name="register-task", persist_result=True, result_serializer="json")
+@flow(name="register-task", flow_run_name="register-task-{name}", persist_result=True, result_serializer="json")
 def register_task_flow(
     name: str,
     source: str,

@@ -41,11 +41,12 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 
 @task(cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying, task_run_name="expert-{task_name}")
-def train_one(task_name: str, profile: str | None, use_deployments: bool, deployment: str) -> dict[str, Any]:
+def train_one(task_name: str, profile: str | None, use_deployments: bool, deployment: str,
+              threads: int | None = None) -> dict[str, Any]:
     """Train one expert: as a flow run of the deployment, or as a subflow in this process."""
     if not use_deployments:
-        return train_expert_flow(task=task_name, profile=profile)
-    run = run_deployment(deployment, parameters={"task": task_name, "profile": profile}, timeout=None,
+        return train_expert_flow(task=task_name, profile=profile, threads=threads)
+    run = run_deployment(deployment, parameters={"task": task_name, "profile": profile, "threads": threads}, timeout=None,
                          flow_run_name=f"train-expert-{task_name}")
     if not run.state or not run.state.is_completed():
         state = run.state.name if run.state else "unknown"
@@ -63,8 +64,13 @@ def train_all_experts_flow(
     deployment: str = TRAIN_EXPERT_DEPLOYMENT,
     profile: str | None = None,
     build_bundle: bool = True,
+    threads_per_expert: int | None = None,
 ) -> dict[str, Any]:
-    """Train every task's expert (default: ``tasks`` in params.yaml) and bundle what exists."""
+    """Train every task's expert (default: ``tasks`` in params.yaml) and bundle what exists.
+
+    ``threads_per_expert`` caps each expert's torch threads: on one machine running ``concurrency``
+    experts at once, cores // concurrency avoids oversubscribing the CPU (None: torch's default).
+    """
     logger = get_run_logger()
     params = pipeline_params(profile)
     tasks = list(tasks or params.get("tasks") or [])
@@ -76,7 +82,8 @@ def train_all_experts_flow(
     one = train_one.with_options(retries=retries, retry_delay_seconds=exponential_backoff(retry_backoff_s))
     with ThreadPoolTaskRunner(max_workers=concurrency) as runner:
         futures = {t: runner.submit(one, parameters={"task_name": t, "profile": profile,
-                                                     "use_deployments": use_deployments, "deployment": deployment})
+                                                     "use_deployments": use_deployments, "deployment": deployment,
+                                                     "threads": threads_per_expert})
                    for t in tasks}
         states = {t: f.wait() or f.state for t, f in futures.items()}
     trained, failed = {}, {}

@@ -16,6 +16,7 @@ import hashlib
 import json
 from typing import Any
 
+import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE
 
@@ -24,6 +25,7 @@ from ttlora_moe import registry
 from ttlora_moe.base_model import DEFAULT_BASE_MODEL, fingerprint
 from ttlora_moe.bundle import cache_task_features
 from ttlora_moe.data import prepared_md5
+from ttlora_moe.errors import BadInput
 from ttlora_moe.experts import code_version
 from ttlora_moe.params import section
 from ttlora_moe.tasks import load_task_card
@@ -63,11 +65,18 @@ def cache_router_features(task_name: str, params: dict[str, Any]) -> dict[str, A
     return cache_task_features(task_name, params=params, progress=False)
 
 
-@flow(name="train-expert", persist_result=True, result_serializer="json")
+@flow(name="train-expert", flow_run_name="train-expert-{task}", persist_result=True, result_serializer="json")
 def train_expert_flow(task: str, profile: str | None = None, overrides: dict[str, Any] | None = None,
-                      force: bool = False) -> dict[str, Any]:
-    """Train, test, log and register the expert of ``task`` (cached on data, params and code)."""
+                      force: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Train, test, log and register the expert of ``task`` (cached on data, params and code).
+
+    ``threads``: torch intra-op threads for this run (None: torch's default, all cores).
+    """
     logger = get_run_logger()
+    if threads is not None:
+        if threads < 1:
+            raise BadInput(f"threads must be at least 1, got {threads}", "pass threads=1 or more, or leave it empty")
+        torch.set_num_threads(threads)
     params = pipeline_params(profile, overrides)
     check_services()
     data = prepare_data(task, params)

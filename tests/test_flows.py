@@ -109,24 +109,28 @@ def test_train_all_experts_fans_out_retries_reports_and_bundles(project, monkeyp
     active, peak, lock = [0], [0], threading.Lock()
     real = module.train_expert_flow
 
-    def flaky(task, profile=None):
+    seen_threads = set()
+
+    def flaky(task, profile=None, threads=None):
         with lock:
             calls[task] = calls.get(task, 0) + 1
+            seen_threads.add(threads)
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         try:
             time.sleep(0.5)
             if task == "toy2" and calls[task] == 1:
                 raise RuntimeError("transient: worker lost")
-            return real(task=task, profile=profile)
+            return real(task=task, profile=profile, threads=threads)
         finally:
             with lock:
                 active[0] -= 1
 
     monkeypatch.setattr(module, "train_expert_flow", flaky)
     summary = module.train_all_experts_flow(tasks=["toy", "toy2", "nope"], concurrency=2, retries=1,
-                                            retry_backoff_s=0.1)
+                                            retry_backoff_s=0.1, threads_per_expert=1)
     assert calls == {"toy": 1, "toy2": 2, "nope": 1}  # retried once; bad input is not retried
+    assert seen_threads == {1}
     assert peak[0] == 2  # in parallel, within the bound
     assert set(summary["trained"]) == {"toy", "toy2"} and "unknown task 'nope'" in summary["failed"]["nope"]
     bundle = summary["bundle"]

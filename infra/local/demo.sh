@@ -25,6 +25,7 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=${TOKENIZERS_P
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 PROFILE=${TTLORA_DEMO_PROFILE:-demo}
 CONCURRENCY=${TTLORA_DEMO_CONCURRENCY:-2}
+THREADS=$(( $(nproc) / CONCURRENCY )); (( THREADS > 0 )) || THREADS=1  # torch threads per expert: no oversubscription
 t0=$SECONDS
 say() { echo "demo [$((SECONDS - t0))s]: $*" >&2; }
 
@@ -53,7 +54,8 @@ tasks_json=$(python -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "${TA
 say "running train-all-experts/local (profile $PROFILE, $CONCURRENCY experts at a time); logs: $TTLORA_RUN_DIR/logs/prefect-worker.log"
 status=0
 prefect deployment run train-all-experts/local --param "profile=$PROFILE" --param "tasks=$tasks_json" \
-    --param "concurrency=$CONCURRENCY" --watch --watch-timeout 3000 \
+    --param "concurrency=$CONCURRENCY" --param "threads_per_expert=$THREADS" \
+    --watch --watch-timeout 3000 \
     | tee "$TTLORA_RUN_DIR/logs/demo-run.log" | grep -vE "^\s*$" | tail -n 5 >&2 || status=$?
 say "train-all-experts finished (exit $status)"
 
