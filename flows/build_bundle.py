@@ -87,7 +87,11 @@ def build_moe_bundle_flow(tasks: list[str] | None = None, versions: dict[str, in
         return unchanged(existing)
     root = work_dir("bundles", dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     experts = download_experts(chosen, str(root / "experts"))
-    build(experts, str(root / "bundle"), params)
+    built = build(experts, str(root / "bundle"), params)
+    sec = built["seconds"]
+    logger.info("bundle of %d experts built in %.1f s: router trained in %.1f s on features of %d inputs "
+                "(%d from the cache, %d computed in %.1f s)", len(experts), sec["total"], sec["router"],
+                built["cache_hits"] + built["cache_misses"], built["cache_hits"], built["cache_misses"], sec["features"])
     evaluation = evaluate(str(root / "bundle"), str(root / "evaluation"), params)
     gates = check_gates(evaluation)
     result = register(str(root / "bundle"), evaluation, gates, experts, str(root / "evaluation"), params, key)
@@ -121,9 +125,10 @@ def evaluation_table(evaluation: dict[str, Any], gates: dict[str, Any], result: 
     """A markdown table of the bundle's evaluation, one row per task."""
     lines = [f"**{result['model']} version {result['version']}**: router accuracy "
              f"{_fmt(evaluation.get('router_accuracy'))}, gates {'passed' if gates['passed'] else 'FAILED: ' + registry.describe_failed_gates(gates)}",
-             "", "| task | expert version | router accuracy | expert alone | in bundle | drop |", "|---|---|---|---|---|---|"]
+             "", "| task | expert version | metric | router accuracy | expert alone | in bundle | drop |",
+             "|---|---|---|---|---|---|---|"]
     for task_name, row in sorted((evaluation.get("per_task") or {}).items()):
-        lines.append(f"| {task_name} | {result['experts'].get(task_name, '')} | {_fmt(row.get('router_accuracy'))} | "
+        lines.append(f"| {task_name} | {result['experts'].get(task_name, '')} | {row.get('metric', '')} | {_fmt(row.get('router_accuracy'))} | "
                      f"{_fmt(row.get('expert_metric'))} | {_fmt(row.get('bundle_metric'))} | {_fmt(row.get('retention_drop'))} |")
     return "\n".join(lines)
 

@@ -216,6 +216,11 @@ up() {
         local limit=()
         if [[ -n ${TTLORA_WORKER_LIMIT:-} ]]; then limit=(--limit "$TTLORA_WORKER_LIMIT"); fi
         WORKER_LOG_FROM=$(( $(wc -l <"$RUN/logs/prefect-worker.log" 2>/dev/null || echo 0) + 1 ))
+        # Flow runs inherit this: glibc serves allocations >= 1 MiB with mmap and returns them at once.
+        # Measured here: a training flow's peak RSS 1.29 -> 0.93 GB (variable-length batches fragment
+        # the heap), at some training speed; set it empty to keep glibc's adaptive default.
+        export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_-1048576}
+        [[ -n $MALLOC_MMAP_THRESHOLD_ ]] || unset MALLOC_MMAP_THRESHOLD_
         start prefect-worker "$BIN/prefect" worker start --pool "$POOL" --type process \
             --name "$POOL-worker-1" "${limit[@]}"
         wait_until prefect-worker 90 worker_started
