@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help=f"tasks {' '.join(driver.QUICK_TASKS)}, budget {driver.QUICK_BUDGET}, 100 fusion rows per task, "
                              "test cap 100")
     parser.add_argument("--tasks", nargs="*", default=None)
-    parser.add_argument("--samples", type=int, default=None, help="Pfeiffer training rows per task (default 4000; quick 300)")
-    parser.add_argument("--epochs", type=int, default=None, help="Pfeiffer epochs (default 2; quick 1)")
+    parser.add_argument("--samples", type=int, default=None, help=f"Pfeiffer training rows per task (default {driver.FULL_BUDGET['max_train_samples']}; quick {driver.QUICK_BUDGET['max_train_samples']})")
+    parser.add_argument("--epochs", type=int, default=None, help=f"Pfeiffer epochs (default {driver.FULL_BUDGET['epochs']}; quick {driver.QUICK_BUDGET['epochs']})")
     parser.add_argument("--fusion-samples", type=int, default=None, help="fusion mix: training rows per task (default 1000)")
     parser.add_argument("--fusion-epochs", type=int, default=1)
     parser.add_argument("--fusion-lr", type=float, default=5e-5)

@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true",
                         help=f"tasks {' '.join(driver.QUICK_TASKS)}, budget {driver.QUICK_BUDGET}")
     parser.add_argument("--tasks", nargs="*", default=None)
-    parser.add_argument("--samples", type=int, default=None, help="training examples per task (default 4000; quick 300)")
-    parser.add_argument("--epochs", type=int, default=None, help="default 2; quick 1")
+    parser.add_argument("--samples", type=int, default=None, help=f"training examples per task (default {driver.FULL_BUDGET['max_train_samples']}; quick {driver.QUICK_BUDGET['max_train_samples']})")
+    parser.add_argument("--epochs", type=int, default=None, help=f"epochs (default {driver.FULL_BUDGET['epochs']}; quick {driver.QUICK_BUDGET['epochs']})")
     parser.add_argument("--no-pfeiffer", action="store_true", help="leave the `adapters`-library Pfeiffer rows out")
     parser.add_argument("--adapters-dir", type=Path, default=None,
                         help="keep / reuse the Pfeiffer adapters here (default outputs/adapters_baselines/{quick,full})")

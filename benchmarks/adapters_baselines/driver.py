@@ -23,7 +23,8 @@ TASKS = ["mnli", "cola", "rte", "sst2", "qnli", "qqp"]
 QUICK_TASKS = ["rte", "sst2"]
 PFEIFFER_LR = 1e-4  # the paper's learning rate for Pfeiffer adapters (and their heads)
 # Overrides of params.yaml's `train` section: the budget of every method in both benchmarks.
-FULL_BUDGET: dict[str, Any] = {"max_train_samples": 4000, "epochs": 2}
+# Full: what `make bench` can afford on 2 CPU cores for 6 tasks x 4 methods (about 30 of its 90 minutes).
+FULL_BUDGET: dict[str, Any] = {"max_train_samples": 2000, "epochs": 1, "max_eval_samples": 500}
 QUICK_BUDGET: dict[str, Any] = {"max_train_samples": 300, "epochs": 1, "max_eval_samples": 200}
 # train.py flag <- params.yaml `train` key.
 BUDGET_FLAGS = {"--samples": "max_train_samples", "--epochs": "epochs", "--eval-samples": "max_eval_samples",
