@@ -2,7 +2,8 @@
 
 Layout of a bundle directory::
 
-    manifest.json          format, base model (ref + fingerprint), router config, ordered experts
+    manifest.json          format, base model (ref + fingerprint), routing mode (two-pass, or
+                           single-pass after block k), router config, ordered experts
                            (name, registry version, path, label names), sha256 of every file,
                            gates, metrics, build timings
     router.safetensors     router weights, feature standardisation, temperature, threshold
@@ -31,9 +32,10 @@ from ttlora_moe.base_model import BaseModel, load_base_model
 from ttlora_moe.data import UNLABELLED_FILE
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts import META_FILE, WEIGHTS_FILE, code_version, read_expert_meta
-from ttlora_moe.features import CacheStats, FeatureSpec, cached_features, sample_indices
+from ttlora_moe.features import CacheStats, FeatureSpec, cached_features, num_hidden_states, sample_indices
 from ttlora_moe.files import atomic_dir, read_json, sha256_file, write_json
 from ttlora_moe.router import ROUTER_META, ROUTER_WEIGHTS, RouterConfig, load_router, save_router, train_router
+from ttlora_moe.single_pass import check_route_after_layer, recorded_route_after_layer, router_feature_spec, routing_record
 
 BUNDLE_FORMAT = "ttlora-moe/bundle@1"
 MANIFEST = "manifest.json"
@@ -173,7 +175,7 @@ def cache_task_features(task: str, *, params: dict[str, Any] | None = None, base
     params = load_params() if params is None else params
     config = RouterConfig.from_dict(section(params, "router"))
     max_length = int(section(params, "train").get("max_length", 128))
-    spec = FeatureSpec.from_dict({"max_length": max_length, **config.features})
+    spec = router_feature_spec(config.features, max_length, config.route_after_layer)
     base_section = section(params, "base_model")
     base = load_base_model(base_model or base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"))
     _, stats, _ = router_data(base, [task], spec, config, params, progress)
@@ -209,7 +211,7 @@ def build_bundle(
     check_experts(metas)
     first = metas[0][1]
     tasks = [m["task"] for _, m in metas]
-    spec = FeatureSpec.from_dict({"max_length": int(first.get("max_length", 128)), **config.features})
+    spec = router_feature_spec(config.features, int(first.get("max_length", 128)), config.route_after_layer)
 
     t0 = time.perf_counter()
     base = load_base_model(first["base_model"]["ref"], first.get("pooling"))
@@ -217,6 +219,9 @@ def build_bundle(
         raise BadInput(f"{metas[0][0] / META_FILE} names base model {first['base_model']['ref']!r} with fingerprint "
                        f"{first['base_model']['fingerprint'][:12]}, but it resolves to {base.fingerprint[:12]} here",
                        "install the base model the experts were trained on")
+    if config.route_after_layer is not None:
+        check_route_after_layer(config.route_after_layer, first.get("layout") or {}, num_hidden_states(base) - 1,
+                                str(metas[0][0] / META_FILE))
     load_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -267,6 +272,7 @@ def build_bundle(
                            "model_type": base.model_type, "hidden_size": base.hidden_size,
                            "pooling": first.get("pooling", base.pooling)},
             "max_length": spec.max_length,
+            "routing": routing_record(config.route_after_layer),
             "router": {"kind": config.kind, "config": config.to_dict(), "features": spec.to_dict(),
                        "temperature": report.temperature, "threshold": report.threshold,
                        "false_abstain_rate": config.false_abstain_rate, "files": [ROUTER_WEIGHTS, ROUTER_META]},
@@ -286,6 +292,7 @@ def build_bundle(
         "bundle": str(output.resolve()),
         "experts": tasks,
         "router_kind": config.kind,
+        "routing": routing_record(config.route_after_layer),
         "router_validation_accuracy": report.validation_accuracy,
         "router_validation_balanced_accuracy": report.validation_balanced_accuracy,
         "router_validation_per_task": report.validation_per_task,
@@ -391,7 +398,13 @@ def load_moe(bundle: Bundle | Path, base: BaseModel | None = None, device: str |
     infos = [ExpertInfo(e["name"], e.get("version"), e["task"], list(m["label_names"]), m.get("metric", "accuracy"))
              for e, m in zip(manifest["experts"], bundle.expert_meta)]
     spec = FeatureSpec.from_dict(router_meta["features"])
-    moe = MixtureOfExperts(base, infos, tensors, bundle.expert_meta, router, spec, int(manifest.get("max_length", 128)))
+    k = recorded_route_after_layer(manifest)
+    if (router_meta.get("config") or {}).get("route_after_layer") != k:
+        raise BadInput(f"{bundle.path / MANIFEST} routes {routing_record(k)['mode']} (after layer {k}), its router was "
+                       f"trained for route_after_layer={(router_meta.get('config') or {}).get('route_after_layer')}",
+                       "rebuild the bundle")
+    moe = MixtureOfExperts(base, infos, tensors, bundle.expert_meta, router, spec, int(manifest.get("max_length", 128)),
+                           route_after_layer=k)
     return moe.to(next(base.model.parameters()).device)
 
 

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ttlora_moe.base_model import BaseModel, cache_dir
+from ttlora_moe.block_hooks import early_hidden_states
 from ttlora_moe.errors import BadInput
 
 FEATURE_VERSION = 1  # bump when the feature code changes meaning: old caches are then ignored
@@ -156,9 +157,14 @@ def pool_states(
     attention_mask: torch.Tensor,
     segment_ids: torch.Tensor,
     spec: FeatureSpec,
+    num_states: int | None = None,
 ) -> torch.Tensor:
-    """``[B, D]`` router features from a model's ``hidden_states`` (embeddings first)."""
-    layers, segment_layers = spec.resolve(len(hidden_states))
+    """``[B, D]`` router features from a model's ``hidden_states`` (embeddings first).
+
+    ``hidden_states`` may be only the first states of a model with ``num_states`` (default: all given);
+    the spec's layers (``all``, negative indices) are resolved against ``num_states``.
+    """
+    layers, segment_layers = spec.resolve(num_states or len(hidden_states))
     valid = attention_mask.bool()
     parts: list[torch.Tensor] = []
     for layer in layers:
@@ -184,14 +190,27 @@ def pool_states(
     return torch.cat(parts, 1)
 
 
+def last_state_needed(spec: FeatureSpec, num_states: int) -> int:
+    """The highest hidden state the spec pools (later blocks need not run for the features)."""
+    layers, segments = spec.resolve(num_states)
+    return max(layers + segments)
+
+
 def batch_features(base: BaseModel, batch: dict[str, torch.Tensor], spec: FeatureSpec) -> torch.Tensor:
-    """Router features of one tokenised batch (one forward of the frozen, un-adapted base)."""
+    """Router features of one tokenised batch (one forward of the frozen, un-adapted base).
+
+    When the spec pools only early states, the forward stops before the first block it does not need.
+    """
     device = next(base.model.parameters()).device
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    num_states = num_hidden_states(base)
+    upto = last_state_needed(spec, num_states)
     with torch.inference_mode():
-        out = base.model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                         output_hidden_states=True)
-        return pool_states(out.hidden_states, batch["attention_mask"].to(device), batch["segment_ids"].to(device),
-                           spec).float().cpu()
+        if upto < num_states - 1:
+            states = early_hidden_states(base.model, ids, mask, upto)
+        else:
+            states = list(base.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states)
+        return pool_states(states, mask, batch["segment_ids"].to(device), spec, num_states).float().cpu()
 
 
 def compute_features(

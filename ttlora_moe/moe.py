@@ -8,6 +8,10 @@ For a batch of mixed-task inputs:
    cores of each sample's own expert, gathered from the stacked ``[E, r, s, r']`` cores by index
    (no Python loop over samples or experts), then each sample's own head.
 
+With ``route_after_layer = k`` (single-pass routing, :mod:`ttlora_moe.single_pass`) the two passes
+are one: the experts adapt only blocks ``>= k``, and a hook before block ``k`` pools
+``hidden_states[0..k]``, routes, and sets each sample's expert for the blocks that follow.
+
 The adapted linears read the per-sample expert index from a :class:`RoutingState` object that the
 model owns and sets around the adapted forward (``with moe.routing(index): ...``); nothing is
 monkey-patched and no module-level state exists. Heads with different label counts share one
@@ -28,9 +32,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ttlora_moe.base_model import BaseModel, pool
+from ttlora_moe.block_hooks import on_states
 from ttlora_moe.errors import BadInput
-from ttlora_moe.features import FeatureSpec, batch_features, tokenize
+from ttlora_moe.features import FeatureSpec, batch_features, feature_dim, num_hidden_states, pool_states, tokenize
 from ttlora_moe.router import Router
+from ttlora_moe.single_pass import check_route_after_layer, restrict_spec
 from ttlora_moe.tensor_train import tt_apply
 
 
@@ -87,18 +93,27 @@ class MixtureOfExperts(nn.Module):
 
     def __init__(self, base: BaseModel, experts: list[ExpertInfo], expert_tensors: list[dict[str, torch.Tensor]],
                  expert_meta: list[dict[str, Any]], router: Router, feature_spec: FeatureSpec,
-                 max_length: int) -> None:
+                 max_length: int, route_after_layer: int | None = None) -> None:
+        """``route_after_layer``: ``None`` routes in a pass of its own; ``k`` routes inside the one forward."""
         super().__init__()
         if not experts or len(experts) != len(expert_tensors) or len(experts) != len(expert_meta):
             raise ValueError("experts, tensors and metadata must be non-empty lists of one length")
         if router.num_experts != len(experts):
             raise BadInput(f"the router routes to {router.num_experts} experts, the bundle has {len(experts)}",
                            "rebuild the bundle")
+        if route_after_layer is not None:
+            check_route_after_layer(route_after_layer, expert_meta[0].get("layout") or {},
+                                    num_hidden_states(base) - 1, f"expert {experts[0].name}")
+            feature_spec = restrict_spec(feature_spec, route_after_layer)
+        if feature_dim(feature_spec, base) != router.in_dim:
+            raise BadInput(f"the router reads {router.in_dim} features, its feature spec gives "
+                           f"{feature_dim(feature_spec, base)}", "rebuild the bundle")
         self.base = base
         self.experts = experts
         self.router = router
         self.feature_spec = feature_spec
         self.max_length = max_length
+        self.route_after_layer = route_after_layer
         self.pooling = expert_meta[0].get("pooling", base.pooling)
         self.state = RoutingState()
         self._attach(expert_tensors, expert_meta)
@@ -163,6 +178,11 @@ class MixtureOfExperts(nn.Module):
         index, confidence, probs = self.router.route(feats.to(self.router.mean.device))
         return index.cpu(), confidence.cpu(), probs.cpu()
 
+    def _head_logits(self, hidden: torch.Tensor, mask: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
+        """``[B, C_max]``: pooled last state through each sample's own head."""
+        pooled = pool(hidden, mask, self.pooling).float()
+        return torch.einsum("bh,bch->bc", pooled, self.head_weight[expert_index]) + self.head_bias[expert_index]
+
     @torch.no_grad()
     def expert_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       expert_index: torch.Tensor) -> torch.Tensor:
@@ -172,8 +192,47 @@ class MixtureOfExperts(nn.Module):
         mask = attention_mask.to(device)
         with self.routing(expert_index):
             hidden = self.base.model(input_ids=input_ids.to(device), attention_mask=mask).last_hidden_state
-        pooled = pool(hidden, mask, self.pooling).float()
-        return torch.einsum("bh,bch->bc", pooled, self.head_weight[expert_index]) + self.head_bias[expert_index]
+        return self._head_logits(hidden, mask, expert_index)
+
+    @torch.no_grad()
+    def single_pass(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """One forward that routes after block ``route_after_layer`` and adapts the blocks after it.
+
+        Returns ``(expert index or -1, confidence, router probabilities, [B, C_max] logits)``, all on
+        CPU. An abstaining sample rides along with the router's arg-max expert; its logits mean nothing.
+        """
+        if self.route_after_layer is None:
+            raise BadInput("this mixture routes in a pass of its own", "call route() and expert_logits()")
+        device = self.device
+        ids, mask, segments = (batch[k].to(device) for k in ("input_ids", "attention_mask", "segment_ids"))
+        routed: dict[str, torch.Tensor] = {}
+
+        def route_here(states: list[torch.Tensor]) -> None:
+            features = pool_states(states, mask, segments, self.feature_spec, num_hidden_states(self.base))
+            routed["index"], routed["confidence"], routed["probs"] = self.router.route(features)
+            routed["ride"] = routed["probs"].argmax(-1)
+            self.state.expert_index = routed["ride"]  # read by every adapted linear of the blocks to come
+
+        with self.routing(None), on_states(self.base.model, self.route_after_layer, route_here):
+            hidden = self.base.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = self._head_logits(hidden, mask, routed["ride"])
+        return tuple(routed[k].cpu() for k in ("index", "confidence", "probs")) + (logits.cpu(),)
+
+    @torch.no_grad()
+    def _two_pass(self, batch: dict[str, torch.Tensor],
+                  forced: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """:meth:`single_pass`'s outputs from a routing pass (or the ``forced`` index) and an adapted pass."""
+        if forced is None:
+            index, confidence, probs = self.route(batch)
+        else:
+            index, confidence = forced, torch.ones(len(forced))
+            probs = nn.functional.one_hot(index.clamp_min(0), len(self.experts)).float()
+        logits = torch.full((len(index), self.head_weight.shape[1]), float("nan"))
+        keep = (index >= 0).nonzero().flatten()
+        if len(keep):
+            logits[keep] = self.expert_logits(batch["input_ids"][keep], batch["attention_mask"][keep],
+                                              index[keep]).cpu()
+        return index, confidence, probs, logits
 
     @torch.no_grad()
     def predict(self, rows: Sequence[dict[str, Any]], batch_size: int = 32, progress: bool = False,
@@ -197,26 +256,20 @@ class MixtureOfExperts(nn.Module):
                           file=sys.stderr, dynamic_ncols=True):
             idx = order[start : start + batch_size]
             batch = tokenize(self.base.tokenizer, [rows[i] for i in idx], self.max_length)
-            if force_expert is None:
-                index, confidence, router_probs = self.route(batch)
+            if force_expert is None and self.route_after_layer is not None:
+                index, confidence, router_probs, logits = self.single_pass(batch)
             else:
-                index = torch.tensor([int(force_expert[i]) for i in idx])
-                confidence = torch.ones(len(idx))
-                router_probs = nn.functional.one_hot(index.clamp_min(0), len(self.experts)).float()
-            keep = (index >= 0).nonzero().flatten()
-            probs_kept: list[list[float]] = []
-            if len(keep):
-                logits = self.expert_logits(batch["input_ids"][keep], batch["attention_mask"][keep], index[keep])
-                probs_kept = torch.softmax(logits.float(), -1).cpu().tolist()
-            kept_pos = {int(k): j for j, k in enumerate(keep.tolist())}
+                forced = None if force_expert is None else torch.tensor([int(force_expert[i]) for i in idx])
+                index, confidence, router_probs, logits = self._two_pass(batch, forced)
+            probs = torch.softmax(logits.float(), -1).tolist()
             for j, i in enumerate(idx):
                 rp = {n: round(float(p), 6) for n, p in zip(names, router_probs[j].tolist())}
                 answer: dict[str, Any] = {"router_confidence": float(confidence[j]), "router_probabilities": rp,
                                           "router_choice": names[int(router_probs[j].argmax())]}
-                if j in kept_pos:
+                if index[j] >= 0:
                     e = int(index[j])
                     info = self.experts[e]
-                    p = probs_kept[kept_pos[j]][: self.num_labels[e]]
+                    p = probs[j][: self.num_labels[e]]
                     label = max(range(len(p)), key=p.__getitem__)
                     answer.update(task=info.task, label=info.label_names[label], label_id=label,
                                   probabilities=dict(zip(info.label_names, p)),

@@ -68,6 +68,9 @@ class RouterConfig:
     features: dict[str, Any] = _f({}, "Feature spec (see features.FeatureSpec); {} = defaults.")
     batch_size_features: int = _f(64, "Inputs per base-model forward when computing features.")
     threads: int = _f(1, "Intra-op threads while training the router: it is tiny, and a busy thread pool costs more than it gains.")
+    route_after_layer: int | None = _f(
+        None, "Single-pass routing: the router reads hidden states 0..k (embeddings + first k blocks) and experts "
+              "must adapt only layers >= k (tt.layers_from), so one forward routes and adapts; null = two passes.")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -79,6 +82,10 @@ class RouterConfig:
                 raise BadInput(f"router.{key} must be a positive integer", "fix params.yaml")
         if int(self.unlabelled_per_task) < 0:
             raise BadInput("router.unlabelled_per_task must be >= 0", "fix params.yaml")
+        k = self.route_after_layer
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
+            raise BadInput(f"router.route_after_layer must be a block index >= 0 or null, got {self.route_after_layer!r}",
+                           "fix params.yaml")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RouterConfig:
