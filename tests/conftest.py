@@ -162,3 +162,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def init_dvc_project(root: Path, ignore_extra: str = "") -> Path:
+    """A git repository laid out like the project for DVC: dvc.yaml, the data code it depends on, .gitignore."""
+    import shutil
+    import subprocess
+
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    shutil.copy(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")
+    (root / "ttlora_moe").symlink_to(PROJECT_ROOT / "ttlora_moe")  # dvc.yaml lists the data code as a dependency
+    (root / ".gitignore").write_text("/data/raw/*/*\n/data/prepared/\n/.dvc-remote/\n" + ignore_extra)
+    return root

@@ -4,23 +4,18 @@ exit code 2 with nothing half-registered, a CSV with its own column names, unrea
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import S3_ENV, init_dvc_project
 from ttlora_moe.cli import main
 
-PROJECT = Path(__file__).resolve().parents[1]
 WORDS = ["good", "great", "bad", "awful"]
 PARAMS = "# params\ntasks: [toy]\nprepare:\n  min_rows: 5\n  validation_max_rows: 60\n"
-S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
-          "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-          "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +23,7 @@ def repo(tmp_path_factory):
     """A git + DVC project (local remote) with one registered task, shared by this module's tests."""
     root = tmp_path_factory.mktemp("cli") / "project"
     (root / "data" / "tasks").mkdir(parents=True)
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    shutil.copy(PROJECT / "dvc.yaml", root / "dvc.yaml")
-    (root / "ttlora_moe").symlink_to(PROJECT / "ttlora_moe")
-    (root / ".gitignore").write_text("/data/raw/*/*\n/data/prepared/\n/.dvc-remote/\n")
+    init_dvc_project(root)
     (root / "params.yaml").write_text(PARAMS)
     (root / "data" / "tasks" / "toy.yaml").write_text(yaml.safe_dump({
         "source": "toy", "text": "sentence", "label": "label", "files": {"train": "train.parquet"},

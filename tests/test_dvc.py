@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import init_dvc_project
 from ttlora_moe import dvc_data
 from ttlora_moe.errors import BadInput
 
-PROJECT = Path(__file__).resolve().parents[1]
 PARAMS = """\
 # Every hyperparameter (a comment that must survive edits).
 tasks: [toy]   # trained by default
@@ -30,10 +29,7 @@ prepare:
 def make_repo(root: Path, monkeypatch) -> Path:
     """A git repository laid out like the project: dvc.yaml, params.yaml, one task card and its mirror."""
     root.mkdir(parents=True)
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    shutil.copy(PROJECT / "dvc.yaml", root / "dvc.yaml")
-    (root / "ttlora_moe").symlink_to(PROJECT / "ttlora_moe")  # dvc.yaml lists the data code as a dependency
-    (root / ".gitignore").write_text("/data/raw/*/*\n/data/prepared/\n/.dvc-remote/\n")
+    init_dvc_project(root)
     (root / "params.yaml").write_text(PARAMS)
     mirror = root.parent / "mirror" / "toy"
     mirror.mkdir(parents=True)

@@ -4,8 +4,6 @@ with gates, and registering a new task without retraining the others."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,9 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import init_dvc_project
 from ttlora_moe.errors import BadInput
 
-PROJECT = Path(__file__).resolve().parents[1]
 WORDS = ["good", "great", "bad", "awful"]
 
 
@@ -48,10 +46,7 @@ def project(tmp_path_factory, tiny_bert, prefect_harness):
     """A git + DVC project with two toy tasks, tiny budgets, sqlite MLflow."""
     root = tmp_path_factory.mktemp("flows") / "project"
     (root / "data" / "tasks").mkdir(parents=True)
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    shutil.copy(PROJECT / "dvc.yaml", root / "dvc.yaml")
-    (root / "ttlora_moe").symlink_to(PROJECT / "ttlora_moe")
-    (root / ".gitignore").write_text("/data/raw/*/*\n/data/prepared/\n/.dvc-remote/\n/outputs/\n")
+    init_dvc_project(root, '/outputs/\n')
     write_task(root, "toy", "the movie {i} was {w}")
     write_task(root, "toy2", "what about {i} cat {w} question")
     params = {"tasks": ["toy", "toy2"], "base_model": {"ref": tiny_bert}, "tt": {"rank": 2, "alpha": 4.0},

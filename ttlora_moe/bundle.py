@@ -33,7 +33,7 @@ from ttlora_moe.data import UNLABELLED_FILE
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts import META_FILE, WEIGHTS_FILE, code_version, read_expert_meta
 from ttlora_moe.features import CacheStats, FeatureSpec, cached_features, num_hidden_states, sample_indices
-from ttlora_moe.files import atomic_dir, read_json, sha256_file, write_json
+from ttlora_moe.files import atomic_dir, read_format_json, read_json, sha256_file, write_json
 from ttlora_moe.router import ROUTER_META, ROUTER_WEIGHTS, RouterConfig, load_router, save_router, train_router
 from ttlora_moe.single_pass import check_route_after_layer, recorded_route_after_layer, router_feature_spec, routing_record
 
@@ -333,15 +333,8 @@ def load_bundle(directory: Path) -> Bundle:
     """Read and verify a bundle: format, every file's sha256, and that the experts belong together."""
     directory = Path(directory)
     path = directory / MANIFEST
-    if not path.exists():
-        raise BadInput(f"{path} does not exist", "point --bundle to a directory written by `ttlora-moe build-bundle`")
-    try:
-        manifest = read_json(path)
-    except ValueError as exc:
-        raise BadInput(f"{path} is not valid JSON ({exc})", "rebuild the bundle") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else None
-        raise BadInput(f"{path} has format {got!r}, expected {BUNDLE_FORMAT!r}", "rebuild the bundle")
+    manifest = read_format_json(path, BUNDLE_FORMAT, "rebuild the bundle",
+                                "point --bundle to a directory written by `ttlora-moe build-bundle`")
     files: dict[str, str] = manifest.get("files") or {}
     required = [ROUTER_WEIGHTS, ROUTER_META] + [f"{e['path']}/{n}" for e in manifest.get("experts", [])
                                                 for n in (META_FILE, WEIGHTS_FILE)]

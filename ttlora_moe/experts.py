@@ -28,7 +28,7 @@ from ttlora_moe.base_model import BaseModel, load_base_model
 from ttlora_moe.classifier import SequenceClassifier
 from ttlora_moe.config import TTLoRAConfig
 from ttlora_moe.errors import BadInput
-from ttlora_moe.files import atomic_dir, read_json, write_json
+from ttlora_moe.files import atomic_dir, read_format_json, write_json
 
 EXPERT_FORMAT = "ttlora-moe/expert@1"
 META_FILE = "expert.json"
@@ -90,16 +90,8 @@ def save_expert(directory: Path, classifier: SequenceClassifier, meta: dict[str,
 
 def read_expert_meta(directory: Path) -> dict[str, Any]:
     """``expert.json`` of a directory, checked for format and required keys."""
-    path = Path(directory) / META_FILE
-    if not path.exists():
-        raise BadInput(f"{path} does not exist", "point to a directory written by `ttlora-moe train-expert`")
-    try:
-        meta = read_json(path)
-    except ValueError as exc:
-        raise BadInput(f"{path} is not valid JSON ({exc})", "re-create the expert") from None
-    if meta.get("format") != EXPERT_FORMAT:
-        raise BadInput(f"{path} has format {meta.get('format')!r}, expected {EXPERT_FORMAT!r}", "re-create the expert")
-    return meta
+    return read_format_json(Path(directory) / META_FILE, EXPERT_FORMAT, "re-create the expert",
+                            "point to a directory written by `ttlora-moe train-expert`")
 
 
 def build_classifier(base: BaseModel, meta: dict[str, Any], seed: int = 0) -> SequenceClassifier:

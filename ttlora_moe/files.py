@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ttlora_moe.errors import BadInput
+
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
@@ -65,3 +67,17 @@ def atomic_dir(target: Path, replace: bool = True) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_format_json(path: Path, expected_format: str, fix: str, missing_fix: str | None = None) -> dict[str, Any]:
+    """A JSON object whose ``format`` must be ``expected_format``; missing, malformed or foreign is one BadInput line."""
+    if not path.exists():
+        raise BadInput(f"{path} does not exist", missing_fix or fix)
+    try:
+        data = read_json(path)
+    except ValueError as exc:
+        raise BadInput(f"{path} is not valid JSON ({exc})", fix) from None
+    got = data.get("format") if isinstance(data, dict) else None
+    if got != expected_format:
+        raise BadInput(f"{path} has format {got!r}, expected {expected_format!r}", fix)
+    return data

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ttlora_moe.errors import BadInput
-from ttlora_moe.files import read_json, write_json
+from ttlora_moe.files import read_format_json, write_json
 
 ROUTER_FORMAT = "ttlora-moe/router@1"
 ROUTER_WEIGHTS = "router.safetensors"
@@ -324,14 +324,7 @@ def load_router(directory: Path) -> tuple[Router, dict[str, Any]]:
 
     directory = Path(directory)
     meta_path = directory / ROUTER_META
-    if not meta_path.exists():
-        raise BadInput(f"{meta_path} does not exist", "rebuild the bundle")
-    try:
-        meta = read_json(meta_path)
-    except ValueError as exc:
-        raise BadInput(f"{meta_path} is not valid JSON ({exc})", "rebuild the bundle") from None
-    if meta.get("format") != ROUTER_FORMAT:
-        raise BadInput(f"{meta_path} has format {meta.get('format')!r}, expected {ROUTER_FORMAT!r}", "rebuild the bundle")
+    meta = read_format_json(meta_path, ROUTER_FORMAT, "rebuild the bundle")
     router = Router(int(meta["in_dim"]), int(meta["num_experts"]), meta["kind"], int(meta.get("hidden", 256)))
     tensors = load_tensors(directory / ROUTER_WEIGHTS)
     try:
