@@ -17,6 +17,11 @@ import torch
 RESULTS = Path(os.environ.get("TTLORA_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
+def outputs_dir() -> Path:
+    """Where benchmarks keep the models they train for reuse (``TTLORA_BENCH_OUTPUTS``, default ./outputs)."""
+    return Path(os.environ.get("TTLORA_BENCH_OUTPUTS", Path(__file__).resolve().parents[1] / "outputs"))
+
+
 def median_seconds(fn: Callable[[], Any], warmup: int = 2, repeats: int = 7) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs (CUDA synchronised)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)

@@ -6,16 +6,18 @@ bottleneck adapters (`seq_bn`) from the `adapters` library with its default head
 `benchmarks/adapters_baselines/train.py` in `.venv-adapters` (created on first use; if it cannot be
 installed, the Pfeiffer rows are left out and the reason is printed and recorded). Every method
 gets the same budget: the same seeded training rows, epochs, batch size, validation rows and
-schedule (params.yaml `train` with `--samples`/`--epochs`); Pfeiffer's learning rate is the
-paper's 1e-4.
+schedule (params.yaml `train` with `--samples`/`--epochs`); Pfeiffer's learning rate is 1e-3
+(`driver.PFEIFFER_LR`: the paper's 1e-4 is meant for many epochs and left them under-trained here).
 
 Reports the task metric on the whole test split, trainable parameters of the adapter (the head is
 counted apart: ours is one linear layer on the mean-pooled state, Pfeiffer's the library's 2-layer
 head on the CLS token) and training samples per second (wall clock of the training loop including
 its validation passes).
 
-The Pfeiffer adapters are kept in `outputs/adapters_baselines/{quick,full}` (`--adapters-dir`):
-`fusion_vs_moe`, run after this under `make bench`, reuses them for AdapterFusion.
+Every trained model is kept and reused by a re-run with the same budget: our experts and the PEFT
+peers in `outputs/bench_experts/{quick,full}` (`--experts-dir`), the Pfeiffer adapters in
+`outputs/adapters_baselines/{quick,full}` (`--adapters-dir`). `fusion_vs_moe`, run after this under
+`make bench`, builds our bundle from those TT-LoRA experts and AdapterFusion over those adapters.
 
     python -m benchmarks.peft_quality [--quick] [--tasks mnli cola ...] [--samples N] [--epochs N] [--no-pfeiffer]
 """
@@ -31,27 +33,26 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.adapters_baselines import driver
+from benchmarks.bench_experts import bench_expert, default_experts_dir
 from benchmarks.common import markdown_table, write_results
+from ttlora_moe.experts import read_expert_meta
 from ttlora_moe.params import load_params
-from ttlora_moe.tasks import load_task_card
-from ttlora_moe.train_expert import train_expert
 
 METHODS = ["ttlora", "lora", "head-only"]
 COLUMNS = ["task", "method", "metric", "test_metric", "test_accuracy", "trainable_params", "head_params",
            "train_samples_per_s"]
 
 
-def expert_rows(task: str, params: dict[str, Any], budget: dict[str, Any], tmp: Path) -> list[dict[str, Any]]:
-    """One row per ``train_expert`` method for ``task``."""
-    metric = load_task_card(task).metric
+def expert_rows(task: str, params: dict[str, Any], budget: dict[str, Any], experts_dir: Path) -> list[dict[str, Any]]:
+    """One row per ``train_expert`` method for ``task`` (experts kept in, and reused from, ``experts_dir``)."""
     rows = []
     for method in METHODS:
-        s = train_expert(task, tmp / f"{task}-{method}", params=params, overrides=budget, adapter=method, progress=False)
-        rows.append({"task": task, "method": method, "metric": metric,
-                     "test_metric": s["test_metrics"].get(metric, s["test_accuracy"]),
-                     "test_accuracy": s["test_accuracy"], "trainable_params": s["trainable_params"],
-                     "head_params": s["head_params"], "train_samples_per_s": s["train_samples_per_second"],
-                     "train_seconds": s["train_seconds"]})
+        meta = read_expert_meta(bench_expert(task, method, experts_dir, params, budget))
+        test = meta["metrics"]["test"]
+        rows.append({"task": task, "method": method, "metric": meta["metric"],
+                     "test_metric": test.get(meta["metric"], test["accuracy"]), "test_accuracy": test["accuracy"],
+                     "trainable_params": meta["trainable_params"], "head_params": meta["head_params"],
+                     "train_samples_per_s": meta["train_samples_per_second"], "train_seconds": meta["train_seconds"]})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -83,15 +84,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-pfeiffer", action="store_true", help="leave the `adapters`-library Pfeiffer rows out")
     parser.add_argument("--adapters-dir", type=Path, default=None,
                         help="keep / reuse the Pfeiffer adapters here (default outputs/adapters_baselines/{quick,full})")
+    parser.add_argument("--experts-dir", type=Path, default=None,
+                        help="keep / reuse our experts and the PEFT peers here (default outputs/bench_experts/{quick,full})")
     args = parser.parse_args(argv)
     tasks = args.tasks or (driver.QUICK_TASKS if args.quick else driver.TASKS)
     budget = driver.expert_budget(args.quick, args.samples, args.epochs)
     params = load_params()
     rows: list[dict[str, Any]] = []
     pfeiffer_skipped = "--no-pfeiffer" if args.no_pfeiffer else None
+    experts_dir = args.experts_dir or default_experts_dir(args.quick)
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
-            rows += expert_rows(task, params, budget, Path(tmp))
+            rows += expert_rows(task, params, budget, experts_dir)
         if not args.no_pfeiffer:
             pf, pfeiffer_skipped = pfeiffer_rows(tasks, params, budget, args.adapters_dir or driver.default_adapters_dir(args.quick),
                                                  Path(tmp))

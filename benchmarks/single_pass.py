@@ -171,20 +171,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help=f"tasks {' '.join(QUICK_TASKS)}, k 2, tiny budgets (flags given still win)")
     parser.add_argument("--tasks", nargs="*", default=None, help=f"default {' '.join(TASKS)}")
     parser.add_argument("--ks", nargs="*", type=int, default=None, help="route_after_layer values (default 2 3; quick 2)")
-    parser.add_argument("--samples", type=int, default=None, help="training rows per expert (default 1500; quick 200)")
+    parser.add_argument("--samples", type=int, default=None, help="training rows per expert (default 1000; quick 200)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--eval-samples", type=int, default=None, help="validation rows per expert (default 300; quick 100)")
     parser.add_argument("--router-rows", type=int, default=None, help="router training rows per task (default params; quick 300)")
     parser.add_argument("--router-unlabelled", type=int, default=None,
                         help="unlabelled router inputs per task (default params; quick 0)")
-    parser.add_argument("--test-per-task", type=int, default=None, help="evaluation rows per task (default 500; quick 100)")
+    parser.add_argument("--test-per-task", type=int, default=None, help="evaluation rows per task (default 300; quick 100)")
     parser.add_argument("--out-of-scope-rows", type=int, default=None, help="default 100; quick 0")
     parser.add_argument("--batches", type=int, default=None, help="mixed batches per timed pass (default 12; quick 3)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; quick 2)")
     args = parser.parse_args(argv)
     router = section(load_params(), "router")
-    defaults = {"tasks": TASKS, "ks": [2, 3], "samples": 1500, "eval_samples": 300, "test_per_task": 500,
+    defaults = {"tasks": TASKS, "ks": [2, 3], "samples": 1000, "eval_samples": 300, "test_per_task": 300,
                 "out_of_scope_rows": 100, "batches": 12, "repeats": 5, "router_rows": router.get("train_per_task", 2000),
                 "router_unlabelled": router.get("unlabelled_per_task", 1000)}
     if args.quick:

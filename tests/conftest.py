@@ -109,8 +109,9 @@ def project(tmp_path, monkeypatch, tiny_bert):
 
 @pytest.fixture()
 def bench_results(tmp_path, monkeypatch):
-    """Benchmark smoke runs write their tables into a temporary folder, never benchmarks/results."""
+    """Benchmark smoke runs write their tables and kept models into temporary folders, never the repository's."""
     monkeypatch.setenv("TTLORA_BENCH_RESULTS", str(tmp_path / "bench"))
+    monkeypatch.setenv("TTLORA_BENCH_OUTPUTS", str(tmp_path / "bench-outputs"))
     import benchmarks.common
 
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path / "bench")

@@ -1,15 +1,16 @@
 """Smoke runs of the `adapters`-library baselines (Pfeiffer adapters, AdapterFusion), peft_quality's
-Pfeiffer rows and fusion_vs_moe.
+Pfeiffer rows and fusion_vs_moe with our bundle beside AdapterFusion.
 
 The baselines need `.venv-adapters` (transformers 4.57 + adapters 1.3.0: `bash
 benchmarks/adapters_env.sh`, which `make bench` runs on first use; `make test` does not create it):
-without it the training smoke runs are skipped, with the reason in pytest's summary. The table test
-reads a synthetic result file and runs everywhere.
+without it these smoke runs are skipped, with the reason in pytest's summary
+(tests/test_benchmarks_smoke.py runs fusion_vs_moe's own side on a synthetic baseline file everywhere).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -67,10 +68,16 @@ def adapters_bert(tmp_path_factory) -> Path:
     return model
 
 
-def _train(model: Path, data: Path, cards: Path, out: Path, saved: Path, *extra: str) -> dict:
+def _mixed_rows(folder: Path, rows: list[int]) -> Path:
+    path = folder / f"mixed-{len(rows)}.json"
+    path.write_text(json.dumps({"toysent": rows, "toypair": rows}))
+    return path
+
+
+def _train(model: Path, data: Path, cards: Path, out: Path, saved: Path, mixed: Path, *extra: str) -> dict:
     cmd = [str(ADAPTERS_PYTHON), str(TRAIN), "--model", str(model), "--data", str(data), "--cards", str(cards),
            "--out", str(out), "--tasks", "toysent", "toypair", "--samples", "32", "--epochs", "1",
-           "--eval-samples", "16", "--fusion-samples", "16", "--test-cap", "10", "--lr", "1e-3",
+           "--eval-samples", "16", "--fusion-samples", "16", "--mixed-rows", str(mixed), "--lr", "1e-3",
            "--adapters-dir", str(saved), "--threads", "1", *extra]
     subprocess.run(cmd, check=True, timeout=300)
     return json.loads(out.read_text())
@@ -80,7 +87,7 @@ def _train(model: Path, data: Path, cards: Path, out: Path, saved: Path, *extra:
 def test_pfeiffer_and_fusion_train_resume_and_report(tmp_path, bench_results, adapters_bert):
     data, cards = _write_tasks(tmp_path)
     saved = tmp_path / "adapters"
-    result = _train(adapters_bert, data, cards, tmp_path / "result.json", saved)
+    result = _train(adapters_bert, data, cards, tmp_path / "result.json", saved, _mixed_rows(tmp_path, list(range(3, 13))))
     assert result["versions"]["adapters"] == "1.3.0"
     rows = {r["task"]: r for r in result["pfeiffer"]}
     assert set(rows) == {"toysent", "toypair"}
@@ -94,16 +101,18 @@ def test_pfeiffer_and_fusion_train_resume_and_report(tmp_path, bench_results, ad
     fusion = result["fusion"]
     assert fusion["head_classes"] == 3 and fusion["rows_per_task"] == {"toysent": 16, "toypair": 16}
     assert {t: r["rows"] for t, r in fusion["per_task"].items()} == {"toysent": 10, "toypair": 10}
+    assert fusion["mixed_rows_per_task"] == {"toysent": 10, "toypair": 10}
     assert fusion["mixed_rows"] == 20 and 0.0 <= fusion["mixed_accuracy"] <= 1.0
     assert 0 < fusion["fusion_params"] < fusion["trainable_params"] < fusion["total_added_params"]
     assert fusion["adapter_params_total"] == sum(r["adapter_params"] for r in rows.values())
 
     # --resume reuses an adapter saved with the same budget (its row comes back unchanged, mixed score
-    # re-taken at the new cap) and retrains one whose budget differs.
+    # re-taken on the new rows) and retrains one whose budget differs.
     kept, stale = saved / "toysent" / "pfeiffer.json", saved / "toypair" / "pfeiffer.json"
     stale.write_text(json.dumps(json.loads(stale.read_text()) | {"budget": {"samples": 999}}))
     kept_mtime = kept.stat().st_mtime_ns
-    again = _train(adapters_bert, data, cards, tmp_path / "again.json", saved, "--resume", "--test-cap", "5")
+    again = _train(adapters_bert, data, cards, tmp_path / "again.json", saved, _mixed_rows(tmp_path, [0, 5, 9, 20, 23]),
+                   "--resume")
     reused, retrained = (next(r for r in again["pfeiffer"] if r["task"] == t) for t in ("toysent", "toypair"))
     assert kept.stat().st_mtime_ns == kept_mtime and reused["train_seconds"] == rows["toysent"]["train_seconds"]
     assert reused["mixed_test_rows"] == 5
@@ -117,11 +126,12 @@ def test_pfeiffer_and_fusion_train_resume_and_report(tmp_path, bench_results, ad
 
 
 @needs_adapters_venv
-def test_peft_quality_pfeiffer_rows_are_reused_by_fusion_vs_moe(project, bench_results, adapters_bert):
+def test_peft_quality_models_are_reused_by_fusion_vs_moe(project, bench_results, adapters_bert):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["base_model"]["ref"] = str(adapters_bert)  # a model both transformers versions read
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     saved = project / "adapters"
+    bench_outputs = Path(os.environ["TTLORA_BENCH_OUTPUTS"])
     budget = ["--tasks", "toy", "--samples", "64", "--epochs", "1", "--adapters-dir", str(saved)]
     from benchmarks import fusion_vs_moe, peft_quality
 
@@ -133,45 +143,14 @@ def test_peft_quality_pfeiffer_rows_are_reused_by_fusion_vs_moe(project, bench_r
     assert json.loads((saved / "toy" / "pfeiffer.json").read_text())["train_rows"] == 64
     assert (bench_results / "peft_quality.md").read_text().count("| toy |") == 4
 
-    payload = fusion_vs_moe.main([*budget, "--fusion-samples", "16", "--test-cap", "10", "--no-bundle"])
+    expert = bench_outputs / "bench_experts" / "full" / "ttlora" / "toy" / "expert.json"
+    expert_mtime = expert.stat().st_mtime_ns
+    payload = fusion_vs_moe.main([*budget, "--fusion-samples", "16", "--test-cap", "10"])
     assert (saved / "toy" / "pfeiffer.json").stat().st_mtime_ns == saved_mtime  # reused, not retrained
+    assert expert.stat().st_mtime_ns == expert_mtime  # our expert too: the bundle is built from peft_quality's
     assert payload["pfeiffer"][0]["train_seconds"] == pfeiffer["train_seconds"]
-    assert payload["fusion"]["rows_per_task"] == {"toy": 16} and payload["fusion"]["mixed_rows"] == 10
+    assert payload["fusion"]["rows_per_task"] == {"toy": 16} and payload["fusion"]["mixed_rows_per_task"] == {"toy": 10}
+    assert [r["method"] for r in payload["mixed"]] == [
+        "AdapterFusion (Pfeiffer x1 + Fuse)", "Pfeiffer per task, true task given (no router)",
+        "TT-LoRA MoE bundle (the router picks the expert)", "TT-LoRA experts, true task given (no router)"]
 
-
-def test_fusion_vs_moe_table_puts_the_bundle_beside_fusion(tmp_path, bench_results):
-    from benchmarks import fusion_vs_moe
-
-    tasks = ["rte", "sst2"]
-    pfeiffer = [{"task": t, "method": "pfeiffer", "metric": "accuracy", "test_metric": 0.7, "test_accuracy": 0.7,
-                 "test_rows": 300, "mixed_test_rows": 100, "mixed_test_accuracy": 0.6 + 0.2 * i,
-                 "adapter_params": 113040, "head_params": 148610, "trainable_params": 261650,
-                 "train_samples_per_s": 20.0, "train_seconds": 10.0, "lr": 1e-3} for i, t in enumerate(tasks)]
-    fusion = {"mixed_accuracy": 0.65, "head_classes": 3, "train_rows": 200, "trainable_params": 2_800_000,
-              "total_added_params": 3_000_000,
-              "per_task": {t: {"accuracy": 0.6 + 0.1 * i, "rows": 100} for i, t in enumerate(tasks)}}
-    baseline = tmp_path / "baseline.json"
-    baseline.write_text(json.dumps({"config": {"tasks": tasks, "test_cap": 100, "samples": 200, "epochs": 1},
-                                    "pfeiffer": pfeiffer, "fusion": fusion}))
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "evaluation.json").write_text(json.dumps({
-        "mixed_accuracy": 0.9, "router_accuracy": 0.97, "test_cap": 100,
-        "per_task": {t: {"bundle_accuracy": 0.85 + 0.1 * i, "rows": 100} for i, t in enumerate(tasks)}}))
-    import torch
-    from safetensors.torch import save_file
-
-    save_file({"w": torch.zeros(10, 3)}, str(bundle / "router.safetensors"))
-    (bundle / "experts" / "rte").mkdir(parents=True)
-    save_file({"core": torch.zeros(4, 5), "head": torch.zeros(7)}, str(bundle / "experts" / "rte" / "adapter.safetensors"))
-
-    payload = fusion_vs_moe.main(["--baseline-json", str(baseline), "--bundle-eval", str(bundle / "evaluation.json")])
-    methods = [r["method"] for r in payload["mixed"]]
-    assert methods[0].startswith("AdapterFusion") and methods[-1] == "TT-LoRA MoE bundle"
-    oracle = payload["mixed"][1]
-    assert oracle["mixed_accuracy"] == pytest.approx(0.7)  # (0.6 * 100 + 0.8 * 100) / 200
-    ours = payload["bundle"]
-    assert ours["mixed_accuracy"] == 0.9 and ours["same_rows"] is True
-    assert ours["params_detail"] == {"router_params": 30, "expert_params": 27, "total_added_params": 57}
-    table = (bench_results / "fusion_vs_moe.md").read_text()
-    assert "#### pfeiffer" in table and "| TT-LoRA MoE bundle | 0.9 |" in table and "| rte |" in table

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ttlora_moe.params import load_params
+
 
 def test_peft_quality_compares_ttlora_lora_and_head_only(project, bench_results):
     """Without the Pfeiffer rows (tests/test_adapters_baselines_smoke.py covers them: they need .venv-adapters)."""
@@ -29,3 +31,35 @@ def test_adapter_speed_reports_every_mode(project, bench_results):
     for row in rows:
         assert all(row[f"{m}_ms"] > 0 for m in adapter_speed.MODES)
         assert row["contraction_x"] > 0 and row["merged_x"] > 0
+
+
+def test_fusion_vs_moe_puts_our_bundle_beside_adapterfusion_on_the_same_rows(project, bench_results, tmp_path):
+    """Our side for real (experts kept by peft_quality, bundle, evaluation); the `adapters` side from a result file."""
+    from benchmarks import fusion_vs_moe, peft_quality
+
+    budget = ["--tasks", "toy", "--samples", "64", "--epochs", "1"]
+    peft_quality.main([*budget, "--no-pfeiffer"])
+    expert = bench_results.parent / "bench-outputs" / "bench_experts" / "full" / "ttlora" / "toy" / "expert.json"
+    mtime = expert.stat().st_mtime_ns
+    rows = fusion_vs_moe.mixed_test_rows(["toy"], load_params(), 10)
+    assert len(rows["toy"]) == 10 and rows["toy"] == sorted(rows["toy"])
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({
+        "config": {"tasks": ["toy"], "samples": 64, "epochs": 1, "fusion_samples": 16},
+        "pfeiffer": [{"task": "toy", "method": "pfeiffer", "metric": "f1", "test_metric": 0.5, "test_accuracy": 0.6,
+                      "mixed_test_rows": 10, "mixed_test_accuracy": 0.7, "adapter_params": 100, "head_params": 10,
+                      "trainable_params": 110, "train_samples_per_s": 9.0, "lr": 1e-3}],
+        "fusion": {"mixed_accuracy": 0.4, "head_classes": 3, "train_rows": 16, "trainable_params": 50,
+                   "total_added_params": 160, "per_task": {"toy": {"accuracy": 0.4, "rows": 10}},
+                   "mixed_rows_per_task": {"toy": 10}}}))
+
+    payload = fusion_vs_moe.main([*budget, "--baseline-json", str(baseline), "--test-cap", "10"])
+    assert expert.stat().st_mtime_ns == mtime  # peft_quality's expert reused, not retrained
+    fusion, oracle, ours, alone = payload["mixed"]
+    assert fusion["mixed_accuracy"] == 0.4 and oracle["mixed_accuracy"] == 0.7
+    assert ours["router_accuracy"] == 1.0  # one task: every row goes to its expert
+    assert ours["mixed_accuracy"] == ours["toy"] == alone["mixed_accuracy"]  # routed right, so the expert's answers
+    assert payload["bundle"]["evaluation"]["rows"] == 10
+    assert 0 < payload["bundle"]["params"]["router_params"] < payload["bundle"]["params"]["total_added_params"]
+    table = (bench_results / "fusion_vs_moe.md").read_text()
+    assert "AdapterFusion (Pfeiffer x1 + Fuse)" in table and "TT-LoRA MoE bundle" in table

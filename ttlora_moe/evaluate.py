@@ -56,6 +56,11 @@ def _out_of_scope_task(tasks: list[str], wanted: str | None, preferred: str | No
     return (prepared or candidates or [None])[0]
 
 
+def evaluation_rows(num_rows: int, cap: int | None, seed: int) -> list[int]:
+    """Indices of a split's rows that the evaluation scores: a seeded sample of ``cap``, in file order."""
+    return sorted(sample_indices(num_rows, cap, seed))
+
+
 def evaluate_bundle(
     bundle_dir: Path,
     *,
@@ -91,7 +96,7 @@ def evaluate_bundle(
     truth: list[int] = []
     for e, task in enumerate(tasks):
         test = load_split(ensure_prepared(load_task_card(task), params), "test")
-        picked = [test[i] for i in sorted(sample_indices(len(test), cap, seed))]
+        picked = [test[i] for i in evaluation_rows(len(test), cap, seed)]
         rows += picked
         truth += [e] * len(picked)
     t0 = time.perf_counter()
@@ -165,7 +170,7 @@ def evaluate_bundle(
     oos: dict[str, Any] = {"task": oos_task, "rows": 0, "abstain_rate": None, "routed_to": {}}
     if oos_task:
         test = load_split(ensure_prepared(load_task_card(oos_task), params), "test")
-        oos_rows = [test[i] for i in sorted(sample_indices(len(test), int(bp["out_of_scope_rows"]), seed))]
+        oos_rows = [test[i] for i in evaluation_rows(len(test), int(bp["out_of_scope_rows"]), seed)]
         oos_answers = moe.predict(oos_rows, batch_size=int(bp["batch_size"]), progress=progress)
         oos["rows"] = len(oos_rows)
         oos["abstain_rate"] = sum(int(a["abstained"]) for a in oos_answers) / max(1, len(oos_rows))

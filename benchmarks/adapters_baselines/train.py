@@ -13,8 +13,8 @@ budget is our experts': the same seeded subsample of train (`--samples`, seed 0,
 `ttlora_moe.data.load_split` picks), the same epoch shuffles, AdamW with 6 % linear warm-up then
 linear decay, gradient clipping at 1.0, validation `--evals-per-epoch` times per epoch on the same
 `--eval-samples` validation rows with the best state kept (accuracy, then loss). Evaluated on the
-whole test split with the task metric; the accuracy on the task's mixed-test-set rows (below) is
-taken from the same predictions. With `--adapters-dir` the adapter and its head are saved to
+whole test split with the task metric; the accuracy on the task's mixed-test-set rows (below,
+when `--mixed-rows` is given) is taken from the same predictions. With `--adapters-dir` the adapter and its head are saved to
 `<adapters-dir>/<task>/` as safetensors (the library's `save_adapter`), with the result and its
 budget (every training setting, the base model, an MD5 of the task's data) in `pfeiffer.json`;
 `--resume` reuses such a folder instead of retraining when the budget is the same.
@@ -26,8 +26,9 @@ mixed mode, where every task's class ids share the same output units. Trained fo
 `--fusion-epochs` at `--fusion-lr` (paper: 1 epoch, 5e-5, batch 8; HF Trainer defaults otherwise:
 AdamW, no warm-up, linear decay, clipping at 1.0) on a task-balanced mix: `--fusion-samples`
 seeded-sampled training rows of each task. Evaluated on the **mixed test set**: for each task the
-first min(test rows, `--test-cap`) rows of `test.parquet` in file order (the same rows the bundle
-evaluation must use), reporting mixed accuracy (all rows pooled) and per-task accuracy.
+rows of `test.parquet` listed in `--mixed-rows` (a JSON file `{task: [row index, ...]}`;
+`fusion_vs_moe` writes the rows our bundle evaluation scores), reporting mixed accuracy (all rows
+pooled) and per-task accuracy.
 
     .venv-adapters/bin/python benchmarks/adapters_baselines/train.py --model MODEL_DIR \
         --data data/prepared --cards data/tasks --out results.json [--stage all|pfeiffer] [--adapters-dir DIR --resume] ...
@@ -247,18 +248,20 @@ def saved_row(task: str, args) -> dict[str, Any] | None:
     return row
 
 
-def with_mixed_score(row: dict[str, Any], labels: list[int], test_cap: int) -> dict[str, Any]:
-    """Add the accuracy on the mixed test set's rows of this task (the first ``test_cap`` test rows)."""
-    cap = min(len(labels), test_cap)
-    preds = row["test_predictions"][:cap]
-    return row | {"mixed_test_rows": cap, "mixed_test_accuracy": task_metrics(labels[:cap], preds, "accuracy")["accuracy"]}
+def with_mixed_score(row: dict[str, Any], labels: list[int], indices: list[int] | None) -> dict[str, Any]:
+    """Add the accuracy on this task's mixed-test-set rows (``indices`` into the test split), when given."""
+    if indices is None:
+        return row
+    preds = row["test_predictions"]
+    picked = task_metrics([labels[i] for i in indices], [preds[i] for i in indices], "accuracy")
+    return row | {"mixed_test_rows": len(indices), "mixed_test_accuracy": picked["accuracy"]}
 
 
 def train_pfeiffer(task: str, args, tokenizer) -> dict[str, Any]:
     """Train (or, with ``--resume``, reuse) the task's Pfeiffer adapter + head; test it on the whole test split."""
     test_rows = read_rows(args.data / task / "test.parquet")
     row = saved_row(task, args) or fit_pfeiffer(task, args, tokenizer, test_rows)
-    return with_mixed_score(row, [r["label"] for r in test_rows], args.test_cap)
+    return with_mixed_score(row, [r["label"] for r in test_rows], (args.mixed or {}).get(task))
 
 
 def fit_pfeiffer(task: str, args, tokenizer, test_rows: list[dict]) -> dict[str, Any]:
@@ -318,7 +321,7 @@ def train_fusion(tasks: list[str], args, tokenizer) -> dict[str, Any]:
     for t in tasks:
         rows = seeded_subset(read_rows(args.data / t / "train.parquet"), args.fusion_samples, args.seed)
         mix += [{**r, "task": t} for r in rows]
-    tests = {t: read_rows(args.data / t / "test.parquet")[:args.test_cap] for t in tasks}
+    tests = {t: [rows[i] for i in args.mixed[t]] for t, rows in ((t, read_rows(args.data / t / "test.parquet")) for t in tasks)}
     collate = Collate(tokenizer, args.max_length)
 
     torch.manual_seed(args.seed)
@@ -359,7 +362,7 @@ def train_fusion(tasks: list[str], args, tokenizer) -> dict[str, Any]:
         "train_rows": len(mix), "rows_per_task": {t: sum(r["task"] == t for r in mix) for t in tasks},
         "lr": args.fusion_lr, "epochs": args.fusion_epochs, "batch_size": args.fusion_batch_size,
         "train_seconds": result["seconds"], "train_samples_per_s": result["samples_per_s"], "steps": result["steps"],
-        "test_cap": args.test_cap,
+        "mixed_rows_per_task": {t: len(rows) for t, rows in tests.items()},
     }
 
 
@@ -399,10 +402,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fusion-epochs", type=int, default=1)
     parser.add_argument("--fusion-lr", type=float, default=5e-5)
     parser.add_argument("--fusion-batch-size", type=int, default=8, help="paper: 8")
-    parser.add_argument("--test-cap", type=int, default=500, help="mixed test set: first min(rows, cap) test rows per task")
+    parser.add_argument("--mixed-rows", type=Path, default=None,
+                        help="JSON {task: [test row index, ...]}: the mixed test set (required by --stage all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.mixed = read_mixed_rows(parser, args)
+    return args
+
+
+def read_mixed_rows(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, list[int]] | None:
+    """The ``--mixed-rows`` file, checked against the tasks (an argparse error, not a traceback, when wrong)."""
+    if args.mixed_rows is None:
+        if args.stage == "all":
+            parser.error("--stage all needs --mixed-rows (the mixed test set AdapterFusion is scored on)")
+        return None
+    try:
+        mixed = json.loads(args.mixed_rows.read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"--mixed-rows {args.mixed_rows}: {exc}")
+    missing = [t for t in args.tasks if t not in mixed]
+    if missing:
+        parser.error(f"--mixed-rows {args.mixed_rows} lists no rows for {', '.join(missing)}")
+    return {t: [int(i) for i in mixed[t]] for t in args.tasks}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -419,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     payload: dict[str, Any] = {
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "adapters": adapters.__version__},
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "mixed"},
         "threads": torch.get_num_threads(),
     }
     with tempfile.TemporaryDirectory(prefix="pfeiffer-") as tmp:
