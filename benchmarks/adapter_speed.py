@@ -2,7 +2,8 @@
 
 Two levels: one adapted linear layer (384 -> 384, the default base model's query) and the whole
 default base model with query and value adapted, on SST-2 sentences, batch sizes 1..128. Forward
-latency is the median of several repeats after warm-up; ratios are taken within one run. Memory is
+latency is the median of several rounds after warm-up, the four modes timed in turn within each
+round (so they share the machine's drift); ratios are taken within one run. Memory is
 the bytes the forward allocates beyond the frozen base (torch profiler), a proxy for peak memory
 on CPU (on a GPU, the true peak from ``torch.cuda.max_memory_allocated``).
 
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from benchmarks.common import markdown_table, median_seconds, write_results
+from benchmarks.common import interleaved_medians, markdown_table, write_results
 from ttlora_moe.adapters import TTLoRALinear, attach_tt_lora, tt_modules
 from ttlora_moe.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.config import TTLoRAConfig
@@ -28,26 +30,42 @@ from ttlora_moe.tensor_train import balanced_factors
 MODES = ("base", "contraction", "reconstruction", "merged")
 
 
+def mode_forwards(layer: TTLoRALinear) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The layer's forward in each of :data:`MODES` (the merged weight computed once, here)."""
+    merged = (layer.base.weight + layer.dense_delta()).detach()
+    return {
+        "base": layer.base.forward,
+        "contraction": layer.forward,
+        "reconstruction": lambda x: nn.functional.linear(x, layer.base.weight + layer.dense_delta().to(x.dtype),
+                                                         layer.base.bias),
+        "merged": lambda x: nn.functional.linear(x, merged, layer.base.bias),
+    }
+
+
 @contextlib.contextmanager
-def mode(model: nn.Module, name: str) -> Iterator[None]:
-    """Run every TT layer of ``model`` in one of :data:`MODES` for the duration of the block."""
-    layers = list(tt_modules(model).values())
-    saved = [layer.forward for layer in layers]
-    merged = {}
-    for layer in layers:
-        if name == "base":
-            layer.forward = layer.base.forward
-        elif name == "reconstruction":
-            layer.forward = (lambda lyr: lambda x: nn.functional.linear(
-                x, lyr.base.weight + lyr.dense_delta().to(x.dtype), lyr.base.bias))(layer)
-        elif name == "merged":
-            merged[layer] = (layer.base.weight + layer.dense_delta()).detach()
-            layer.forward = (lambda lyr: lambda x: nn.functional.linear(x, merged[lyr], lyr.base.bias))(layer)
+def mode(forwards: dict[TTLoRALinear, dict[str, Callable]], name: str) -> Iterator[None]:
+    """Run every TT layer in one of :data:`MODES` (``forwards``: :func:`mode_forwards` per layer) within the block."""
+    for layer, by_mode in forwards.items():
+        layer.forward = by_mode[name]
     try:
         yield
     finally:
-        for layer, fwd in zip(layers, saved):
-            layer.forward = fwd
+        for layer in forwards:
+            del layer.forward  # back to the class's forward (the contraction)
+
+
+def timed_modes(forwards: dict[TTLoRALinear, dict[str, Callable]], call: Callable[[], Any], rounds: int,
+                inner: int = 1) -> dict[str, float]:
+    """Median milliseconds of ``call`` in each mode; one timed block of ``inner`` calls per mode per round."""
+    def block(name: str) -> Callable[[], None]:
+        def run() -> None:
+            with mode(forwards, name):
+                for _ in range(inner):
+                    call()
+        return run
+
+    seconds = interleaved_medians({name: block(name) for name in MODES}, rounds, warmup=2)
+    return {name: 1000 * s / inner for name, s in seconds.items()}
 
 
 def allocated_bytes(fn) -> int:
@@ -67,14 +85,15 @@ def layer_rows(batch_sizes: list[int], seq_len: int, repeats: int) -> list[dict]
     rows = []
     factors = balanced_factors(384)
     layer = TTLoRALinear(nn.Linear(384, 384), factors, factors, rank=4, alpha=32.0).eval()
-    wrapper = nn.Sequential(layer)
     for bs in batch_sizes:
         x = torch.randn(bs, seq_len, 384)
-        row = {"level": "layer", "batch": bs}
+        row: dict[str, Any] = {"level": "layer", "batch": bs}
         with torch.inference_mode():
+            forwards = {layer: mode_forwards(layer)}
+            ms = timed_modes(forwards, lambda: layer(x), repeats, inner=20)  # one call is too short to time alone
             for name in MODES:
-                with mode(wrapper, name):
-                    row[f"{name}_ms"] = 1000 * median_seconds(lambda: layer(x), repeats=repeats)
+                row[f"{name}_ms"] = ms[name]
+                with mode(forwards, name):
                     row[f"{name}_bytes"] = allocated_bytes(lambda: layer(x))
         rows.append(row)
     return rows
@@ -91,11 +110,13 @@ def model_rows(batch_sizes: list[int], repeats: int) -> list[dict]:
     rows = []
     for bs in batch_sizes:
         enc = base.tokenizer(sentences[:bs], padding=True, return_tensors="pt")
-        row = {"level": "model", "batch": bs, "tokens": int(enc["input_ids"].shape[1])}
+        row: dict[str, Any] = {"level": "model", "batch": bs, "tokens": int(enc["input_ids"].shape[1])}
         with torch.inference_mode():
+            forwards = {layer: mode_forwards(layer) for layer in tt_modules(base.model).values()}
+            ms = timed_modes(forwards, lambda: base.model(**enc), repeats)
             for name in MODES:
-                with mode(base.model, name):
-                    row[f"{name}_ms"] = 1000 * median_seconds(lambda: base.model(**enc), repeats=repeats)
+                row[f"{name}_ms"] = ms[name]
+                with mode(forwards, name):
                     row[f"{name}_bytes"] = allocated_bytes(lambda: base.model(**enc))
         rows.append(row)
     return rows

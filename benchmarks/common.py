@@ -37,6 +37,22 @@ def median_seconds(fn: Callable[[], Any], warmup: int = 2, repeats: int = 7) -> 
     return statistics.median(times)
 
 
+def interleaved_medians(runners: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each callable over ``rounds`` rounds, one call of each per round, after ``warmup`` calls each.
+
+    Interleaving puts every method under the same drift of a shared, noisy machine, so their ratios
+    hold even when the absolute times move.
+    """
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            times[name].append(median_seconds(fn, warmup=0, repeats=1))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu = platform.processor() or platform.machine()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import math
 import resource
-import statistics
 import sys
 import tempfile
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import markdown_table, median_seconds, write_results
+from benchmarks.common import interleaved_medians, markdown_table, write_results
 from ttlora_moe.adapters import attach_tt_lora
 from ttlora_moe.base_model import DEFAULT_BASE_MODEL, BaseModel, load_base_model, pool
 from ttlora_moe.classifier import SequenceClassifier
@@ -226,17 +225,6 @@ def build_methods(moe: MixtureOfExperts, dirs: list[Path],
             per_sample_runner(experts, plain.tokenizer, max_length, device), weights_mb(*experts)),
     }
     return {k: v[0] for k, v in methods.items()}, {k: v[1] for k, v in methods.items()}
-
-
-def interleaved_medians(runners: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median seconds of each callable over ``rounds`` rounds (one call of each per round, after one warm-up each)."""
-    for fn in runners.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, fn in runners.items():
-            times[name].append(median_seconds(fn, warmup=0, repeats=1))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:

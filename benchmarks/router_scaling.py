@@ -1,8 +1,9 @@
 """Router scaling: accuracy on the mixed test splits and training time for 2, 4, 6, 10 and all tasks.
 
 Tasks come in a fixed order: params.yaml ``tasks`` (the six default ones) first, then every other
-prepared task (``data/prepared/*``) alphabetically; a subset of N tasks is the first N (``--tasks``
-gives another order). For each subset the library's router (params.yaml ``router``) is trained as
+task card (``data/tasks/*.yaml``) alphabetically, each prepared from the mirror when it is not yet
+(a card whose data cannot be prepared is left out, with the reason printed); a subset of N tasks is
+the first N (``--tasks`` gives another order). For each subset the library's router (params.yaml ``router``) is trained as
 ``build_bundle`` trains it (``bundle.router_data`` on cached base features, ``router.train_router``)
 and scored on a seeded sample of every task's **test** split (``bundle.test_per_task`` rows, the
 ``bundle.eval_seed`` sample): accuracy (routed to the input's task, abstentions count as wrong),
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,8 +40,9 @@ from ttlora_moe.data import load_split, prepared_md5
 from ttlora_moe.features import CacheStats, FeatureSpec, cached_features, sample_indices
 from ttlora_moe.params import load_params, section
 from ttlora_moe.router import Router, RouterConfig, balanced_accuracy, train_router
-from ttlora_moe.tasks import load_task_card
-from ttlora_moe.train_expert import data_root, ensure_prepared
+from ttlora_moe.errors import BadInput
+from ttlora_moe.tasks import list_tasks, load_task_card
+from ttlora_moe.train_expert import ensure_prepared
 
 SIZES = (2, 4, 6, 10)
 QUICK_SIZES = (2, 4)
@@ -49,13 +52,23 @@ COLUMNS = ["tasks", "router_accuracy", "balanced_accuracy", "worst_task", "worst
            "train_rows", "epochs", "features_s", "train_s"]
 
 
+def available(task: str, params: dict[str, Any]) -> bool:
+    """Whether ``task``'s data is prepared (preparing it now if needed); why not, on stderr."""
+    try:
+        ensure_prepared(load_task_card(task), params)
+    except BadInput as exc:
+        print(f"warning: {task} left out: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def task_order(params: dict[str, Any], requested: list[str] | None) -> list[str]:
-    """``requested``, else params ``tasks`` that are prepared, then the other prepared tasks alphabetically."""
+    """``requested``, else params ``tasks``, then the other task cards alphabetically: those whose data is available."""
     if requested:
         return list(requested)
-    prepared = sorted(p.name for p in (data_root() / "prepared").iterdir() if (p / "test.parquet").exists())
-    first = [t for t in params.get("tasks", []) if t in prepared]
-    return first + [t for t in prepared if t not in first]
+    cards = list_tasks()
+    first = [t for t in params.get("tasks", []) if t in cards]
+    return [t for t in first + [t for t in cards if t not in first] if available(t, params)]
 
 
 def subset_sizes(total: int, quick: bool) -> list[int]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import markdown_table, median_seconds, write_results
+from benchmarks.common import interleaved_medians, markdown_table, write_results
 from ttlora_moe.base_model import BaseModel, load_base_model, pool
 from ttlora_moe.bundle import build_bundle, load_moe
 from ttlora_moe.data import load_split
@@ -122,18 +122,6 @@ def base_runner(base: BaseModel, max_length: int) -> Callable[[list[dict[str, An
     return run
 
 
-def time_streams(runners: dict[str, Callable[[list[dict[str, Any]]], Any]], stream: list[list[dict[str, Any]]],
-                 repeats: int) -> dict[str, float]:
-    """Median seconds of one pass over ``stream`` per runner, timed in interleaved rounds after a warm-up round."""
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for round_ in range(repeats + 1):
-        for name, run in runners.items():
-            seconds = median_seconds(lambda: [run(rows) for rows in stream], warmup=0, repeats=1)
-            if round_:  # round 0 warms up
-                times[name].append(seconds)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def speed_rows(rows: list[dict[str, Any]], tasks: list[str], params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Add samples/s and ``x_base`` to every row; return the base model's own row."""
     max_length = int(section(params, "train").get("max_length", 128))
@@ -144,7 +132,8 @@ def speed_rows(rows: list[dict[str, Any]], tasks: list[str], params: dict[str, A
         runners[row["setting"]] = lambda batch, moe=moe: moe.predict(batch, batch_size=len(batch))
     stream = mixed_batches(tasks, args.batches, args.batch_size, params)
     samples = sum(len(b) for b in stream)
-    seconds = time_streams(runners, stream, args.repeats)
+    passes = {name: (lambda run=run: [run(rows) for rows in stream]) for name, run in runners.items()}
+    seconds = interleaved_medians(passes, args.repeats)  # one warm-up pass each, then interleaved rounds
     base_row = {"setting": "base", "routing": None}
     for row in [base_row, *rows]:
         s = seconds[row["setting"]]

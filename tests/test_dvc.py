@@ -130,6 +130,9 @@ def test_s3_remote_push_to_moto(repo, no_aws, moto_endpoint, monkeypatch):
     config = (repo / ".dvc" / "config").read_text() + (repo / ".dvc" / "config.local").read_text()
     assert "testing-secret" not in config and "testing" not in config  # credentials stay in the environment
     assert moto_endpoint in (repo / ".dvc" / "config.local").read_text()
+    # The environment's remote is this machine's: the committed config keeps the project's folder.
+    assert info["config"] == ".dvc/config.local" and "s3://" not in (repo / ".dvc" / "config").read_text()
+    assert dvc_data.remote_url() == "s3://ttlora-dvc-test/dvc" and dvc_data.ensure_remote() is None
     dvc_data.import_task("toy")
 
     from ttlora_moe.s3 import s3_client

@@ -145,8 +145,11 @@ def default_remote_url(root: Path | None = None) -> str:
 def configure_remote(url: str | None = None, root: Path | None = None) -> dict[str, Any]:
     """Make ``url`` (default :func:`default_remote_url`) the default remote ``storage``; idempotent.
 
-    For ``s3://bucket/path``: credentials must resolve (boto3's chain), the bucket is created when
-    missing, and the endpoint from the environment goes to ``.dvc/config.local`` (not committed).
+    A remote the environment chose (:func:`explicit_remote_url`) belongs to this machine: it goes to
+    the git-ignored ``.dvc/config.local``, so the committed ``.dvc/config`` (the project's own
+    folder) never changes under a user's feet. For ``s3://bucket/path``: credentials must resolve
+    (boto3's chain), the bucket is created when missing, and the endpoint from the environment goes
+    to ``.dvc/config.local`` too.
     """
     from ttlora_moe.s3 import check_credentials, endpoint_url, ensure_bucket
 
@@ -162,7 +165,9 @@ def configure_remote(url: str | None = None, root: Path | None = None) -> dict[s
         Path(url).mkdir(parents=True, exist_ok=True)
         if Path(url).resolve().is_relative_to(root.resolve()):  # stored relative: the config stays valid in any clone
             arg = os.path.relpath(Path(url).resolve(), root.resolve())
-    run_dvc(["remote", "add", "--default", "--force", REMOTE_NAME, arg], root)
+    scope = ["--local"] if url == explicit_remote_url() else []
+    run_dvc(["remote", "add", *scope, "--default", "--force", REMOTE_NAME, arg], root)
+    info["config"] = ".dvc/config.local" if scope else ".dvc/config"
     if url.startswith("s3://"):
         endpoint = endpoint_url()
         if endpoint:
@@ -177,11 +182,12 @@ def remote_url(root: Path | None = None) -> str | None:
     Read from ``.dvc/config`` (then ``config.local``) rather than by running dvc: it is asked often.
     """
     root = Path(root or repo_root())
-    default, urls, section_name = None, {}, None
-    for name in ("config", "config.local"):
+    default, urls = None, {}
+    for name in ("config", "config.local"):  # the local file overrides the committed one
         path = root / ".dvc" / name
         if not path.exists():
             continue
+        section_name = None
         for line in path.read_text().splitlines():
             line = line.strip()
             header = re.fullmatch(r"\[\s*'?(.*?)'?\s*\]", line)
