@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import outputs_dir
+from benchmarks.common import kept_models_dir
 from ttlora_moe.config import TTLoRAConfig
 from ttlora_moe.data import prepared_md5
 from ttlora_moe.experts import META_FILE, read_expert_meta
@@ -26,7 +26,7 @@ from ttlora_moe.training import TrainConfig
 
 def default_experts_dir(quick: bool) -> Path:
     """Where the benchmarks keep (and reuse) their experts."""
-    return outputs_dir() / "bench_experts" / ("quick" if quick else "full")
+    return kept_models_dir("bench_experts", quick)
 
 
 def wanted(task: str, adapter: str, params: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:

@@ -17,9 +17,13 @@ import torch
 RESULTS = Path(os.environ.get("TTLORA_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
-def outputs_dir() -> Path:
-    """Where benchmarks keep the models they train for reuse (``TTLORA_BENCH_OUTPUTS``, default ./outputs)."""
-    return Path(os.environ.get("TTLORA_BENCH_OUTPUTS", Path(__file__).resolve().parents[1] / "outputs"))
+def kept_models_dir(kind: str, quick: bool) -> Path:
+    """Where benchmarks keep the ``kind`` of models they train, for reuse: ``<outputs>/<kind>/{quick,full}``.
+
+    ``<outputs>`` is ``TTLORA_BENCH_OUTPUTS``, default the project's ``outputs/``.
+    """
+    outputs = Path(os.environ.get("TTLORA_BENCH_OUTPUTS", Path(__file__).resolve().parents[1] / "outputs"))
+    return outputs / kind / ("quick" if quick else "full")
 
 
 def median_seconds(fn: Callable[[], Any], warmup: int = 2, repeats: int = 7) -> float:

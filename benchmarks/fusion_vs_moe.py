@@ -33,7 +33,7 @@ from benchmarks.adapters_baselines import driver
 from benchmarks.bench_experts import bench_expert, default_experts_dir
 from benchmarks.common import markdown_table, write_results
 from ttlora_moe.bundle import build_bundle, bundle_params
-from ttlora_moe.data import load_split
+from ttlora_moe.data import num_rows
 from ttlora_moe.evaluate import evaluate_bundle, evaluation_rows
 from ttlora_moe.params import load_params, section
 from ttlora_moe.tasks import load_task_card
@@ -45,7 +45,7 @@ FUSION_FLAGS = ("fusion_samples", "fusion_epochs", "fusion_lr", "fusion_batch_si
 def mixed_test_rows(tasks: list[str], params: dict[str, Any], test_cap: int) -> dict[str, list[int]]:
     """Per task, the test-row indices of the mixed test set: the rows ``evaluate_bundle`` scores."""
     seed = int(bundle_params(section(params, "bundle"))["eval_seed"])
-    return {t: evaluation_rows(len(load_split(ensure_prepared(load_task_card(t), params), "test")), test_cap, seed)
+    return {t: evaluation_rows(num_rows(ensure_prepared(load_task_card(t), params), "test"), test_cap, seed)
             for t in tasks}
 
 

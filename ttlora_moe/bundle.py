@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ttlora_moe.base_model import BaseModel, load_base_model
-from ttlora_moe.data import UNLABELLED_FILE
+from ttlora_moe.data import UNLABELLED_FILE, num_rows
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts import META_FILE, WEIGHTS_FILE, code_version, read_expert_meta
 from ttlora_moe.features import CacheStats, FeatureSpec, cached_features, num_hidden_states, sample_indices
@@ -113,15 +113,6 @@ def unlabelled_rows(prepared: Path) -> tuple[list[dict[str, Any]], str] | None:
     return [{"text": t, "text_pair": p} for t, p in zip(texts, pairs)], sha256_file(path)
 
 
-def _num_rows(prepared: Path, split: str) -> int:
-    import pyarrow.parquet as pq
-
-    path = Path(prepared) / f"{split}.parquet"
-    if not path.exists():
-        raise BadInput(f"{path} does not exist", "prepare the task first (`ttlora-moe train-expert` or `dvc repro`)")
-    return int(pq.ParquetFile(str(path)).metadata.num_rows)
-
-
 def router_data(
     base: BaseModel,
     tasks: list[str],
@@ -143,8 +134,8 @@ def router_data(
         versions[task] = md5
         # (mix, split, rows or None = read only if some are not cached, number of rows, cap, data version)
         sources: list[tuple[str, str, list[dict[str, Any]] | None, int, int, str]] = [
-            ("train", "train", None, _num_rows(prepared, "train"), config.train_per_task, md5),
-            ("validation", "validation", None, _num_rows(prepared, "validation"), config.validation_per_task, md5),
+            ("train", "train", None, num_rows(prepared, "train"), config.train_per_task, md5),
+            ("validation", "validation", None, num_rows(prepared, "validation"), config.validation_per_task, md5),
         ]
         extra = unlabelled_rows(prepared) if config.unlabelled_per_task else None
         if extra:

@@ -408,6 +408,14 @@ def prepare_task(card: TaskCard, raw_dir: Path, out_dir: Path, params: dict[str,
     return meta
 
 
+def num_rows(prepared: Path, split: str) -> int:
+    """Rows of a prepared split, from the parquet footer (the file is not read)."""
+    path = Path(prepared) / f"{split}.parquet"
+    if not path.exists():
+        raise BadInput(f"{path} does not exist", "prepare the task first (`ttlora-moe train-expert` or `dvc repro`)")
+    return int(pq.ParquetFile(str(path)).metadata.num_rows)
+
+
 def load_split(prepared_dir: Path, split: str, max_samples: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
     """Rows of a prepared split as dicts; a seeded subsample (in file order) when ``max_samples`` is set."""
     if split not in SPLITS:

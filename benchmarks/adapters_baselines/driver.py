@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import outputs_dir
+from benchmarks.common import kept_models_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_SCRIPT = ROOT / "benchmarks" / "adapters_env.sh"
@@ -48,7 +48,7 @@ def expert_budget(quick: bool, samples: int | None = None, epochs: int | None = 
 
 def default_adapters_dir(quick: bool) -> Path:
     """Where both benchmarks keep (and reuse) the per-task Pfeiffer adapters."""
-    return outputs_dir() / "adapters_baselines" / ("quick" if quick else "full")
+    return kept_models_dir("adapters_baselines", quick)
 
 
 def adapters_python() -> str:

@@ -321,7 +321,10 @@ def train_fusion(tasks: list[str], args, tokenizer) -> dict[str, Any]:
     for t in tasks:
         rows = seeded_subset(read_rows(args.data / t / "train.parquet"), args.fusion_samples, args.seed)
         mix += [{**r, "task": t} for r in rows]
-    tests = {t: [rows[i] for i in args.mixed[t]] for t, rows in ((t, read_rows(args.data / t / "test.parquet")) for t in tasks)}
+    tests = {}
+    for t in tasks:
+        test_rows = read_rows(args.data / t / "test.parquet")
+        tests[t] = [test_rows[i] for i in args.mixed[t]]
     collate = Collate(tokenizer, args.max_length)
 
     torch.manual_seed(args.seed)
