@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from benchmarks.common import interleaved_medians, markdown_table, write_results
-from ttlora_moe.adapters import TTLoRALinear, attach_tt_lora, tt_modules
-from ttlora_moe.base_model import DEFAULT_BASE_MODEL, load_base_model
-from ttlora_moe.config import TTLoRAConfig
+from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.params import load_params, section
-from ttlora_moe.tensor_train import balanced_factors
+from ttlora_moe.tt.config import TTLoRAConfig
+from ttlora_moe.tt.inject import attach_tt_lora, tt_modules
+from ttlora_moe.tt.layer import TTLoRALinear
+from ttlora_moe.tt.tensor_train import balanced_factors
 
 MODES = ("base", "contraction", "reconstruction", "merged")
 

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import kept_models_dir
-from ttlora_moe.config import TTLoRAConfig
-from ttlora_moe.data import prepared_md5
-from ttlora_moe.experts import META_FILE, read_expert_meta
+from ttlora_moe.data.cards import load_task_card
+from ttlora_moe.data.prepare import ensure_prepared
+from ttlora_moe.data.prepared import prepared_md5
+from ttlora_moe.experts.artifact import META_FILE, read_expert_meta
+from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL
+from ttlora_moe.experts.job import train_expert
+from ttlora_moe.experts.training import TrainConfig
 from ttlora_moe.params import section
-from ttlora_moe.tasks import load_task_card
-from ttlora_moe.train_expert import DEFAULT_BASE_MODEL, ensure_prepared, train_expert
-from ttlora_moe.training import TrainConfig
+from ttlora_moe.tt.config import TTLoRAConfig
 
 
 def default_experts_dir(quick: bool) -> Path:

@@ -10,7 +10,7 @@ the ones `peft_quality` kept (`--adapters-dir`, `--experts-dir`; `make bench` ru
 are trained here when missing.
 
 The **mixed test set** is, for each task, the rows our bundle evaluation scores
-(`ttlora_moe.evaluate.evaluation_rows`: a seeded sample of min(test rows, `--test-cap`), params.yaml
+(`ttlora_moe.moe.evaluate.evaluation_rows`: a seeded sample of min(test rows, `--test-cap`), params.yaml
 `bundle.eval_seed`); AdapterFusion and the per-task Pfeiffer adapters are scored on exactly those
 rows. Reported: mixed accuracy (task and label both right, rows pooled), per-task accuracy and
 parameters; beside them the per-task models given the true task (no routing), the ceiling of each
@@ -32,12 +32,13 @@ from typing import Any
 from benchmarks.adapters_baselines import driver
 from benchmarks.bench_experts import bench_expert, default_experts_dir
 from benchmarks.common import markdown_table, write_results
-from ttlora_moe.bundle import build_bundle, bundle_params
-from ttlora_moe.data import num_rows
-from ttlora_moe.evaluate import evaluate_bundle, evaluation_rows
+from ttlora_moe.data.cards import load_task_card
+from ttlora_moe.data.prepare import ensure_prepared
+from ttlora_moe.data.prepared import num_rows
+from ttlora_moe.moe.build import build_bundle
+from ttlora_moe.moe.bundle import bundle_params
+from ttlora_moe.moe.evaluate import evaluate_bundle, evaluation_rows
 from ttlora_moe.params import load_params, section
-from ttlora_moe.tasks import load_task_card
-from ttlora_moe.train_expert import ensure_prepared
 
 FUSION_FLAGS = ("fusion_samples", "fusion_epochs", "fusion_lr", "fusion_batch_size")
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {
         "tasks": tasks, "test_cap": args.test_cap,
         "mixed_test_set": f"per task, min(test rows, {args.test_cap}) seeded rows of data/prepared/<task>/test.parquet "
-                          "(ttlora_moe.evaluate.evaluation_rows, params bundle.eval_seed)",
+                          "(ttlora_moe.moe.evaluate.evaluation_rows, params bundle.eval_seed)",
         "pfeiffer": pf_rows, "mixed": mixed_rows, "fusion": result.get("fusion"),
         "bundle": {k: v for k, v in ours.items() if k != "report"} | {
             "evaluation": {k: ours["report"][k] for k in ("rows", "router_accuracy", "mixed_accuracy", "abstain_in_scope")}}

@@ -43,18 +43,29 @@ import torch
 from torch import nn
 
 from benchmarks.common import interleaved_medians, markdown_table, write_results
-from ttlora_moe.adapters import attach_tt_lora
-from ttlora_moe.base_model import DEFAULT_BASE_MODEL, BaseModel, load_base_model, pool
-from ttlora_moe.classifier import SequenceClassifier
-from ttlora_moe.config import TTLoRAConfig
-from ttlora_moe.data import load_split
-from ttlora_moe.experts import expert_tensors, load_expert, read_expert_meta, save_expert
-from ttlora_moe.features import FeatureSpec, feature_dim, tokenize
-from ttlora_moe.moe import ExpertInfo, MixtureOfExperts
+from ttlora_moe.data.batching import tokenize
+from ttlora_moe.data.cards import load_task_card
+from ttlora_moe.data.prepare import ensure_prepared
+from ttlora_moe.data.prepared import load_split
+from ttlora_moe.experts.artifact import (
+    expert_tensors,
+    load_expert,
+    read_expert_meta,
+    save_expert,
+)
+from ttlora_moe.experts.base_model import (
+    DEFAULT_BASE_MODEL,
+    BaseModel,
+    load_base_model,
+    pool,
+)
+from ttlora_moe.experts.classifier import SequenceClassifier
+from ttlora_moe.moe.features import FeatureSpec, feature_dim
+from ttlora_moe.moe.mixture import ExpertInfo, MixtureOfExperts
+from ttlora_moe.moe.router import Router, RouterConfig
 from ttlora_moe.params import load_params, section
-from ttlora_moe.router import Router, RouterConfig
-from ttlora_moe.tasks import load_task_card
-from ttlora_moe.train_expert import ensure_prepared
+from ttlora_moe.tt.config import TTLoRAConfig
+from ttlora_moe.tt.inject import attach_tt_lora
 
 DEFAULT_TASKS = ["mnli", "cola", "rte", "sst2", "qnli", "qqp"]
 COLUMNS = ["method", "samples_per_s", "ms_per_batch", "time_x_base", "weights_mb"]
@@ -167,7 +178,7 @@ def load_mixture(args: argparse.Namespace, params: dict[str, Any], workdir: Path
                  device: torch.device) -> tuple[MixtureOfExperts, list[Path], str]:
     """The bundle's mixture (or ``--experts`` / random experts with an untrained router), its expert dirs, a label."""
     if args.bundle:
-        from ttlora_moe.bundle import load_bundle, load_moe
+        from ttlora_moe.moe.bundle import load_bundle, load_moe
 
         bundle = load_bundle(args.bundle)
         recorded = bundle.manifest["base_model"]

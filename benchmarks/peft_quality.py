@@ -35,7 +35,7 @@ from typing import Any
 from benchmarks.adapters_baselines import driver
 from benchmarks.bench_experts import bench_expert, default_experts_dir
 from benchmarks.common import markdown_table, write_results
-from ttlora_moe.experts import read_expert_meta
+from ttlora_moe.experts.artifact import read_expert_meta
 from ttlora_moe.params import load_params
 
 METHODS = ["ttlora", "lora", "head-only"]

@@ -34,15 +34,17 @@ from typing import Any
 import torch
 
 from benchmarks.common import markdown_table, write_results
-from ttlora_moe.base_model import DEFAULT_BASE_MODEL, BaseModel, load_base_model
-from ttlora_moe.bundle import bundle_params, router_data
-from ttlora_moe.data import load_split, prepared_md5
-from ttlora_moe.features import CacheStats, FeatureSpec, cached_features, sample_indices
-from ttlora_moe.params import load_params, section
-from ttlora_moe.router import Router, RouterConfig, balanced_accuracy, train_router
+from ttlora_moe.data.cards import list_tasks, load_task_card
+from ttlora_moe.data.prepare import ensure_prepared
+from ttlora_moe.data.prepared import load_split, prepared_md5
 from ttlora_moe.errors import BadInput
-from ttlora_moe.tasks import list_tasks, load_task_card
-from ttlora_moe.train_expert import ensure_prepared
+from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, BaseModel, load_base_model
+from ttlora_moe.moe.bundle import bundle_params
+from ttlora_moe.moe.feature_cache import CacheStats, cached_features, sample_indices
+from ttlora_moe.moe.features import FeatureSpec
+from ttlora_moe.moe.router import Router, RouterConfig, balanced_accuracy, train_router
+from ttlora_moe.moe.router_data import router_data
+from ttlora_moe.params import load_params, section
 
 SIZES = (2, 4, 6, 10)
 QUICK_SIZES = (2, 4)

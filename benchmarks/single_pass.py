@@ -3,12 +3,12 @@
 Two-pass routing (the default) runs the whole frozen base once for the router's features, then the
 adapted base again, so the bundle is at most about half as fast as the base model alone. With
 ``router.route_after_layer = k`` and experts trained with ``tt.layers_from = k`` one forward does
-both (:mod:`ttlora_moe.single_pass`). This benchmark measures what that costs and buys, in one run:
+both (:mod:`ttlora_moe.moe.single_pass`). This benchmark measures what that costs and buys, in one run:
 
 - for ``two-pass`` (experts adapt every layer, router on every hidden state) and ``single-pass k``
   for each ``--ks`` value: train one expert per task (``train_expert``, the same budget for all,
   ``tt.layers_from = k``), build a bundle (same router budget), evaluate it on the mixed test sets
-  (``ttlora_moe.evaluate``: router accuracy and mixed accuracy, i.e. task and label both right);
+  (``ttlora_moe.moe.evaluate``: router accuracy and mixed accuracy, i.e. task and label both right);
 - throughput: a stream of mixed batches (the tasks' test rows interleaved) through each bundle as a
   user calls it (``MixtureOfExperts.predict``: tokenise, route, adapt, answer) and through the base
   model alone (tokenise, forward, pool), in interleaved rounds after a warm-up round; the median
@@ -34,14 +34,17 @@ from typing import Any
 import torch
 
 from benchmarks.common import interleaved_medians, markdown_table, write_results
-from ttlora_moe.base_model import BaseModel, load_base_model, pool
-from ttlora_moe.bundle import build_bundle, load_moe
-from ttlora_moe.data import load_split
-from ttlora_moe.evaluate import evaluate_bundle
-from ttlora_moe.features import sample_indices, tokenize
+from ttlora_moe.data.batching import tokenize
+from ttlora_moe.data.cards import load_task_card
+from ttlora_moe.data.prepare import ensure_prepared
+from ttlora_moe.data.prepared import load_split
+from ttlora_moe.experts.base_model import BaseModel, load_base_model, pool
+from ttlora_moe.experts.job import train_expert
+from ttlora_moe.moe.build import build_bundle
+from ttlora_moe.moe.bundle import load_moe
+from ttlora_moe.moe.evaluate import evaluate_bundle
+from ttlora_moe.moe.feature_cache import sample_indices
 from ttlora_moe.params import load_params, section
-from ttlora_moe.tasks import load_task_card
-from ttlora_moe.train_expert import ensure_prepared, train_expert
 
 TASKS = ["mnli", "cola", "rte", "sst2", "qnli", "qqp"]
 QUICK_TASKS = ["rte", "sst2"]

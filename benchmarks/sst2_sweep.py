@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import markdown_table, write_results
+from ttlora_moe.experts.job import train_expert
 from ttlora_moe.params import load_params, section
-from ttlora_moe.train_expert import train_expert
 
 PAPER = {"tt": {"rank": 5, "alpha": 16.0}, "train": {"lr": 5e-3}}
 SHORT = {"max_train_samples": 4000, "epochs": 1}

@@ -21,26 +21,35 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import check_services, pipeline_params, work_dir
-from ttlora_moe import registry
+from flows import check_services, work_dir
+from ttlora_moe.params import load_params
+from ttlora_moe.pipeline import gates as gate_checks
+from ttlora_moe.pipeline import models
+from ttlora_moe.pipeline.bundles import (
+    bundle_key,
+    bundle_summary,
+    find_bundle,
+    register_bundle,
+)
+from ttlora_moe.pipeline.mlflow_client import tracking_uri
 
 
 @task(cache_policy=NO_CACHE)
 def choose_experts(tasks: list[str] | None, versions: dict[str, int] | None, alias: str | None) -> list[dict[str, Any]]:
     """One registered version per task: pinned, at ``alias``, or the latest."""
-    return registry.select_experts(tasks, versions, alias)
+    return models.select_experts(tasks, versions, alias)
 
 
 @task(cache_policy=NO_CACHE)
 def download_experts(experts: list[dict[str, Any]], dest: str) -> list[dict[str, Any]]:
     """Download the chosen expert versions from the registry."""
-    return registry.download_experts(experts, Path(dest))
+    return models.download_experts(experts, Path(dest))
 
 
 @task(cache_policy=NO_CACHE)
 def build(experts: list[dict[str, Any]], output: str, params: dict[str, Any]) -> dict[str, Any]:
     """Train the router on cached base-model features and write the bundle directory."""
-    from ttlora_moe.bundle import build_bundle
+    from ttlora_moe.moe.build import build_bundle
 
     return build_bundle([Path(e["dir"]) for e in experts], Path(output), params=params,
                         versions={e["task"]: str(e["version"]) for e in experts}, progress=False)
@@ -49,7 +58,7 @@ def build(experts: list[dict[str, Any]], output: str, params: dict[str, Any]) ->
 @task(cache_policy=NO_CACHE)
 def evaluate(bundle_dir: str, output: str, params: dict[str, Any]) -> dict[str, Any]:
     """Evaluate on the experts' mixed test sets: evaluation.json, plots, and the gates of ``bundle`` params."""
-    from ttlora_moe.evaluate import evaluate_bundle
+    from ttlora_moe.moe.evaluate import evaluate_bundle
 
     return evaluate_bundle(Path(bundle_dir), params=params, output=Path(output), progress=False)
 
@@ -57,14 +66,14 @@ def evaluate(bundle_dir: str, output: str, params: dict[str, Any]) -> dict[str, 
 @task(cache_policy=NO_CACHE)
 def check_gates(evaluation: dict[str, Any]) -> dict[str, Any]:
     """The evaluation's gates (router accuracy, retention; thresholds from params.yaml ``bundle``)."""
-    return registry.check_gates(evaluation)
+    return gate_checks.check_gates(evaluation)
 
 
 @task(cache_policy=NO_CACHE)
 def register(bundle_dir: str, evaluation: dict[str, Any], gates: dict[str, Any], experts: list[dict[str, Any]],
              evaluation_dir: str, params: dict[str, Any], key: str) -> dict[str, Any]:
     """Register the bundle as a new ``ttlora-moe`` version (alias ``candidate`` if the gates pass)."""
-    return registry.register_bundle(Path(bundle_dir), evaluation, gates, experts, Path(evaluation_dir), params, key)
+    return register_bundle(Path(bundle_dir), evaluation, gates, experts, Path(evaluation_dir), params, key)
 
 
 @flow(name="build-moe-bundle", flow_run_name="build-moe-bundle", persist_result=True, result_serializer="json")
@@ -76,11 +85,11 @@ def build_moe_bundle_flow(tasks: list[str] | None = None, versions: dict[str, in
     as it is (``unchanged: true``) unless ``force``.
     """
     logger = get_run_logger()
-    params = pipeline_params(profile)
+    params = load_params(profile=profile)
     check_services()
     chosen = choose_experts(tasks, versions, alias)
-    key = registry.bundle_key(chosen, params)
-    existing = None if force else registry.find_bundle(key)
+    key = bundle_key(chosen, params)
+    existing = None if force else find_bundle(key)
     if existing is not None:
         logger.info("ttlora-moe version %s already bundles %s with these params and code: nothing to do", existing,
                     ", ".join(f"{e['task']} v{e['version']}" for e in chosen))
@@ -99,7 +108,7 @@ def build_moe_bundle_flow(tasks: list[str] | None = None, versions: dict[str, in
         logger.info("%s version %s: gates passed, alias candidate", result["model"], result["version"])
     else:
         logger.warning("%s version %s: gates failed (%s); no alias set", result["model"], result["version"],
-                       registry.describe_failed_gates(gates))
+                       gate_checks.describe_failed_gates(gates))
     create_markdown_artifact(key="bundle-evaluation", markdown=evaluation_table(evaluation, gates, result),
                              description=f"ttlora-moe version {result['version']}")
     return {**result, "unchanged": False, **_headline(evaluation)}
@@ -107,12 +116,12 @@ def build_moe_bundle_flow(tasks: list[str] | None = None, versions: dict[str, in
 
 def unchanged(version: int) -> dict[str, Any]:
     """The result of a bundle version registered earlier, in the shape of a fresh one."""
-    summary = registry.bundle_summary(version)
-    gates = registry.check_gates(summary["evaluation"])
+    summary = bundle_summary(version)
+    gates = gate_checks.check_gates(summary["evaluation"])
     return {"model": summary["model"], "version": summary["version"], "run_id": summary["run_id"],
             "model_uri": f"models:/{summary['model']}/{summary['version']}", "gates_passed": summary["gates_passed"],
             "aliases": summary["aliases"], "experts": summary["experts"], "gates": gates,
-            "tracking_uri": registry.tracking_uri(), "unchanged": True, **_headline(summary["evaluation"])}
+            "tracking_uri": tracking_uri(), "unchanged": True, **_headline(summary["evaluation"])}
 
 
 def _headline(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +133,7 @@ def _headline(evaluation: dict[str, Any]) -> dict[str, Any]:
 def evaluation_table(evaluation: dict[str, Any], gates: dict[str, Any], result: dict[str, Any]) -> str:
     """A markdown table of the bundle's evaluation, one row per task."""
     lines = [f"**{result['model']} version {result['version']}**: router accuracy "
-             f"{_fmt(evaluation.get('router_accuracy'))}, gates {'passed' if gates['passed'] else 'FAILED: ' + registry.describe_failed_gates(gates)}",
+             f"{_fmt(evaluation.get('router_accuracy'))}, gates {'passed' if gates['passed'] else 'FAILED: ' + gate_checks.describe_failed_gates(gates)}",
              "", "| task | expert version | metric | router accuracy | expert alone | in bundle | drop |",
              "|---|---|---|---|---|---|---|"]
     for task_name, row in sorted((evaluation.get("per_task") or {}).items()):

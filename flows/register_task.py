@@ -16,22 +16,29 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import check_services, pipeline_params
+from flows import check_services
 from flows.build_bundle import build_moe_bundle_flow
 from flows.train_expert import train_expert_flow
-from ttlora_moe import dvc_data
+from ttlora_moe.params import load_params
+from ttlora_moe.pipeline.dvc_remote import (
+    check_remote_credentials,
+    ensure_remote,
+    ensure_repo,
+)
+from ttlora_moe.pipeline.registration import commit_task
+from ttlora_moe.pipeline.task_validation import StagedTask, TaskSpec, stage_task
 
 
 @task(cache_policy=NO_CACHE)
-def validate_dataset(spec: dict[str, Any], replace: bool, params: dict[str, Any]) -> dvc_data.StagedTask:
+def validate_dataset(spec: dict[str, Any], replace: bool, params: dict[str, Any]) -> StagedTask:
     """Check name, source, columns, labels, classes and rows in a staging folder; nothing is written."""
-    return dvc_data.stage_task(dvc_data.TaskSpec(**spec), replace=replace, params=params)
+    return stage_task(TaskSpec(**spec), replace=replace, params=params)
 
 
 @task(cache_policy=NO_CACHE)
-def register_data(staged: dvc_data.StagedTask) -> dict[str, Any]:
+def register_data(staged: StagedTask) -> dict[str, Any]:
     """Write the card, track the raw data with DVC, prepare it (``dvc repro``) and push it (all or nothing)."""
-    return dvc_data.commit_task(staged)
+    return commit_task(staged)
 
 
 @flow(name="register-task", flow_run_name="register-task-{name}", persist_result=True, result_serializer="json")
@@ -51,14 +58,14 @@ def register_task_flow(
 ) -> dict[str, Any]:
     """Register a new task from ``source`` (a CSV/Parquet/JSONL file or folder, or a hub id)."""
     logger = get_run_logger()
-    params = pipeline_params(profile)
-    dvc_data.check_remote_credentials()
+    params = load_params(profile=profile)
+    check_remote_credentials()
     if train:
         check_services()
     spec = {"name": name, "source": source, "text": text, "text_pair": text_pair, "label": label,
             "label_names": label_names, "metric": metric, "description": description}
-    dvc_data.ensure_repo()
-    dvc_data.ensure_remote()
+    ensure_repo()
+    ensure_remote()
     staged = validate_dataset(spec, replace, params)
     result: dict[str, Any] = {"registered": register_data(staged)}
     logger.info("task %s registered: %s", name, result["registered"]["rows"])

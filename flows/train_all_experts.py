@@ -21,10 +21,11 @@ from prefect.deployments import run_deployment
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from flows import check_services, pipeline_params
+from flows import check_services
 from flows.build_bundle import build_moe_bundle_flow
 from flows.train_expert import train_expert_flow
 from ttlora_moe.errors import BadInput
+from ttlora_moe.params import load_params
 
 TRAIN_EXPERT_DEPLOYMENT = "train-expert/local"
 
@@ -72,7 +73,7 @@ def train_all_experts_flow(
     experts at once, cores // concurrency avoids oversubscribing the CPU (None: torch's default).
     """
     logger = get_run_logger()
-    params = pipeline_params(profile)
+    params = load_params(profile=profile)
     tasks = list(tasks or params.get("tasks") or [])
     if not tasks:
         raise BadInput("no tasks to train", "pass tasks or list them under `tasks` in params.yaml")

@@ -20,16 +20,19 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE
 
-from flows import check_services, pipeline_params, work_dir
-from ttlora_moe import registry
-from ttlora_moe.base_model import DEFAULT_BASE_MODEL, fingerprint
-from ttlora_moe.bundle import cache_task_features
-from ttlora_moe.data import prepared_md5
+from flows import check_services, work_dir
+from ttlora_moe.data.cards import load_task_card
+from ttlora_moe.data.prepare import ensure_prepared
+from ttlora_moe.data.prepared import prepared_md5
 from ttlora_moe.errors import BadInput
-from ttlora_moe.experts import code_version
-from ttlora_moe.params import section
-from ttlora_moe.tasks import load_task_card
-from ttlora_moe.train_expert import ensure_prepared, train_expert
+from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, fingerprint
+from ttlora_moe.experts.job import train_expert
+from ttlora_moe.moe.router_data import cache_task_features
+from ttlora_moe.params import load_params, section
+from ttlora_moe.pipeline.mlflow_client import tracking_uri
+from ttlora_moe.pipeline.models import has_version
+from ttlora_moe.pipeline.tracking import expert_run
+from ttlora_moe.provenance import code_version
 
 
 @task(cache_policy=NO_CACHE, task_run_name="prepare-{task_name}")
@@ -54,7 +57,7 @@ def train_and_register(task_name: str, data_md5: str, config: dict[str, Any], co
     key = hashlib.sha256(json.dumps([data_md5, config, code], sort_keys=True).encode()).hexdigest()[:12]
     output = work_dir("experts") / f"{task_name}-{key}"
     params = {"train": config["train"], "tt": config["tt"], "base_model": config["base_model"]}
-    with registry.expert_run(task_name, params, run_name=f"{task_name}-{key}") as run:
+    with expert_run(task_name, params, run_name=f"{task_name}-{key}") as run:
         summary = train_expert(task_name, output, params=params, progress=False, on_eval=run.log_eval)
         return run.register(summary)
 
@@ -77,12 +80,12 @@ def train_expert_flow(task: str, profile: str | None = None, overrides: dict[str
         if threads < 1:
             raise BadInput(f"threads must be at least 1, got {threads}", "pass threads=1 or more, or leave it empty")
         torch.set_num_threads(threads)
-    params = pipeline_params(profile, overrides)
+    params = load_params(profile=profile, overrides=overrides)
     check_services()
     data = prepare_data(task, params)
-    inputs = (task, data["data_md5"], expert_config(params), code_version(), registry.tracking_uri())
+    inputs = (task, data["data_md5"], expert_config(params), code_version(), tracking_uri())
     result = train_and_register.with_options(refresh_cache=force)(*inputs)
-    if not registry.has_version(result["model"], result["version"]):  # the cache outlived its registry
+    if not has_version(result["model"], result["version"]):  # the cache outlived its registry
         logger.warning("%s version %s is gone from the registry: training again", result["model"], result["version"])
         result = train_and_register.with_options(refresh_cache=True)(*inputs)
     logger.info("%s: test accuracy %.4f -> %s", task, result["test_accuracy"], result["model_uri"])

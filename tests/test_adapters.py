@@ -5,20 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ttlora_moe.adapters import (
+from ttlora_moe.errors import BadInput
+from ttlora_moe.experts.base_model import load_base_model
+from ttlora_moe.files import load_tensors
+from ttlora_moe.tt.config import TTLoRAConfig
+from ttlora_moe.tt.inject import (
     adapter_state_dict,
     attach_tt_lora,
     load_adapter_state_dict,
     lora_equivalent_params,
     save_adapter,
-    load_tensors,
     trainable_tt_params,
     tt_modules,
 )
-from ttlora_moe.base_model import load_base_model
-from ttlora_moe.config import TTLoRAConfig
-from ttlora_moe.errors import BadInput
-from ttlora_moe.tensor_train import tt_reconstruct
+from ttlora_moe.tt.tensor_train import tt_reconstruct
 
 
 @pytest.mark.parametrize("fixture,targets", [("tiny_bert", ("query", "value")), ("tiny_llama", ("q_proj", "v_proj"))])
@@ -90,7 +90,7 @@ def test_default_minilm_takes_an_adapter_under_5_percent_of_lora():
 
 @pytest.mark.slow
 def test_smollm2_gguf_loads_as_llama_and_takes_an_adapter():
-    from ttlora_moe.base_model import SMOLLM2_BASE_MODEL
+    from ttlora_moe.experts.base_model import SMOLLM2_BASE_MODEL
 
     smol = load_base_model(SMOLLM2_BASE_MODEL)
     assert smol.model_type == "llama" and smol.pooling == "last"

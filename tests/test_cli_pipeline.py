@@ -35,10 +35,10 @@ def repo(tmp_path_factory):
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root.parent}/mlflow.db")
         for name in ("TTLORA_DATA_DIR", "TTLORA_TASKS_DIR", "TTLORA_PARAMS", "TTLORA_DVC_REMOTE", "TTLORA_S3"):
             mp.delenv(name, raising=False)
-        from ttlora_moe import dvc_data
+        from ttlora_moe.pipeline.dvc_remote import configure_remote, ensure_repo
 
-        dvc_data.ensure_repo(root)
-        dvc_data.configure_remote(root=root)
+        ensure_repo(root)
+        configure_remote(root=root)
         yield {"root": root, "data": data}
 
 

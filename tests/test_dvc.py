@@ -12,8 +12,18 @@ import pytest
 import yaml
 
 from tests.conftest import init_dvc_project
-from ttlora_moe import dvc_data
 from ttlora_moe.errors import BadInput
+from ttlora_moe.pipeline.dvc import run_dvc
+from ttlora_moe.pipeline.dvc_remote import (
+    check_remote_credentials,
+    configure_remote,
+    default_remote_url,
+    ensure_remote,
+    ensure_repo,
+    remote_url,
+)
+from ttlora_moe.pipeline.dvc_tracking import import_task, pull, repro_prepare, track_raw
+from ttlora_moe.pipeline.params_file import add_to_task_list
 
 PARAMS = """\
 # Every hyperparameter (a comment that must survive edits).
@@ -62,14 +72,14 @@ def repo(tmp_path, monkeypatch) -> Path:
 
 
 def test_local_remote_add_push_and_byte_identical_repro(repo):
-    assert dvc_data.ensure_repo() is True and dvc_data.ensure_repo() is False  # idempotent
+    assert ensure_repo() is True and ensure_repo() is False  # idempotent
     assert "/.dvc-remote/" in (repo / ".dvcignore").read_text()
-    info = dvc_data.configure_remote()
-    assert info["url"] == str(repo / ".dvc-remote") and dvc_data.remote_url() == info["url"]
+    info = configure_remote()
+    assert info["url"] == str(repo / ".dvc-remote") and remote_url() == info["url"]
     assert "url = ../.dvc-remote" in (repo / ".dvc" / "config").read_text()  # relative: valid in any clone
-    assert dvc_data.ensure_remote() is None  # already the default remote
+    assert ensure_remote() is None  # already the default remote
 
-    result = dvc_data.import_task("toy")
+    result = import_task("toy")
     prepared = repo / "data" / "prepared" / "toy"
     assert result["imported"] and (repo / "data" / "raw" / "toy.dvc").exists()
     assert {"train.parquet", "validation.parquet", "test.parquet", "meta.json"} <= set(os.listdir(prepared))
@@ -84,32 +94,32 @@ def test_local_remote_add_push_and_byte_identical_repro(repo):
     shutil.rmtree(repo / "data" / "raw" / "toy")
     shutil.rmtree(prepared)
     shutil.rmtree(repo / ".dvc" / "cache")
-    dvc_data.pull(["data/raw/toy.dvc"])
+    pull(["data/raw/toy.dvc"])
     assert (repo / "data" / "raw" / "toy" / "train.parquet").exists()
-    dvc_data.repro_prepare("toy", force=True)
+    repro_prepare("toy", force=True)
     assert md5s(prepared) == before
-    assert "up to date" in dvc_data.run_dvc(["status", "prepare@toy"]).lower() or \
-        dvc_data.run_dvc(["status", "prepare@toy"]).strip() in ("", "{}")
+    assert "up to date" in run_dvc(["status", "prepare@toy"]).lower() or \
+        run_dvc(["status", "prepare@toy"]).strip() in ("", "{}")
 
 
 def test_dvc_errors_are_one_line(repo):
     with pytest.raises(BadInput, match="not a dvc repository|failed"):
-        dvc_data.repro_prepare("toy")
-    dvc_data.ensure_repo()
+        repro_prepare("toy")
+    ensure_repo()
     with pytest.raises(BadInput, match="missing or empty"):
-        dvc_data.track_raw("toy")
+        track_raw("toy")
 
 
 def test_add_to_task_list_keeps_comments(tmp_path):
     flow_style = tmp_path / "a.yaml"
     flow_style.write_text(PARAMS)
-    assert dvc_data.add_to_task_list("reviews", flow_style) is True
-    assert dvc_data.add_to_task_list("reviews", flow_style) is False
+    assert add_to_task_list("reviews", flow_style) is True
+    assert add_to_task_list("reviews", flow_style) is False
     text = flow_style.read_text()
     assert "tasks: [toy, reviews]   # trained by default" in text and text.startswith("# Every hyperparameter")
     block = tmp_path / "b.yaml"
     block.write_text("# top\ntasks:  # list\n  - toy\n  - cola\nprepare:\n  seed: 1\n")
-    dvc_data.add_to_task_list("reviews", block)
+    add_to_task_list("reviews", block)
     assert yaml.safe_load(block.read_text()) == {"tasks": ["toy", "cola", "reviews"], "prepare": {"seed": 1}}
     assert block.read_text().startswith("# top\ntasks:  # list\n")
 
@@ -123,19 +133,19 @@ def test_s3_remote_push_to_moto(repo, no_aws, moto_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     monkeypatch.setenv("TTLORA_S3", "1")
     monkeypatch.setenv("TTLORA_S3_BUCKET", "ttlora-dvc-test")
-    dvc_data.ensure_repo()
-    assert dvc_data.default_remote_url() == "s3://ttlora-dvc-test/dvc"
-    info = dvc_data.configure_remote()
+    ensure_repo()
+    assert default_remote_url() == "s3://ttlora-dvc-test/dvc"
+    info = configure_remote()
     assert info["bucket_created"] is True and info["endpoint"] == moto_endpoint
     config = (repo / ".dvc" / "config").read_text() + (repo / ".dvc" / "config.local").read_text()
     assert "testing-secret" not in config and "testing" not in config  # credentials stay in the environment
     assert moto_endpoint in (repo / ".dvc" / "config.local").read_text()
     # The environment's remote is this machine's: the committed config keeps the project's folder.
     assert info["config"] == ".dvc/config.local" and "s3://" not in (repo / ".dvc" / "config").read_text()
-    assert dvc_data.remote_url() == "s3://ttlora-dvc-test/dvc" and dvc_data.ensure_remote() is None
-    dvc_data.import_task("toy")
+    assert remote_url() == "s3://ttlora-dvc-test/dvc" and ensure_remote() is None
+    import_task("toy")
 
-    from ttlora_moe.s3 import s3_client
+    from ttlora_moe.pipeline.s3 import s3_client
 
     keys = [o["Key"] for o in s3_client().list_objects_v2(Bucket="ttlora-dvc-test").get("Contents", [])]
     assert keys and all(k.startswith("dvc/files/md5/") for k in keys)
@@ -144,6 +154,6 @@ def test_s3_remote_push_to_moto(repo, no_aws, moto_endpoint, monkeypatch):
 def test_s3_remote_without_credentials_is_bad_input(repo, no_aws, monkeypatch):
     monkeypatch.setenv("TTLORA_DVC_REMOTE", "s3://ttlora-dvc-test/dvc")
     with pytest.raises(BadInput, match="S3 credentials are missing"):
-        dvc_data.check_remote_credentials()
+        check_remote_credentials()
     with pytest.raises(BadInput, match="S3 credentials are missing"):
-        dvc_data.configure_remote()
+        configure_remote()

@@ -65,10 +65,10 @@ def project(tmp_path_factory, tiny_bert, prefect_harness):
         import mlflow
 
         mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        from ttlora_moe import dvc_data
+        from ttlora_moe.pipeline.dvc_remote import configure_remote, ensure_repo
 
-        dvc_data.ensure_repo()
-        dvc_data.configure_remote()
+        ensure_repo()
+        configure_remote()
         yield root
         mlflow.set_tracking_uri(None)
 
@@ -81,8 +81,7 @@ def versions(name: str) -> list[int]:
 
 def test_train_expert_is_cached_on_data_params_and_code(project):
     from flows.train_expert import train_expert_flow
-
-    from ttlora_moe.features import features_dir
+    from ttlora_moe.moe.feature_cache import features_dir
 
     first = train_expert_flow(task="toy")
     assert first["version"] == 1 and first["model_uri"] == "models:/expert-toy/1"
@@ -97,8 +96,9 @@ def test_train_expert_is_cached_on_data_params_and_code(project):
 
 
 def test_train_all_experts_fans_out_retries_reports_and_bundles(project, monkeypatch):
-    import flows.train_all_experts as module
     from mlflow import MlflowClient
+
+    import flows.train_all_experts as module
 
     calls: dict[str, int] = {}
     active, peak, lock = [0], [0], threading.Lock()

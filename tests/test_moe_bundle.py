@@ -11,16 +11,17 @@ import pytest
 import torch
 import yaml
 
-from ttlora_moe.adapters import attach_tt_lora
-from ttlora_moe.base_model import load_base_model
-from ttlora_moe.classifier import SequenceClassifier
-from ttlora_moe.config import TTLoRAConfig
+from ttlora_moe.data.batching import tokenize
 from ttlora_moe.errors import BadInput
-from ttlora_moe.experts import load_expert, save_expert
-from ttlora_moe.features import FeatureSpec, feature_dim, tokenize
+from ttlora_moe.experts.artifact import load_expert, save_expert
+from ttlora_moe.experts.base_model import load_base_model
+from ttlora_moe.experts.classifier import SequenceClassifier
 from ttlora_moe.files import read_json, sha256_file, write_json
-from ttlora_moe.moe import ExpertInfo, MixtureOfExperts
-from ttlora_moe.router import Router
+from ttlora_moe.moe.features import FeatureSpec, feature_dim
+from ttlora_moe.moe.mixture import ExpertInfo, MixtureOfExperts
+from ttlora_moe.moe.router import Router
+from ttlora_moe.tt.config import TTLoRAConfig
+from ttlora_moe.tt.inject import attach_tt_lora
 
 ROUTER = {"kind": "mlp", "hidden": 16, "lr": 0.01, "max_epochs": 15, "patience": 4, "train_per_task": 60,
           "validation_per_task": 20, "false_abstain_rate": 0.05,
@@ -101,7 +102,7 @@ def env(tmp_path_factory, tiny_bert):
 
 def router_rows(env, *tasks: str) -> int:
     """Rows of router training + validation features for ``tasks`` (the capped prepared splits)."""
-    from ttlora_moe.data import load_split
+    from ttlora_moe.data.prepared import load_split
 
     prepared = env["root"] / "data" / "prepared"
     return sum(min(ROUTER["train_per_task"], len(load_split(prepared / t, "train")))
@@ -128,8 +129,8 @@ def test_mixed_batch_equals_each_sample_alone_through_its_expert(kind, tiny_bert
     names = ["senti", "nli", "quest"]  # 2, 3 and 2 labels
     dirs = [make_expert(tmp_path / n, ref, n, seed=i + 1) for i, n in enumerate(names)]
     base = load_base_model(ref)
-    from ttlora_moe.adapters import load_tensors
-    from ttlora_moe.experts import read_expert_meta
+    from ttlora_moe.experts.artifact import read_expert_meta
+    from ttlora_moe.files import load_tensors
 
     metas = [read_expert_meta(d) for d in dirs]
     spec = FeatureSpec()
@@ -170,8 +171,8 @@ def test_mixed_batch_equals_each_sample_alone_through_its_expert(kind, tiny_bert
 
 def test_moe_refuses_router_of_other_size(tiny_bert, tmp_path):
     d = make_expert(tmp_path / "senti", tiny_bert, "senti", 1)
-    from ttlora_moe.adapters import load_tensors
-    from ttlora_moe.experts import read_expert_meta
+    from ttlora_moe.experts.artifact import read_expert_meta
+    from ttlora_moe.files import load_tensors
 
     base = load_base_model(tiny_bert)
     with pytest.raises(BadInput, match="routes to 3 experts"):
@@ -185,7 +186,7 @@ def test_moe_refuses_router_of_other_size(tiny_bert, tmp_path):
 @pytest.fixture(scope="module")
 def built(env, tmp_path_factory):
     """A bundle of senti, nli and quest, built once."""
-    from ttlora_moe.bundle import build_bundle
+    from ttlora_moe.moe.build import build_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "b3"
     e = env["experts"]
@@ -195,7 +196,7 @@ def built(env, tmp_path_factory):
 
 
 def test_build_bundle_writes_a_complete_manifest(env, built):
-    from ttlora_moe.bundle import load_bundle
+    from ttlora_moe.moe.bundle import load_bundle
 
     out, summary = built
     manifest = read_json(out / "manifest.json")
@@ -218,7 +219,7 @@ def test_build_bundle_writes_a_complete_manifest(env, built):
 
 
 def test_bundle_predicts_routes_and_abstains(built):
-    from ttlora_moe.bundle import load_moe
+    from ttlora_moe.moe.bundle import load_moe
 
     moe = load_moe(built[0])
     rows = rows_of("senti", 2) + rows_of("nli", 2) + rows_of("quest", 2)
@@ -236,7 +237,7 @@ def test_bundle_predicts_routes_and_abstains(built):
 
 
 def test_adding_an_expert_reuses_cached_features_and_artifacts(env, built, tmp_path):
-    from ttlora_moe.bundle import build_bundle
+    from ttlora_moe.moe.build import build_bundle
 
     before = {t: {f: sha256_file(d / f) for f in ("expert.json", "adapter.safetensors")}
               for t, d in env["experts"].items()}
@@ -256,7 +257,8 @@ def test_adding_an_expert_reuses_cached_features_and_artifacts(env, built, tmp_p
 
 
 def test_features_cached_ahead_make_the_build_router_only(env, built, tmp_path):
-    from ttlora_moe.bundle import build_bundle, cache_task_features
+    from ttlora_moe.moe.build import build_bundle
+    from ttlora_moe.moe.router_data import cache_task_features
 
     params = {**env["params"], "train": {"max_length": 32}}  # the experts' max_length
     ahead = cache_task_features("extra", params=params, progress=False)
@@ -273,7 +275,7 @@ def _copy(built, tmp_path) -> Path:
 
 
 def test_load_bundle_refuses_a_tampered_file(built, tmp_path):
-    from ttlora_moe.bundle import load_bundle
+    from ttlora_moe.moe.bundle import load_bundle
 
     b = _copy(built, tmp_path)
     path = b / "experts" / "nli" / "adapter.safetensors"
@@ -286,7 +288,7 @@ def test_load_bundle_refuses_a_tampered_file(built, tmp_path):
 
 
 def test_load_bundle_refuses_a_missing_expert(built, tmp_path):
-    from ttlora_moe.bundle import load_bundle
+    from ttlora_moe.moe.bundle import load_bundle
 
     b = _copy(built, tmp_path)
     shutil.rmtree(b / "experts" / "quest")
@@ -297,7 +299,8 @@ def test_load_bundle_refuses_a_missing_expert(built, tmp_path):
 
 
 def test_foreign_base_expert_is_refused(env, built, tiny_llama, tmp_path):
-    from ttlora_moe.bundle import build_bundle, load_bundle
+    from ttlora_moe.moe.build import build_bundle
+    from ttlora_moe.moe.bundle import load_bundle
 
     foreign = make_expert(tmp_path / "foreign" / "extra", tiny_llama, "extra", 5)
     with pytest.raises(BadInput, match=r"foreign/extra/expert.json was trained on base model"):
@@ -320,10 +323,9 @@ def test_unlabelled_inputs_join_the_router_training_mix(env, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ttlora_moe.bundle import build_bundle
-
-    from ttlora_moe.tasks import load_task_card
-    from ttlora_moe.train_expert import ensure_prepared
+    from ttlora_moe.data.cards import load_task_card
+    from ttlora_moe.data.prepare import ensure_prepared
+    from ttlora_moe.moe.build import build_bundle
 
     prepared = ensure_prepared(load_task_card("quest"), env["params"])
     experts = [env["experts"]["senti"], env["experts"]["quest"]]
@@ -336,7 +338,7 @@ def test_unlabelled_inputs_join_the_router_training_mix(env, tmp_path):
     finally:
         (prepared / "unlabelled.parquet").unlink()
     assert summary["cache_misses"] == 25
-    from ttlora_moe.data import load_split
+    from ttlora_moe.data.prepared import load_split
 
     labelled = sum(min(ROUTER["train_per_task"], len(load_split(prepared.parent / t, "train"))) for t in ("senti", "quest"))
     assert read_json(tmp_path / "b" / "router.json")["validation"]["train_rows"] == labelled + 25
@@ -344,7 +346,7 @@ def test_unlabelled_inputs_join_the_router_training_mix(env, tmp_path):
 
 
 def test_bundle_refuses_two_experts_for_one_task(env, tmp_path):
-    from ttlora_moe.bundle import build_bundle
+    from ttlora_moe.moe.build import build_bundle
 
     twin = shutil.copytree(env["experts"]["senti"], tmp_path / "twin")
     with pytest.raises(BadInput, match="task 'senti' is already served"):
@@ -354,7 +356,7 @@ def test_bundle_refuses_two_experts_for_one_task(env, tmp_path):
 # --- evaluation and CLI -----------------------------------------------------------------------------
 
 def test_out_of_scope_task_choice(env):
-    from ttlora_moe.evaluate import _out_of_scope_task
+    from ttlora_moe.moe.evaluate import _out_of_scope_task
 
     assert _out_of_scope_task(["a", "b"], "c", preferred="d") == "c"
     assert _out_of_scope_task(["a", "b"], None, preferred="d") == "d"
@@ -365,7 +367,7 @@ def test_out_of_scope_task_choice(env):
 
 
 def test_evaluate_bundle_reports_routing_retention_and_abstain(env, built, tmp_path):
-    from ttlora_moe.evaluate import evaluate_bundle
+    from ttlora_moe.moe.evaluate import evaluate_bundle
 
     b = _copy(built, tmp_path)
     report = evaluate_bundle(b, params=env["params"], out_of_scope_task="extra", progress=False)
@@ -386,7 +388,7 @@ def test_evaluate_bundle_reports_routing_retention_and_abstain(env, built, tmp_p
     manifest = read_json(b / "manifest.json")
     assert manifest["metrics"]["test"]["router_accuracy"] == report["router_accuracy"]
     assert "router_test_accuracy" in manifest["gates"]
-    from ttlora_moe.bundle import load_bundle
+    from ttlora_moe.moe.bundle import load_bundle
 
     load_bundle(b)  # the report and the recorded metrics do not break verification
 
@@ -422,7 +424,7 @@ def test_cli_build_evaluate_predict(env, tmp_path, capsys, monkeypatch):
     code, stdout, _ = run_cli(capsys, "predict", "--bundle", out, first, "--file", inputs, "--json")
     assert code == 0 and stdout.count("\n") == 1
     predictions = json.loads(stdout)["predictions"]
-    from ttlora_moe.bundle import load_moe
+    from ttlora_moe.moe.bundle import load_moe
 
     expected = load_moe(out).predict([{"text": first, "text_pair": None}] + rows)
     assert [p["text"] for p in predictions] == [first, rows[0]["text"], rows[1]["text"]]

@@ -12,6 +12,9 @@ import pytest
 import yaml
 
 from ttlora_moe.errors import BadInput
+from ttlora_moe.pipeline.bundles import promote, register_bundle
+from ttlora_moe.pipeline.gates import check_gates, describe_failed_gates
+from ttlora_moe.pipeline.models import has_version, resolve_experts
 
 WORDS = ["good", "great", "bad", "awful"]
 
@@ -56,10 +59,10 @@ def env(tmp_path_factory, tiny_bert):
 
 
 def train_registered(task: str, params: dict) -> dict:
-    from ttlora_moe import registry
-    from ttlora_moe.train_expert import train_expert
+    from ttlora_moe.experts.job import train_expert
+    from ttlora_moe.pipeline.tracking import expert_run
 
-    with registry.expert_run(task, params) as run:
+    with expert_run(task, params) as run:
         summary = train_expert(task, Path(os.environ["TTLORA_PROJECT_DIR"]) / "experts" / task, params=params,
                                progress=False, on_eval=run.log_eval)
         return run.register(summary)
@@ -73,8 +76,8 @@ def experts(env):
 def test_expert_run_and_version_carry_lineage(env, experts):
     from mlflow import MlflowClient
 
-    from ttlora_moe.data import prepared_md5
-    from ttlora_moe.experts import git_commit
+    from ttlora_moe.data.prepared import prepared_md5
+    from ttlora_moe.provenance import git_commit
 
     toy = experts["toy"]
     assert toy["model"] == "expert-toy" and toy["version"] == 1 and toy["model_uri"] == "models:/expert-toy/1"
@@ -105,30 +108,28 @@ def test_expert_pyfunc_predicts_with_its_labels(experts):
 def test_resolve_experts_latest_pinned_alias(env, experts, tmp_path):
     from mlflow import MlflowClient
 
-    from ttlora_moe import registry
 
-    got = registry.resolve_experts(tmp_path / "a")
+    got = resolve_experts(tmp_path / "a")
     assert [(e["task"], e["version"]) for e in got] == [("toy", 1), ("toy2", 1)]
     assert all((Path(e["dir"]) / "adapter.safetensors").exists() for e in got)
     with pytest.raises(BadInput, match=r"expert-toy/7 does not exist \(known versions: 1\)"):
-        registry.resolve_experts(tmp_path / "b", versions={"toy": 7})
+        resolve_experts(tmp_path / "b", versions={"toy": 7})
     with pytest.raises(BadInput, match="no version with alias 'prod'"):
-        registry.resolve_experts(tmp_path / "c", tasks=["toy"], alias="prod")
+        resolve_experts(tmp_path / "c", tasks=["toy"], alias="prod")
     MlflowClient().set_registered_model_alias("expert-toy", "prod", "1")
-    assert registry.resolve_experts(tmp_path / "d", tasks=["toy"], alias="prod")[0]["version"] == 1
+    assert resolve_experts(tmp_path / "d", tasks=["toy"], alias="prod")[0]["version"] == 1
     with pytest.raises(BadInput, match="task 'nope' has no registered expert"):
-        registry.resolve_experts(tmp_path / "e", tasks=["nope"])
+        resolve_experts(tmp_path / "e", tasks=["nope"])
 
 
 @pytest.fixture(scope="module")
 def bundle(env, experts, tmp_path_factory):
     """Build and evaluate a bundle of the two registered experts."""
-    from ttlora_moe import registry
-    from ttlora_moe.bundle import build_bundle
-    from ttlora_moe.evaluate import evaluate_bundle
+    from ttlora_moe.moe.build import build_bundle
+    from ttlora_moe.moe.evaluate import evaluate_bundle
 
     work = tmp_path_factory.mktemp("bundle")
-    resolved = registry.resolve_experts(work / "experts")
+    resolved = resolve_experts(work / "experts")
     build_bundle([Path(e["dir"]) for e in resolved], work / "bundle", params=env["params"],
                  versions={e["task"]: str(e["version"]) for e in resolved}, progress=False)
     evaluation = evaluate_bundle(work / "bundle", params=env["params"], output=work / "evaluation", progress=False)
@@ -138,12 +139,11 @@ def bundle(env, experts, tmp_path_factory):
 def test_register_bundle_gates_aliases_and_promotion(env, bundle):
     from mlflow import MlflowClient
 
-    from ttlora_moe import registry
 
     c = MlflowClient()
-    gates = registry.check_gates(bundle["evaluation"])
-    assert gates["passed"], registry.describe_failed_gates(gates)
-    first = registry.register_bundle(bundle["dir"], bundle["evaluation"], gates, bundle["experts"],
+    gates = check_gates(bundle["evaluation"])
+    assert gates["passed"], describe_failed_gates(gates)
+    first = register_bundle(bundle["dir"], bundle["evaluation"], gates, bundle["experts"],
                                      bundle["evaluation_dir"], env["params"])
     assert first["gates_passed"] and first["aliases"] == ["candidate"]
     version = c.get_model_version("ttlora-moe", str(first["version"]))
@@ -155,21 +155,21 @@ def test_register_bundle_gates_aliases_and_promotion(env, bundle):
 
     failing = json.loads(json.dumps(bundle["evaluation"]))
     failing["gates"]["router_test_accuracy"].update(value=0.4, passed=False)
-    bad_gates = registry.check_gates(failing)
-    second = registry.register_bundle(bundle["dir"], failing, bad_gates, bundle["experts"], bundle["evaluation_dir"])
+    bad_gates = check_gates(failing)
+    second = register_bundle(bundle["dir"], failing, bad_gates, bundle["experts"], bundle["evaluation_dir"])
     assert not second["gates_passed"] and second["aliases"] == []
     assert str(c.get_model_version_by_alias("ttlora-moe", "candidate").version) == str(first["version"])  # unchanged
     assert "router_test_accuracy 0.400 < 0.500" in c.get_model_version("ttlora-moe", str(second["version"])).tags["gates_failed"]
 
     with pytest.raises(BadInput, match=f"version {second['version']} failed its gates"):
-        registry.promote(second["version"])
+        promote(second["version"])
     with pytest.raises(BadInput, match="ttlora-moe/99 does not exist"):
-        registry.promote(99)
-    assert registry.promote(first["version"])["version"] == first["version"]
-    forced = registry.promote(second["version"], force=True)
+        promote(99)
+    assert promote(first["version"])["version"] == first["version"]
+    forced = promote(second["version"], force=True)
     assert forced["forced"] and forced["previous"] == first["version"]
     assert str(c.get_model_version_by_alias("ttlora-moe", "champion").version) == str(second["version"])
-    registry.promote(first["version"])
+    promote(first["version"])
 
 
 def test_champion_answers_rest_requests(env, bundle):
@@ -178,9 +178,8 @@ def test_champion_answers_rest_requests(env, bundle):
     from fastapi.testclient import TestClient
     from mlflow.pyfunc import scoring_server
 
-    from ttlora_moe import registry
 
-    if not registry.has_version("ttlora-moe", 1):
+    if not has_version("ttlora-moe", 1):
         pytest.skip("needs the bundle registered by the previous test")
     model = mlflow.pyfunc.load_model("models:/ttlora-moe@champion")
     client = TestClient(scoring_server.init(model))

@@ -6,18 +6,17 @@ import pandas as pd
 import pytest
 import torch
 
-from ttlora_moe.base_model import load_base_model
+from ttlora_moe.data.batching import tokenize
 from ttlora_moe.errors import BadInput
-from ttlora_moe.features import (
+from ttlora_moe.experts.base_model import load_base_model
+from ttlora_moe.moe.feature_cache import cached_features, sample_indices
+from ttlora_moe.moe.features import (
     FeatureSpec,
-    cached_features,
     compute_features,
     feature_dim,
     pool_states,
-    sample_indices,
-    tokenize,
 )
-from ttlora_moe.router import (
+from ttlora_moe.moe.router import (
     RouterConfig,
     abstain_threshold,
     fit_temperature,
@@ -44,7 +43,7 @@ def bert(tiny_bert):
 
 
 def test_tokenize_matches_the_experts_collator_and_marks_segments(bert):
-    from ttlora_moe.data import Collator
+    from ttlora_moe.data.batching import Collator
 
     batch = tokenize(bert.tokenizer, ROWS, 32)
     reference = Collator(bert.tokenizer, 32)([{**r, "label": 0} for r in ROWS])

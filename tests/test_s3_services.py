@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests.conftest import free_port
@@ -18,7 +17,7 @@ def s3_env(no_aws, monkeypatch, moto_endpoint):
 
 
 def test_ensure_bucket_creates_then_is_idempotent(s3_env):
-    from ttlora_moe.s3 import ensure_bucket, s3_client
+    from ttlora_moe.pipeline.s3 import ensure_bucket, s3_client
 
     assert ensure_bucket("ttlora-test") is True
     assert ensure_bucket("ttlora-test") is False
@@ -28,7 +27,7 @@ def test_ensure_bucket_creates_then_is_idempotent(s3_env):
 
 
 def test_cli_ensure_bucket_uses_env_bucket(s3_env, monkeypatch, capsys):
-    from ttlora_moe.s3 import main
+    from ttlora_moe.pipeline.s3 import main
 
     monkeypatch.setenv("TTLORA_S3_BUCKET", "ttlora-cli")
     assert main(["ensure-bucket"]) == 0
@@ -38,14 +37,14 @@ def test_cli_ensure_bucket_uses_env_bucket(s3_env, monkeypatch, capsys):
 
 
 def test_aws_endpoint_url_wins(s3_env, monkeypatch):
-    from ttlora_moe.s3 import endpoint_url
+    from ttlora_moe.pipeline.s3 import endpoint_url
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     assert endpoint_url() == "http://127.0.0.1:1"
 
 
 def test_missing_credentials_is_bad_input(no_aws, monkeypatch, capsys):
-    from ttlora_moe.s3 import check_credentials, ensure_bucket, main
+    from ttlora_moe.pipeline.s3 import check_credentials, ensure_bucket, main
 
     with pytest.raises(BadInput, match="S3 credentials are missing"):
         check_credentials()
@@ -57,7 +56,7 @@ def test_missing_credentials_is_bad_input(no_aws, monkeypatch, capsys):
 
 
 def test_missing_profile_is_bad_input(no_aws, monkeypatch):
-    from ttlora_moe.s3 import check_credentials
+    from ttlora_moe.pipeline.s3 import check_credentials
 
     monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
     with pytest.raises(BadInput, match="S3 credentials are missing"):
@@ -65,7 +64,7 @@ def test_missing_profile_is_bad_input(no_aws, monkeypatch):
 
 
 def test_secret_is_never_in_messages(s3_env, monkeypatch):
-    from ttlora_moe.s3 import ensure_bucket
+    from ttlora_moe.pipeline.s3 import ensure_bucket
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     with pytest.raises(BadInput, match="unreachable") as info:
@@ -74,14 +73,14 @@ def test_secret_is_never_in_messages(s3_env, monkeypatch):
 
 
 def test_bad_bucket_name(s3_env):
-    from ttlora_moe.s3 import ensure_bucket
+    from ttlora_moe.pipeline.s3 import ensure_bucket
 
     with pytest.raises(BadInput, match="not a valid S3 bucket name"):
         ensure_bucket("Bad_Name")
 
 
 def test_service_checks_on_a_closed_port():
-    from ttlora_moe.services import check_mlflow, check_prefect
+    from ttlora_moe.pipeline.services import check_mlflow, check_prefect
 
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(BadInput, match=r"MLflow server at .* is unreachable") as info:
@@ -115,14 +114,14 @@ def health_server():
 
 
 def test_service_checks_pass_on_a_healthy_server(health_server):
-    from ttlora_moe.services import check_mlflow, check_prefect
+    from ttlora_moe.pipeline.services import check_mlflow, check_prefect
 
     assert check_mlflow(health_server) == health_server
     assert check_prefect(health_server + "/api") == health_server + "/api"
 
 
 def test_something_else_on_the_port_is_bad_input(moto_endpoint):
-    from ttlora_moe.services import check_mlflow
+    from ttlora_moe.pipeline.services import check_mlflow
 
     # moto answers 404 on /health: something listens, but it is not MLflow.
     with pytest.raises(BadInput, match="does not answer like a MLflow server"):
@@ -130,7 +129,7 @@ def test_something_else_on_the_port_is_bad_input(moto_endpoint):
 
 
 def test_local_store_needs_no_server(monkeypatch):
-    from ttlora_moe.services import check_mlflow
+    from ttlora_moe.pipeline.services import check_mlflow
 
     assert check_mlflow("sqlite:///tmp/x.db") is None
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -138,7 +137,7 @@ def test_local_store_needs_no_server(monkeypatch):
 
 
 def test_credentials_are_redacted_in_messages():
-    from ttlora_moe.services import check_mlflow
+    from ttlora_moe.pipeline.services import check_mlflow
 
     with pytest.raises(BadInput) as info:
         check_mlflow(f"http://user:hunter2@127.0.0.1:{free_port()}", timeout=1)

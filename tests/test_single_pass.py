@@ -10,17 +10,19 @@ import pytest
 import torch
 import yaml
 
-from ttlora_moe.adapters import attach_tt_lora, load_tensors
-from ttlora_moe.base_model import load_base_model
-from ttlora_moe.block_hooks import early_hidden_states
-from ttlora_moe.classifier import SequenceClassifier
-from ttlora_moe.config import TTLoRAConfig
+from ttlora_moe.data.batching import tokenize
 from ttlora_moe.errors import BadInput
-from ttlora_moe.experts import load_expert, read_expert_meta, save_expert
-from ttlora_moe.features import FeatureSpec, batch_features, feature_dim, tokenize
-from ttlora_moe.moe import ExpertInfo, MixtureOfExperts
-from ttlora_moe.router import Router, RouterConfig
-from ttlora_moe.single_pass import restrict_spec
+from ttlora_moe.experts.artifact import load_expert, read_expert_meta, save_expert
+from ttlora_moe.experts.base_model import load_base_model
+from ttlora_moe.experts.classifier import SequenceClassifier
+from ttlora_moe.files import load_tensors
+from ttlora_moe.moe.block_hooks import early_hidden_states
+from ttlora_moe.moe.features import FeatureSpec, batch_features, feature_dim
+from ttlora_moe.moe.mixture import ExpertInfo, MixtureOfExperts
+from ttlora_moe.moe.router import Router, RouterConfig
+from ttlora_moe.moe.single_pass import restrict_spec
+from ttlora_moe.tt.config import TTLoRAConfig
+from ttlora_moe.tt.inject import attach_tt_lora
 
 LABELS = {"senti": ["neg", "pos"], "nli": ["entail", "neutral", "contra"], "quest": ["no", "yes"]}
 ROWS = [
@@ -208,8 +210,9 @@ def test_benchmark_quick_compares_two_pass_and_single_pass(project, bench_result
 
 
 def test_bundle_records_the_mode_and_loads_it(project, monkeypatch, tmp_path, tiny_bert):
-    from ttlora_moe.bundle import build_bundle, load_moe
     from ttlora_moe.files import read_json, write_json
+    from ttlora_moe.moe.build import build_bundle
+    from ttlora_moe.moe.bundle import load_moe
 
     add_pair_task(project)
     monkeypatch.setenv("TTLORA_CACHE", str(tmp_path / "cache"))

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import sys
 import types
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from ttlora_moe.data import (
-    PREPARED_COLUMNS,
-    Collator,
-    import_raw,
-    load_split,
-    main,
-    prepare_all,
-    prepare_params,
-    prepare_task,
-    prepared_md5,
+from ttlora_moe.data.batching import Collator
+from ttlora_moe.data.cards import (
+    TaskCard,
+    list_tasks,
+    load_task_card,
+    save_task_card,
+    validate_task_name,
 )
+from ttlora_moe.data.prepare import main, prepare_all, prepare_params, prepare_task
+from ttlora_moe.data.prepared import PREPARED_COLUMNS, load_split, prepared_md5
+from ttlora_moe.data.raw import import_raw
 from ttlora_moe.errors import BadInput
-from ttlora_moe.tasks import TaskCard, list_tasks, load_task_card, save_task_card, validate_task_name
 
 PARAMS = {"seed": 1, "validation_fraction": 0.2, "validation_max_rows": 1000, "carve_test_fraction": 0.25,
           "test_max_rows": 1000, "min_rows": 2}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ttlora_moe.errors import BadInput
-from ttlora_moe.tensor_train import (
+from ttlora_moe.tt.tensor_train import (
     balanced_factors,
     check_factors,
     init_cores,

@@ -7,13 +7,14 @@ import random
 import pytest
 import torch
 
-from ttlora_moe.adapters import attach_tt_lora
-from ttlora_moe.base_model import load_base_model
-from ttlora_moe.classifier import SequenceClassifier
-from ttlora_moe.config import TTLoRAConfig
 from ttlora_moe.errors import BadInput
-from ttlora_moe.experts import load_expert, save_expert
-from ttlora_moe.training import TrainConfig, evaluate, predict, task_metrics, train
+from ttlora_moe.experts.artifact import load_expert, save_expert
+from ttlora_moe.experts.base_model import load_base_model
+from ttlora_moe.experts.classifier import SequenceClassifier
+from ttlora_moe.experts.metrics import task_metrics
+from ttlora_moe.experts.training import TrainConfig, evaluate, predict, train
+from ttlora_moe.tt.config import TTLoRAConfig
+from ttlora_moe.tt.inject import attach_tt_lora
 
 FILLER = "the a movie film plot actor it this that is was very really".split()
 

@@ -10,9 +10,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ttlora_moe.errors import BadInput
+
+if TYPE_CHECKING:
+    import torch
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -81,3 +84,15 @@ def read_format_json(path: Path, expected_format: str, fix: str, missing_fix: st
     if got != expected_format:
         raise BadInput(f"{path} has format {got!r}, expected {expected_format!r}", fix)
     return data
+
+
+def load_tensors(path: Path) -> dict[str, "torch.Tensor"]:
+    """Read a safetensors file; a corrupt or missing file is a clear error."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise BadInput(f"{path} does not exist", "point to an expert directory with adapter.safetensors") from None
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise BadInput(f"{path} is not a readable safetensors file ({exc})", "re-create or re-download it") from None

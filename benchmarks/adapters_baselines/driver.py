@@ -59,8 +59,8 @@ def adapters_python() -> str:
 
 def budget_flags(params: dict[str, Any], overrides: dict[str, Any]) -> list[str]:
     """train.py flags for the `train` params with ``overrides`` (the experts' budget) and ``PFEIFFER_LR``."""
+    from ttlora_moe.experts.training import TrainConfig
     from ttlora_moe.params import section
-    from ttlora_moe.training import TrainConfig
 
     train = TrainConfig.from_dict({**section(params, "train"), **overrides}).to_dict()
     values = {flag: "all" if train[key] is None else str(train[key]) for flag, key in BUDGET_FLAGS.items()}
@@ -69,10 +69,11 @@ def budget_flags(params: dict[str, Any], overrides: dict[str, Any]) -> list[str]
 
 def inputs(tasks: list[str], params: dict[str, Any]) -> list[str]:
     """train.py flags for the base model, prepared-data root and task cards, as our experts see them."""
-    from ttlora_moe.base_model import local_model_dir
+    from ttlora_moe.data.cards import load_task_card
+    from ttlora_moe.data.prepare import ensure_prepared
+    from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, local_model_dir
     from ttlora_moe.params import section
-    from ttlora_moe.tasks import load_task_card, tasks_dir
-    from ttlora_moe.train_expert import DEFAULT_BASE_MODEL, ensure_prepared
+    from ttlora_moe.paths import tasks_dir
 
     model = local_model_dir(section(params, "base_model").get("ref", DEFAULT_BASE_MODEL))
     prepared = [ensure_prepared(load_task_card(t), params) for t in tasks]

@@ -36,7 +36,7 @@ print(f"demo-add-task: wrote {out} ({rows} rows: query, context, verdict)", file
 PY
 
 versions() {  # the latest version of every expert-* model, one "name version" per line
-    python -c 'from ttlora_moe import registry as r; [print(t, r.latest_version(r.expert_model_name(t))) for t in r.registered_tasks()]'
+    python -c 'from ttlora_moe.pipeline import models as m; [print(t, m.latest_version(m.expert_model_name(t))) for t in m.registered_tasks()]'
 }
 before=$(versions)
 ttlora-moe tasks add "$TASK" --source "$CSV" --text query --text-pair context --label verdict \

@@ -43,7 +43,7 @@ source .run/env.sh
 export TTLORA_WORK_POOL=${TTLORA_WORK_POOL:-local-process}
 
 say "data under DVC: ${TASKS[*]}"
-python -m ttlora_moe.dvc_data import "${TASKS[@]}"
+python -m ttlora_moe.pipeline.dvc_tracking import "${TASKS[@]}"
 
 say "deploying the flows (prefect.yaml) to pool $TTLORA_WORK_POOL"
 prefect --no-prompt deploy --all >"$TTLORA_RUN_DIR/logs/deploy.log" 2>&1 \
@@ -63,21 +63,22 @@ python - "$PREFECT_UI_URL" "$MLFLOW_TRACKING_URI" <<'PY'
 import sys
 
 from flows.build_bundle import evaluation_table
-from ttlora_moe import registry
+from ttlora_moe.pipeline.bundles import bundle_summary
+from ttlora_moe.pipeline.gates import check_gates, describe_failed_gates
 from ttlora_moe.errors import BadInput
 
 prefect_ui, mlflow_ui = sys.argv[1], sys.argv[2]
 try:
-    summary = registry.bundle_summary()
+    summary = bundle_summary()
 except BadInput as exc:
     print(f"demo: no bundle registered: {exc}", file=sys.stderr)
     sys.exit(1)
-gates = registry.check_gates(summary["evaluation"])
+gates = check_gates(summary["evaluation"])
 result = {"model": summary["model"], "version": summary["version"], "experts": summary["experts"]}
 print()
 print(evaluation_table(summary["evaluation"], gates, result))
 print()
-aliases = ", ".join(summary["aliases"]) or "none (gates failed: " + registry.describe_failed_gates(gates) + ")"
+aliases = ", ".join(summary["aliases"]) or "none (gates failed: " + describe_failed_gates(gates) + ")"
 print(f"ttlora-moe version {summary['version']}, aliases: {aliases}")
 print(f"MLflow UI:  {mlflow_ui}/#/models/ttlora-moe/versions/{summary['version']}")
 print(f"Prefect UI: {prefect_ui}/runs")

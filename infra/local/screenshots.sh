@@ -31,9 +31,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.sorting import FlowRunSort
 
-from ttlora_moe import registry
+from ttlora_moe.pipeline.models import BUNDLE_MODEL, latest_version
 
-version = registry.latest_version(registry.BUNDLE_MODEL) or ""
+version = latest_version(BUNDLE_MODEL) or ""
 with get_client(sync_client=True) as client:
     runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["train-all-experts"])),
                                  sort=FlowRunSort.START_TIME_DESC, limit=1)

@@ -147,7 +147,7 @@ s3_setup() {
     export MLFLOW_S3_ENDPOINT_URL=${MLFLOW_S3_ENDPOINT_URL:-${AWS_ENDPOINT_URL:-}}
     if [[ -z $MLFLOW_S3_ENDPOINT_URL ]]; then unset MLFLOW_S3_ENDPOINT_URL; fi  # AWS itself
     export TTLORA_S3=1 TTLORA_S3_BUCKET=$BUCKET
-    "$BIN/python" -m ttlora_moe.s3 ensure-bucket "$BUCKET" || exit $?
+    "$BIN/python" -m ttlora_moe.pipeline.s3 ensure-bucket "$BUCKET" || exit $?
 }
 
 write_env() {

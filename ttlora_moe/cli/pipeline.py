@@ -1,0 +1,89 @@
+"""Pipeline commands of ``ttlora-moe``: ``tasks add`` and ``promote``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ttlora_moe.cli.app import JsonFlag, app, emit, quiet_stdout, tasks_app
+
+
+@tasks_app.command("add")
+def tasks_add(
+    name: Annotated[str, typer.Argument(help="New task name: a lowercase identifier (names the card, data and expert).")],
+    source: Annotated[str, typer.Option("--source", help="A CSV/Parquet/JSONL file, a folder of them, or a hub id owner/name[:config].")],
+    text: Annotated[str, typer.Option("--text", help="Input text column.")],
+    label: Annotated[str, typer.Option("--label", help="Label column.")],
+    text_pair: Annotated[str | None, typer.Option("--text-pair", help="Second input column of a pair task.")] = None,
+    label_names: Annotated[list[str] | None, typer.Option(
+        "--label-names", help="Class names, repeated or comma-separated (index = class id when the labels are 0..k-1). "
+                              "Default: the distinct label values.")] = None,
+    metric: Annotated[str, typer.Option(help="Headline metric: accuracy, f1 (binary) or mcc.")] = "accuracy",
+    description: Annotated[str, typer.Option(help="One line for `tasks list` and the model card.")] = "",
+    replace: Annotated[bool, typer.Option("--replace", help="Replace an already registered task's data.")] = False,
+    train: Annotated[bool, typer.Option("--train", help="Then train its expert and register a new bundle (Prefect + MLflow).")] = False,
+    profile: Annotated[str | None, typer.Option(help="params.yaml profile for --train, e.g. demo.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a new task: validate the dataset, write its card, track its raw data with DVC, prepare it."""
+    from ttlora_moe.pipeline.dvc_remote import check_remote_credentials
+    from ttlora_moe.pipeline.registration import add_task
+    from ttlora_moe.pipeline.services import check_mlflow, check_prefect
+    from ttlora_moe.pipeline.task_validation import TaskSpec
+
+    names = [n.strip() for item in (label_names or []) for n in item.split(",") if n.strip()] or None
+    spec = TaskSpec(name=name, source=source, text=text, label=label, text_pair=text_pair,
+                             label_names=names, metric=metric, description=description)
+    check_remote_credentials()
+    if train:  # fail before anything is written when the servers --train needs are down
+        check_mlflow()
+        check_prefect()
+    with quiet_stdout(as_json):
+        result: dict[str, Any] = {"registered": add_task(spec, replace=replace)}
+        if train:
+            from flows.build_bundle import build_moe_bundle_flow
+            from flows.train_expert import train_expert_flow
+
+            result["expert"] = train_expert_flow(task=name, profile=profile)
+            result["bundle"] = build_moe_bundle_flow(versions={name: result["expert"]["version"]}, profile=profile)
+
+    def render(r: dict[str, Any]) -> str:
+        reg = r["registered"]
+        rows = ", ".join(f"{k} {v}" for k, v in (reg.get("rows") or {}).items())
+        lines = [f"task {reg['task']} {'replaced' if reg['replaced'] else 'registered'}: labels {', '.join(reg['labels'])}; {rows}",
+                 f"card {reg['card']}; raw data tracked by {reg['pointer']} (commit it with git)"]
+        if "expert" in r:
+            lines.append(f"expert {r['expert']['model_uri']}: test accuracy {r['expert']['test_accuracy']:.4f}")
+        if "bundle" in r:
+            b = r["bundle"]
+            lines.append(f"bundle {b['model_uri']}: gates {'passed (alias candidate)' if b['gates_passed'] else 'failed'}")
+        return "\n".join(lines)
+
+    emit(result, as_json, render)
+
+
+@app.command("promote")
+def promote(
+    version: Annotated[str, typer.Argument(help="ttlora-moe model version to serve.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote even though its gates failed.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Move alias `champion` of the registered model ttlora-moe to VERSION (what serving loads)."""
+    from ttlora_moe.errors import BadInput
+    from ttlora_moe.pipeline.services import check_mlflow
+
+    if not version.isdigit():
+        raise BadInput(f"version {version!r} is not a version number", "give the number shown in the MLflow UI, e.g. 3")
+    check_mlflow()
+    with quiet_stdout(as_json):
+        from ttlora_moe.pipeline.bundles import promote as promote_version
+
+        result = promote_version(int(version), force=force)
+
+    def render(r: dict[str, Any]) -> str:
+        was = f" (was version {r['previous']})" if r["previous"] else ""
+        forced = "; gates had FAILED, promoted with --force" if r["forced"] else ""
+        return f"{r['model']}@{r['alias']} -> version {r['version']}{was}{forced}\nserve it: mlflow models serve -m {r['model_uri']} --env-manager local"
+
+    emit(result, as_json, render)

@@ -1,0 +1,151 @@
+"""Task cards: ``data/tasks/<task>.yaml`` says where a task's data is and how to read it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ttlora_moe.errors import BadInput
+from ttlora_moe.paths import tasks_dir
+
+METRICS = ("accuracy", "f1", "mcc")
+
+
+FILE_ROLES = ("train", "test", "labelled", "unlabelled")
+
+
+@dataclass(frozen=True)
+class TaskCard:
+    """How to turn a raw dataset into (text, text_pair, label) rows."""
+
+    name: str                   # identifier: names the card file, the prepared folder and the expert
+    source: str                 # folder under the data mirror, a local path, or a hub id ("owner/name[:config]")
+    text: str                   # input text column
+    text_pair: str | None       # second text column of a pair task, else None
+    label: str                  # raw label column
+    label_names: list[str]      # human names; index = class id
+    label_values: list[Any]     # raw values in the data (ints, strings or bools), aligned with label_names
+    metric: str = "accuracy"    # headline metric besides accuracy: accuracy | f1 (binary, class 1) | mcc
+    files: dict[str, str] = field(default_factory=dict)  # role (train | test | labelled | unlabelled) -> glob in the source
+    notes: str = ""             # data quirks, copied into the prepared meta.json
+    description: str = ""       # one line for `ttlora-moe tasks list` and the model card
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def validate(self) -> None:
+        """Raise :class:`BadInput` when the card is inconsistent."""
+        validate_task_name(self.name)
+        where = f"task card {self.name!r}"
+        for key in ("source", "text", "label"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                raise BadInput(f"{where}: {key} must be a non-empty string, got {getattr(self, key)!r}", f"set {key}")
+        if self.text_pair is not None and (not isinstance(self.text_pair, str) or not self.text_pair.strip()):
+            raise BadInput(f"{where}: text_pair must be a column name or null, got {self.text_pair!r}", "fix text_pair")
+        if not isinstance(self.label_names, list) or not all(isinstance(n, str) and n for n in self.label_names):
+            raise BadInput(f"{where}: label_names must be a list of names, got {self.label_names!r}",
+                           "list one name per class, e.g. [negative, positive]")
+        if not isinstance(self.label_values, list):
+            raise BadInput(f"{where}: label_values must be a list, got {self.label_values!r}",
+                           "list the raw label values in the data, aligned with label_names")
+        if len(self.label_names) < 2:
+            raise BadInput(f"{where} has fewer than two labels", "list at least two label_names")
+        if len(set(self.label_names)) != len(self.label_names):
+            raise BadInput(f"{where} repeats a label name in {self.label_names}", "make label_names unique")
+        if len(self.label_values) != len(self.label_names):
+            raise BadInput(f"{where}: {len(self.label_values)} label_values for {len(self.label_names)} label_names",
+                           "give one raw value per label name, in the same order")
+        if len({normalise(v) for v in self.label_values}) != len(self.label_values):
+            raise BadInput(f"{where} repeats a label value in {self.label_values}", "make label_values unique")
+        if self.metric not in METRICS:
+            raise BadInput(f"{where} has metric {self.metric!r}", f"use one of {', '.join(METRICS)}")
+        if self.metric == "f1" and self.num_labels != 2:
+            raise BadInput(f"{where}: metric 'f1' (binary F1 of class 1) needs two labels, the card has {self.num_labels}",
+                           "use accuracy or mcc")
+        if not isinstance(self.files, dict) or not all(isinstance(v, str) and v for v in self.files.values()):
+            raise BadInput(f"{where}: files must map roles to file patterns, got {self.files!r}",
+                           "e.g. files: {train: 'train-*.parquet', test: 'validation-*.parquet'}")
+        unknown = sorted(set(self.files) - set(FILE_ROLES))
+        if unknown or not ({"train", "labelled"} & set(self.files)):
+            raise BadInput(f"{where} has files {self.files}",
+                           f"map 'train' (and 'test') or 'labelled' to file patterns in the source folder (roles: {', '.join(FILE_ROLES)})")
+        if "train" in self.files and "labelled" in self.files:
+            raise BadInput(f"{where} has both a 'train' and a 'labelled' file", "use 'labelled' only when there is no train file")
+
+
+def normalise(value: Any) -> str:
+    """Raw label values compare as strings: 1, '1' and 1.0 are one value; True is 'true'."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip().lower()
+
+
+def validate_task_name(name: str) -> None:
+    """A task name must be a lowercase Python identifier (it names files, models and flows)."""
+    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+        raise BadInput(f"task name {name!r} is not a valid identifier",
+                       "use lowercase letters, digits and underscores, not starting with a digit")
+
+
+def list_tasks(directory: Path | None = None) -> list[str]:
+    """Names of the task cards in ``directory``."""
+    directory = Path(directory or tasks_dir())
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load_task_card(name: str, directory: Path | None = None) -> TaskCard:
+    """The card for ``name``; an unknown task lists the known ones."""
+    directory = Path(directory or tasks_dir())
+    path = directory / f"{name}.yaml"
+    if not isinstance(name, str) or not name.isidentifier() or not path.is_file():
+        known = ", ".join(list_tasks(directory)) or "none"
+        raise BadInput(f"unknown task {name!r} (known: {known}; cards in {directory})",
+                       "pick a listed task or add one with `ttlora-moe tasks add`")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise BadInput(f"{path} is not valid YAML: {str(exc).splitlines()[0]}", "fix the card") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path} is not a mapping of card fields", "see data/tasks/sst2.yaml for the layout")
+    known_keys = {f.name for f in fields(TaskCard)}
+    unknown = sorted(map(str, set(data) - known_keys))
+    missing = sorted({"source", "text", "label", "label_names", "label_values"} - set(data))
+    if unknown or missing:
+        raise BadInput(f"{path}: unknown keys {unknown}, missing keys {missing}", f"use the keys {sorted(known_keys)}")
+    data.setdefault("name", name)
+    if data["name"] != name:
+        raise BadInput(f"{path} names task {data['name']!r}", f"rename the file to {data['name']}.yaml or set name: {name}")
+    data.setdefault("text_pair", None)
+    data.setdefault("files", {})
+    data.setdefault("notes", "")
+    data.setdefault("description", "")
+    if data["notes"] is None:
+        data["notes"] = ""
+    card = TaskCard(**data)
+    card.validate()
+    return card
+
+
+def save_task_card(card: TaskCard, directory: Path | None = None) -> Path:
+    """Write ``<directory>/<name>.yaml`` atomically."""
+    card.validate()
+    directory = Path(directory or tasks_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{card.name}.yaml"
+    with tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".{card.name}.", suffix=".tmp", delete=False) as fh:
+        try:
+            yaml.safe_dump(asdict(card), fh, sort_keys=False, allow_unicode=True)
+        except BaseException:
+            fh.close()
+            os.unlink(fh.name)
+            raise
+    os.replace(fh.name, path)
+    return path

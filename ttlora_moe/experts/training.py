@@ -1,0 +1,273 @@
+"""The training loop: AdamW, evaluation on validation, early stopping, best weights, resume.
+
+Reproducible: batch order comes from a generator seeded by ``(seed, epoch)`` and the global RNG is
+reseeded from ``(seed, step)`` before each step (dropout), so a run that is killed and resumed
+from its last checkpoint takes exactly the steps an uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ttlora_moe.errors import BadInput
+from ttlora_moe.experts.checkpoint import (
+    load_checkpoint,
+    optimizer_tensors,
+    restore_optimizer,
+    save_checkpoint,
+)
+from ttlora_moe.experts.metrics import task_metrics
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one expert's training run (``train:`` in params.yaml)."""
+
+    epochs: int = field(default=2, metadata={"help": "Passes over the training sample."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per optimisation step."})
+    lr: float = field(default=5e-3, metadata={"help": "AdamW learning rate of the TT cores."})
+    head_lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate of the head."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Clip the gradient norm to this (None: no clipping)."})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "Linear warm-up share of all steps, then linear decay."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per input; longer inputs are truncated."})
+    max_train_samples: int | None = field(default=4000, metadata={"help": "Seeded training subsample (None: all)."})
+    max_eval_samples: int | None = field(default=1000, metadata={"help": "Validation subsample used for early stopping."})
+    evals_per_epoch: int = field(default=2, metadata={"help": "Validation passes per epoch."})
+    patience: int = field(default=3, metadata={"help": "Validation passes without improvement before stopping."})
+    checkpoint_every: int = field(default=25, metadata={"help": "Steps between resumable checkpoints."})
+    seed: int = field(default=0, metadata={"help": "Seed of data order, dropout and initialisation."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (CPU or GPU)."})
+    head_mode: str = field(default="trainable", metadata={"help": "'trainable' or 'frozen' (the paper's random head)."})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInput(f"unknown train config keys {unknown}", f"use only {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    best_score: float
+    best_step: int
+    steps: int
+    history: list[dict[str, float]]
+    resumed_from_step: int
+    seconds: float
+    samples_seen: int
+
+
+def _autocast(enabled: bool, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def predict(
+    model: nn.Module,
+    rows: Sequence[dict],
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]],
+    batch_size: int = 64,
+    bf16: bool = False,
+    desc: str = "eval",
+    progress: bool = True,
+) -> tuple[list[int], torch.Tensor]:
+    """Labels and class probabilities for ``rows``; batches are length-sorted to pad less."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
+    probs = torch.empty(len(rows), 0)
+    chunks: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), _autocast(bf16, device):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress, file=sys.stderr):
+            batch = collate([rows[i] for i in order[start : start + batch_size]])
+            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            chunks.append(torch.softmax(logits.float(), -1).cpu())
+    model.train(was_training)
+    if chunks:
+        probs = torch.empty(len(rows), chunks[0].shape[1])
+        probs[torch.tensor(order)] = torch.cat(chunks)
+    return [int(r["label"]) for r in rows], probs
+
+
+def evaluate(model: nn.Module, rows: Sequence[dict], collate, metric: str, batch_size: int = 64, bf16: bool = False, progress: bool = True) -> dict[str, float]:
+    """Task metrics and mean cross-entropy of ``model`` on ``rows``."""
+    labels, probs = predict(model, rows, collate, batch_size, bf16, progress=progress)
+    out = task_metrics(labels, probs.argmax(-1).tolist(), metric)
+    picked = probs[torch.arange(len(labels)), torch.tensor(labels)]
+    out["loss"] = float(-(picked.clamp_min(1e-12).log()).mean())
+    return out
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def run_fingerprint(parts: dict[str, Any]) -> str:
+    """Stable id of what a checkpoint belongs to; a resume with another id starts fresh."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train(
+    model: nn.Module,
+    train_rows: Sequence[dict],
+    val_rows: Sequence[dict],
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]],
+    config: TrainConfig,
+    metric: str,
+    checkpoint_dir: Path | None = None,
+    fingerprint: str = "",
+    progress: bool = True,
+    on_eval: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train the parameters of ``model`` that require grad; leave the best ones loaded.
+
+    The selection score is validation accuracy (ties broken by lower validation loss). With a
+    ``checkpoint_dir`` the run saves every ``checkpoint_every`` steps and resumes from there.
+    """
+    if not train_rows:
+        raise BadInput("the training split is empty", "check the task's prepared data")
+    params = _trainable(model)
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    head = [p for n, p in params.items() if n.startswith("head.")]
+    cores = [p for n, p in params.items() if not n.startswith("head.")]
+    groups = [g for g in ({"params": cores, "lr": config.lr}, {"params": head, "lr": config.head_lr}) if g["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, config.warmup_ratio))
+    eval_points = {
+        min(steps_per_epoch, round(steps_per_epoch * (i + 1) / config.evals_per_epoch))
+        for i in range(max(1, config.evals_per_epoch))
+    }
+    device = next(iter(params.values())).device
+
+    step, best_score, best_step, bad_evals = 0, (-1.0, -math.inf), 0, 0
+    history: list[dict[str, float]] = []
+    best_state = {n: p.detach().clone() for n, p in params.items()}
+    resumed_from, stopped = 0, False
+    saved = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if saved and saved[1].get("fingerprint") == fingerprint:
+        tensors, meta = saved
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(tensors[f"param.{n}"])
+                best_state[n] = tensors[f"best.{n}"].clone()
+        restore_optimizer(optimizer, tensors, meta["optimizer"])
+        scheduler.load_state_dict(meta["scheduler"])
+        step, best_step, bad_evals = meta["step"], meta["best_step"], meta["bad_evals"]
+        best_score, history, resumed_from = tuple(meta["best_score"]), meta["history"], meta["step"]
+        stopped = meta.get("stopped", False)
+        print(f"resuming from step {step} of {total_steps} ({checkpoint_dir})", file=sys.stderr)
+
+    def checkpoint() -> None:
+        if checkpoint_dir is None:
+            return
+        tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in params.items()}
+        tensors.update({f"best.{n}": t.cpu().contiguous() for n, t in best_state.items()})
+        opt_tensors, opt_meta = optimizer_tensors(optimizer)
+        tensors.update(opt_tensors)
+        meta = {
+            "fingerprint": fingerprint, "step": step, "best_step": best_step, "bad_evals": bad_evals,
+            "best_score": list(best_score), "history": history, "optimizer": opt_meta,
+            "scheduler": scheduler.state_dict(), "stopped": stopped,
+        }
+        save_checkpoint(checkpoint_dir, tensors, meta)
+
+    start_time = time.perf_counter()
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, desc="train", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    running_loss, running_correct, running_seen = 0.0, 0, 0
+    samples_seen = 0  # in this process (not before a resume): the throughput denominator
+    while step < total_steps and not stopped:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(config.seed * 1009 + epoch))
+        for batch_index in range(in_epoch, steps_per_epoch):
+            torch.manual_seed(config.seed * 1_000_003 + step)
+            ids = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size].tolist()
+            batch = collate([train_rows[i] for i in ids])
+            labels = batch["labels"].to(device)
+            with _autocast(config.bf16, device):
+                logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            loss = nn.functional.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            running_loss += loss.detach().item() * len(ids)
+            running_correct += int((logits.argmax(-1) == labels).sum())
+            running_seen += len(ids)
+            samples_seen += len(ids)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{running_loss / running_seen:.3f}", acc=f"{running_correct / running_seen:.3f}")
+            if batch_index + 1 in eval_points:
+                scores = evaluate(model, val_rows, collate, metric, bf16=config.bf16, progress=False)
+                model.train()
+                record = {"step": step, "epoch": step / steps_per_epoch, "train_loss": running_loss / running_seen,
+                          "train_accuracy": running_correct / running_seen,
+                          **{f"val_{k}": v for k, v in scores.items()}}
+                history.append(record)
+                running_loss, running_correct, running_seen = 0.0, 0, 0
+                if on_eval:
+                    on_eval(record)
+                bar.write(f"step {step}: val_accuracy {scores['accuracy']:.4f} val_loss {scores['loss']:.4f}", file=sys.stderr)
+                score = (scores["accuracy"], -scores["loss"])
+                if score > best_score:
+                    best_score, best_step, bad_evals = score, step, 0
+                    best_state = {n: p.detach().clone() for n, p in params.items()}
+                else:
+                    bad_evals += 1
+                    if bad_evals >= config.patience:
+                        bar.write(f"early stop: no improvement in {bad_evals} validation passes", file=sys.stderr)
+                        stopped = True
+                checkpoint()
+            elif step % config.checkpoint_every == 0:
+                checkpoint()
+            if stopped or step >= total_steps:
+                break
+    bar.close()
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(best_state[n])
+    return TrainResult(best_score[0], best_step, step, history, resumed_from, time.perf_counter() - start_time,
+                       samples_seen)
+
+
+def clear_checkpoint(checkpoint_dir: Path) -> None:
+    """Remove a finished run's checkpoint."""
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -1,0 +1,192 @@
+"""Router features: pooled states of the frozen base model, computed in batches and cached on disk.
+
+The router decides *which task an input comes from* from the frozen base model alone, so its
+features depend only on (base model, data, feature spec): they are computed once and cached.
+A :class:`FeatureSpec` says which hidden states (embeddings = 0, then every block) are pooled over
+the whole input and how (masked ``mean``, masked ``max``, ``cls``, ``last`` non-pad token), which
+hidden states are mean-pooled over the ``text`` and the ``text_pair`` tokens separately, and whether
+token counts are appended. The default (segments of every hidden state + counts) is what
+docs/router.md found best for all-MiniLM-L6-v2. Pads and special tokens are never pooled into a
+segment. The same :func:`batch_features` runs in training (through the cache) and inside the
+mixture-of-experts forward, so a router always sees features computed by the same code.
+The cache of computed features is :mod:`ttlora_moe.moe.feature_cache`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ttlora_moe.data.batching import tokenize
+from ttlora_moe.errors import BadInput
+from ttlora_moe.experts.base_model import BaseModel
+from ttlora_moe.moe.block_hooks import early_hidden_states
+
+FEATURE_VERSION = 1  # bump when the feature code changes meaning: old caches are then ignored
+POOLINGS = ("mean", "max", "cls", "last")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the router sees of an input (``router.features`` in params.yaml)."""
+
+    layers: tuple[int, ...] | str = field(
+        default=(), metadata={"help": "Hidden states pooled over the whole input (0 = embeddings, -1 = last), or 'all'."})
+    pooling: tuple[str, ...] = field(
+        default=("mean",), metadata={"help": "Poolings of those whole-input states: mean, max, cls, last."})
+    segment_layers: tuple[int, ...] | str = field(
+        default="all", metadata={"help": "Hidden states whose text and text_pair tokens are mean-pooled separately."})
+    lengths: bool = field(
+        default=True, metadata={"help": "Append log token counts of text and text_pair and a has-pair flag."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per input (as the experts)."})
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "segment_layers"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                if value != "all":
+                    raise BadInput(f"router.features.{name} is {value!r}", "give a list of layer indices or 'all'")
+            else:
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+        object.__setattr__(self, "pooling", tuple(self.pooling))
+        bad = [p for p in self.pooling if p not in POOLINGS]
+        if bad:
+            raise BadInput(f"unknown router feature pooling {bad}", f"use {', '.join(POOLINGS)}")
+        if not (self.layers and self.pooling) and not self.segment_layers:
+            raise BadInput("the router feature spec pools no hidden state",
+                           "set router.features.layers and pooling, or segment_layers")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> FeatureSpec:
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInput(f"unknown router feature keys {unknown}", f"use only {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("layers", "segment_layers", "pooling"):
+            if not isinstance(out[key], str):
+                out[key] = list(out[key])
+        return out
+
+    def resolve(self, num_states: int) -> tuple[list[int], list[int]]:
+        """Concrete (pooled layers, segment layers) for a model with ``num_states`` hidden states."""
+        def concrete(value: tuple[int, ...] | str) -> list[int]:
+            if value == "all":
+                return list(range(num_states))
+            out = []
+            for v in value:
+                if not -num_states <= v < num_states:
+                    raise BadInput(f"router feature layer {v} does not exist (the base has {num_states} hidden states)",
+                                   "pick layers between 0 and the number of blocks")
+                out.append(v % num_states)
+            return out
+
+        return concrete(self.layers), concrete(self.segment_layers)
+
+
+def num_hidden_states(base: BaseModel) -> int:
+    """Embeddings plus one state per block."""
+    return int(base.model.config.num_hidden_layers) + 1
+
+
+def feature_dim(spec: FeatureSpec, base: BaseModel) -> int:
+    layers, segments = spec.resolve(num_hidden_states(base))
+    return base.hidden_size * (len(layers) * len(spec.pooling) + 2 * len(segments)) + (3 if spec.lengths else 0)
+
+
+# --- pooling --------------------------------------------------------------------------------------
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def pool_states(
+    hidden_states: Sequence[torch.Tensor],
+    attention_mask: torch.Tensor,
+    segment_ids: torch.Tensor,
+    spec: FeatureSpec,
+    num_states: int | None = None,
+) -> torch.Tensor:
+    """``[B, D]`` router features from a model's ``hidden_states`` (embeddings first).
+
+    ``hidden_states`` may be only the first states of a model with ``num_states`` (default: all given);
+    the spec's layers (``all``, negative indices) are resolved against ``num_states``.
+    """
+    layers, segment_layers = spec.resolve(num_states or len(hidden_states))
+    valid = attention_mask.bool()
+    parts: list[torch.Tensor] = []
+    for layer in layers:
+        h = hidden_states[layer].float()
+        for mode in spec.pooling:
+            if mode == "mean":
+                parts.append(_masked_mean(h, valid))
+            elif mode == "max":
+                parts.append(h.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1).clamp_min(-1e4))
+            elif mode == "cls":
+                parts.append(h[:, 0])
+            else:  # last non-pad token (right padding)
+                last = valid.long().sum(1).clamp_min(1) - 1
+                parts.append(h[torch.arange(h.shape[0], device=h.device), last])
+    for layer in segment_layers:
+        h = hidden_states[layer].float()
+        parts.append(_masked_mean(h, segment_ids == 0))
+        parts.append(_masked_mean(h, segment_ids == 1))
+    if spec.lengths:
+        n_a = (segment_ids == 0).sum(1).float()
+        n_b = (segment_ids == 1).sum(1).float()
+        parts.append(torch.stack([torch.log1p(n_a), torch.log1p(n_b), (n_b > 0).float()], 1))
+    return torch.cat(parts, 1)
+
+
+def last_state_needed(spec: FeatureSpec, num_states: int) -> int:
+    """The highest hidden state the spec pools (later blocks need not run for the features)."""
+    layers, segments = spec.resolve(num_states)
+    return max(layers + segments)
+
+
+def batch_features(base: BaseModel, batch: dict[str, torch.Tensor], spec: FeatureSpec) -> torch.Tensor:
+    """Router features of one tokenised batch (one forward of the frozen, un-adapted base).
+
+    When the spec pools only early states, the forward stops before the first block it does not need.
+    """
+    device = next(base.model.parameters()).device
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    num_states = num_hidden_states(base)
+    upto = last_state_needed(spec, num_states)
+    with torch.inference_mode():
+        if upto < num_states - 1:
+            states = early_hidden_states(base.model, ids, mask, upto)
+        else:
+            states = list(base.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states)
+        return pool_states(states, mask, batch["segment_ids"].to(device), spec, num_states).float().cpu()
+
+
+def compute_features(
+    base: BaseModel,
+    rows: Sequence[dict[str, Any]],
+    spec: FeatureSpec,
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "features",
+) -> torch.Tensor:
+    """``[N, D]`` features for ``rows``; batches are length-sorted to pad less."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
+    out: torch.Tensor | None = None
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress,
+                      file=sys.stderr, dynamic_ncols=True):
+        idx = order[start : start + batch_size]
+        feats = batch_features(base, tokenize(base.tokenizer, [rows[i] for i in idx], spec.max_length), spec)
+        if out is None:
+            out = torch.empty(len(rows), feats.shape[1])
+        out[torch.tensor(idx)] = feats
+    return out if out is not None else torch.empty(0, feature_dim(spec, base))

@@ -1,0 +1,289 @@
+"""Mixture-of-experts inference: one frozen base, every expert's TT cores stacked, top-1 routing.
+
+For a batch of mixed-task inputs:
+
+1. **routing pass**: the plain frozen base (no adapter) computes the router's features; the
+   router picks one expert per input (or abstains);
+2. **adapted pass**: one forward in which every adapted linear adds ``alpha_e · ΔW_e x`` with the
+   cores of each sample's own expert, gathered from the stacked ``[E, r, s, r']`` cores by index
+   (no Python loop over samples or experts), then each sample's own head.
+
+With ``route_after_layer = k`` (single-pass routing, :mod:`ttlora_moe.moe.single_pass`) the two passes
+are one: the experts adapt only blocks ``>= k``, and a hook before block ``k`` pools
+``hidden_states[0..k]``, routes, and sets each sample's expert for the blocks that follow.
+
+The adapted linears read the per-sample expert index from a :class:`RoutingState` object that the
+model owns and sets around the adapted forward (``with moe.routing(index): ...``); nothing is
+monkey-patched and no module-level state exists. Heads with different label counts share one
+``[E, C_max, H]`` tensor; padded classes get ``-inf`` logits, and probabilities are reported over the
+task's own labels only (the paper's B2 mixed these up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ttlora_moe.data.batching import tokenize
+from ttlora_moe.errors import BadInput
+from ttlora_moe.experts.base_model import BaseModel, pool
+from ttlora_moe.moe.block_hooks import on_states
+from ttlora_moe.moe.features import (
+    FeatureSpec,
+    batch_features,
+    feature_dim,
+    num_hidden_states,
+    pool_states,
+)
+from ttlora_moe.moe.router import Router
+from ttlora_moe.moe.single_pass import check_route_after_layer, restrict_spec
+from ttlora_moe.tt.tensor_train import tt_apply
+
+
+@dataclass
+class RoutingState:
+    """The expert index of every sample of the forward about to run; ``None`` = plain base model."""
+
+    expert_index: torch.Tensor | None = None
+
+
+class MoETTLinear(nn.Module):
+    """A frozen linear plus, per sample, the TT update of that sample's expert."""
+
+    def __init__(self, base: nn.Linear, cores: Sequence[torch.Tensor], alphas: torch.Tensor,
+                 in_factors: list[int], out_factors: list[int], state: RoutingState) -> None:
+        super().__init__()
+        self.base = base
+        self.in_factors, self.out_factors = list(in_factors), list(out_factors)
+        self.num_cores = len(cores)
+        for k, core in enumerate(cores):  # [E, r, s, r'] each
+            self.register_buffer(f"core_{k}", core.to(device=base.weight.device, dtype=torch.float32))
+        self.register_buffer("alpha", alphas.to(device=base.weight.device, dtype=torch.float32))
+        self.state = state
+
+    def cores(self) -> list[torch.Tensor]:
+        return [getattr(self, f"core_{k}") for k in range(self.num_cores)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        index = self.state.expert_index
+        if index is None:
+            return y
+        picked = [core[index].to(x.dtype) for core in self.cores()]  # [B, r, s, r'] per sample
+        scale = self.alpha[index].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        return y + scale * tt_apply(x, picked, self.in_factors, self.out_factors)
+
+    def extra_repr(self) -> str:
+        return f"experts={self.alpha.numel()}, in={self.in_factors}, out={self.out_factors}"
+
+
+@dataclass
+class ExpertInfo:
+    """What the mixture knows of one expert (its position in the list is its router index)."""
+
+    name: str
+    version: str | None
+    task: str
+    label_names: list[str]
+    metric: str
+
+
+class MixtureOfExperts(nn.Module):
+    """Frozen base + stacked experts + router. Build it with :func:`build_moe` or ``bundle.load_moe``."""
+
+    def __init__(self, base: BaseModel, experts: list[ExpertInfo], expert_tensors: list[dict[str, torch.Tensor]],
+                 expert_meta: list[dict[str, Any]], router: Router, feature_spec: FeatureSpec,
+                 max_length: int, route_after_layer: int | None = None) -> None:
+        """``route_after_layer``: ``None`` routes in a pass of its own; ``k`` routes inside the one forward."""
+        super().__init__()
+        if not experts or len(experts) != len(expert_tensors) or len(experts) != len(expert_meta):
+            raise ValueError("experts, tensors and metadata must be non-empty lists of one length")
+        if router.num_experts != len(experts):
+            raise BadInput(f"the router routes to {router.num_experts} experts, the bundle has {len(experts)}",
+                           "rebuild the bundle")
+        if route_after_layer is not None:
+            check_route_after_layer(route_after_layer, expert_meta[0].get("layout") or {},
+                                    num_hidden_states(base) - 1, f"expert {experts[0].name}")
+            feature_spec = restrict_spec(feature_spec, route_after_layer)
+        if feature_dim(feature_spec, base) != router.in_dim:
+            raise BadInput(f"the router reads {router.in_dim} features, its feature spec gives "
+                           f"{feature_dim(feature_spec, base)}", "rebuild the bundle")
+        self.base = base
+        self.experts = experts
+        self.router = router
+        self.feature_spec = feature_spec
+        self.max_length = max_length
+        self.route_after_layer = route_after_layer
+        self.pooling = expert_meta[0].get("pooling", base.pooling)
+        self.state = RoutingState()
+        self._attach(expert_tensors, expert_meta)
+        hidden = base.hidden_size
+        self.num_labels = [len(e.label_names) for e in experts]
+        c_max = max(self.num_labels)
+        weight = torch.zeros(len(experts), c_max, hidden)
+        bias = torch.full((len(experts), c_max), float("-inf"))
+        for e, (tensors, c) in enumerate(zip(expert_tensors, self.num_labels)):
+            w, b = tensors["head.weight"], tensors["head.bias"]
+            if tuple(w.shape) != (c, hidden) or tuple(b.shape) != (c,):
+                raise BadInput(f"expert {experts[e].name}: head has shape {tuple(w.shape)}, expected {(c, hidden)}",
+                               "rebuild the expert with this base model")
+            weight[e, :c], bias[e, :c] = w.float(), b.float()
+        device = next(base.model.parameters()).device
+        self.register_buffer("head_weight", weight.to(device))
+        self.register_buffer("head_bias", bias.to(device))
+        self.eval()
+
+    def _attach(self, expert_tensors: list[dict[str, torch.Tensor]], expert_meta: list[dict[str, Any]]) -> None:
+        """Replace every adapted linear of the base model with a :class:`MoETTLinear`."""
+        model = self.base.model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        layout = expert_meta[0].get("layout") or {}
+        alphas = torch.tensor([float(m["tt"]["alpha"]) for m in expert_meta]) if layout else torch.zeros(0)
+        for name, (in_f, out_f, _rank) in layout.items():
+            num_cores = len(in_f) + len(out_f)
+            try:
+                stacked = [torch.stack([t[f"{name}.tt_cores.{k}"].float() for t in expert_tensors])
+                           for k in range(num_cores)]
+            except KeyError as exc:
+                raise BadInput(f"an expert lacks tensor {exc.args[0]}", "rebuild the bundle from intact experts") from None
+            except RuntimeError as exc:
+                raise BadInput(f"experts' cores of {name} differ in shape ({exc})", "use experts with one TT layout") from None
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            linear = getattr(parent, child)
+            if not isinstance(linear, nn.Linear):
+                raise BadInput(f"module {name} of the base model is not a linear layer", "use the experts' base model")
+            setattr(parent, child, MoETTLinear(linear, stacked, alphas, in_f, out_f, self.state))
+
+    @contextlib.contextmanager
+    def routing(self, expert_index: torch.Tensor | None) -> Iterator[None]:
+        """Within the block, adapted layers use ``expert_index[b]``'s cores for sample ``b``."""
+        previous = self.state.expert_index
+        self.state.expert_index = expert_index
+        try:
+            yield
+        finally:
+            self.state.expert_index = previous
+
+    @property
+    def device(self) -> torch.device:
+        return self.head_weight.device
+
+    @torch.no_grad()
+    def route(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Routing pass: ``(expert index or -1, confidence, router probabilities)`` per input."""
+        with self.routing(None):
+            feats = batch_features(self.base, batch, self.feature_spec)
+        index, confidence, probs = self.router.route(feats.to(self.router.mean.device))
+        return index.cpu(), confidence.cpu(), probs.cpu()
+
+    def _head_logits(self, hidden: torch.Tensor, mask: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
+        """``[B, C_max]``: pooled last state through each sample's own head."""
+        pooled = pool(hidden, mask, self.pooling).float()
+        return torch.einsum("bh,bch->bc", pooled, self.head_weight[expert_index]) + self.head_bias[expert_index]
+
+    @torch.no_grad()
+    def expert_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      expert_index: torch.Tensor) -> torch.Tensor:
+        """Adapted pass: ``[B, C_max]`` logits, sample ``b`` through expert ``expert_index[b]``."""
+        device = self.device
+        expert_index = expert_index.to(device)
+        mask = attention_mask.to(device)
+        with self.routing(expert_index):
+            hidden = self.base.model(input_ids=input_ids.to(device), attention_mask=mask).last_hidden_state
+        return self._head_logits(hidden, mask, expert_index)
+
+    @torch.no_grad()
+    def single_pass(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """One forward that routes after block ``route_after_layer`` and adapts the blocks after it.
+
+        Returns ``(expert index or -1, confidence, router probabilities, [B, C_max] logits)``, all on
+        CPU. An abstaining sample rides along with the router's arg-max expert; its logits mean nothing.
+        """
+        if self.route_after_layer is None:
+            raise BadInput("this mixture routes in a pass of its own", "call route() and expert_logits()")
+        device = self.device
+        ids, mask, segments = (batch[k].to(device) for k in ("input_ids", "attention_mask", "segment_ids"))
+        routed: dict[str, torch.Tensor] = {}
+
+        def route_here(states: list[torch.Tensor]) -> None:
+            features = pool_states(states, mask, segments, self.feature_spec, num_hidden_states(self.base))
+            routed["index"], routed["confidence"], routed["probs"] = self.router.route(features)
+            routed["ride"] = routed["probs"].argmax(-1)
+            self.state.expert_index = routed["ride"]  # read by every adapted linear of the blocks to come
+
+        with self.routing(None), on_states(self.base.model, self.route_after_layer, route_here):
+            hidden = self.base.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = self._head_logits(hidden, mask, routed["ride"])
+        return tuple(routed[k].cpu() for k in ("index", "confidence", "probs")) + (logits.cpu(),)
+
+    @torch.no_grad()
+    def _two_pass(self, batch: dict[str, torch.Tensor],
+                  forced: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """:meth:`single_pass`'s outputs from a routing pass (or the ``forced`` index) and an adapted pass."""
+        if forced is None:
+            index, confidence, probs = self.route(batch)
+        else:
+            index, confidence = forced, torch.ones(len(forced))
+            probs = nn.functional.one_hot(index.clamp_min(0), len(self.experts)).float()
+        logits = torch.full((len(index), self.head_weight.shape[1]), float("nan"))
+        keep = (index >= 0).nonzero().flatten()
+        if len(keep):
+            logits[keep] = self.expert_logits(batch["input_ids"][keep], batch["attention_mask"][keep],
+                                              index[keep]).cpu()
+        return index, confidence, probs, logits
+
+    @torch.no_grad()
+    def predict(self, rows: Sequence[dict[str, Any]], batch_size: int = 32, progress: bool = False,
+                force_expert: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Answers for ``rows`` (dicts with ``text`` and optional ``text_pair``), in order.
+
+        Each answer: ``task``, ``label``, ``probabilities`` (over that task's labels), ``router_confidence``,
+        ``router_probabilities``, ``router_choice`` (the arg-max expert, also when abstaining), ``expert``
+        ({name, version}) and ``abstained``; an abstained answer has task, label, probabilities and
+        expert ``None``. With ``force_expert``
+        (one index per row) routing is skipped: evaluation uses it for oracle routing.
+        """
+        for row in rows:
+            if not isinstance(row.get("text"), str) or not isinstance(row.get("text_pair"), (str, type(None))):
+                raise BadInput(f"input {row!r} has no text (or a text_pair that is not a string)",
+                               'give {"text": ..., "text_pair": ...} per input')
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
+        answers: list[dict[str, Any] | None] = [None] * len(rows)
+        names = [e.name for e in self.experts]
+        for start in tqdm(range(0, len(order), batch_size), desc="predict", leave=False, disable=not progress,
+                          file=sys.stderr, dynamic_ncols=True):
+            idx = order[start : start + batch_size]
+            batch = tokenize(self.base.tokenizer, [rows[i] for i in idx], self.max_length)
+            if force_expert is None and self.route_after_layer is not None:
+                index, confidence, router_probs, logits = self.single_pass(batch)
+            else:
+                forced = None if force_expert is None else torch.tensor([int(force_expert[i]) for i in idx])
+                index, confidence, router_probs, logits = self._two_pass(batch, forced)
+            probs = torch.softmax(logits.float(), -1).tolist()
+            for j, i in enumerate(idx):
+                rp = {n: round(float(p), 6) for n, p in zip(names, router_probs[j].tolist())}
+                answer: dict[str, Any] = {"router_confidence": float(confidence[j]), "router_probabilities": rp,
+                                          "router_choice": names[int(router_probs[j].argmax())]}
+                if index[j] >= 0:
+                    e = int(index[j])
+                    info = self.experts[e]
+                    p = probs[j][: self.num_labels[e]]
+                    label = max(range(len(p)), key=p.__getitem__)
+                    answer.update(task=info.task, label=info.label_names[label], label_id=label,
+                                  probabilities=dict(zip(info.label_names, p)),
+                                  expert={"name": info.name, "version": info.version}, expert_index=e,
+                                  abstained=False)
+                else:
+                    answer.update(task=None, label=None, label_id=None, probabilities=None, expert=None,
+                                  expert_index=None, abstained=True)
+                answers[i] = answer
+        return [a for a in answers if a is not None]

@@ -1,0 +1,336 @@
+"""The task router: which expert should answer this input?
+
+A small classifier (linear, as in the paper, or a one-hidden-layer MLP) on standardised base-model
+features (:mod:`ttlora_moe.moe.features`), trained with cross-entropy on the task id over a
+task-balanced mix of the experts' training splits, early-stopped on the mixed validation split.
+
+Differences from the paper's router (REFERENCE.md §3, §7), on purpose:
+
+- no gating noise and no dropout at inference: routing is a deterministic arg-max (B7);
+- targets are positions in the bundle's ordered expert list, never a second list (B3);
+- features pool only real tokens, never pads (B6);
+- a temperature fitted on validation makes the confidence a calibrated probability, and an
+  **abstain threshold** (chosen on validation for a target false-abstain rate) lets the router
+  answer "no expert fits" instead of forcing a wrong expert.
+
+Saved as ``router.safetensors`` (weights, standardisation, temperature, threshold) and
+``router.json`` (config, expert names, feature spec, validation metrics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ttlora_moe.errors import BadInput
+from ttlora_moe.files import read_format_json, write_json
+
+ROUTER_FORMAT = "ttlora-moe/router@1"
+ROUTER_WEIGHTS = "router.safetensors"
+ROUTER_META = "router.json"
+KINDS = ("linear", "mlp")
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class RouterConfig:
+    """How the router is built and trained (``router:`` in params.yaml)."""
+
+    kind: str = _f("linear", "'linear' (the paper's) or 'mlp' (one hidden layer, GELU).")
+    hidden: int = _f(256, "Hidden units of the MLP router.")
+    dropout: float = _f(0.2, "Dropout on the MLP's hidden layer while training (off at inference).")
+    lr: float = _f(3e-3, "AdamW learning rate.")
+    weight_decay: float = _f(0.1, "AdamW weight decay.")
+    batch_size: int = _f(512, "Examples per step.")
+    max_epochs: int = _f(40, "Upper bound on passes over the training mix.")
+    patience: int = _f(4, "Epochs without a better validation score before stopping.")
+    seed: int = _f(0, "Seed of the sample, the initialisation, dropout and batch order.")
+    train_per_task: int = _f(2000, "Training rows per task (seeded random sample); tasks with fewer rows are up-weighted.")
+    validation_per_task: int = _f(400, "Validation rows per task for early stopping, temperature and threshold.")
+    unlabelled_per_task: int = _f(
+        1000, "Extra training inputs per task from its prepared unlabelled.parquet when that file exists (0: never).")
+    false_abstain_rate: float = _f(0.01, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
+    features: dict[str, Any] = _f({}, "Feature spec (see features.FeatureSpec); {} = defaults.")
+    batch_size_features: int = _f(64, "Inputs per base-model forward when computing features.")
+    threads: int = _f(1, "Intra-op threads while training the router: it is tiny, and a busy thread pool costs more than it gains.")
+    route_after_layer: int | None = _f(
+        None, "Single-pass routing: the router reads hidden states 0..k (embeddings + first k blocks) and experts "
+              "must adapt only layers >= k (tt.layers_from), so one forward routes and adapts; null = two passes.")
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise BadInput(f"unknown router kind {self.kind!r}", f"set router.kind to one of {', '.join(KINDS)}")
+        if not 0 <= self.false_abstain_rate < 1:
+            raise BadInput(f"router.false_abstain_rate must be in [0, 1), got {self.false_abstain_rate}", "fix params.yaml")
+        for key in ("hidden", "batch_size", "max_epochs", "patience", "train_per_task", "validation_per_task", "threads"):
+            if int(getattr(self, key)) < 1:
+                raise BadInput(f"router.{key} must be a positive integer", "fix params.yaml")
+        if int(self.unlabelled_per_task) < 0:
+            raise BadInput("router.unlabelled_per_task must be >= 0", "fix params.yaml")
+        k = self.route_after_layer
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
+            raise BadInput(f"router.route_after_layer must be a block index >= 0 or null, got {self.route_after_layer!r}",
+                           "fix params.yaml")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RouterConfig:
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInput(f"unknown router config keys {unknown}", f"use only {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Router(nn.Module):
+    """``probs = softmax(net((x - mean) / scale) / temperature)``; abstain below ``threshold``."""
+
+    def __init__(self, in_dim: int, num_experts: int, kind: str = "mlp", hidden: int = 256, dropout: float = 0.0):
+        super().__init__()
+        if kind not in KINDS:
+            raise BadInput(f"unknown router kind {kind!r}", f"use one of {', '.join(KINDS)}")
+        self.kind, self.in_dim, self.num_experts, self.hidden = kind, in_dim, num_experts, hidden
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.ones(in_dim))
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("threshold", torch.zeros(()))
+        if kind == "linear":
+            self.net = nn.Sequential(nn.Linear(in_dim, num_experts))
+        else:
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_experts))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated logits ``[B, E]``."""
+        return self.net((features.float() - self.mean) / self.scale)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities ``[B, E]``."""
+        return torch.softmax(self.logits(features) / self.temperature, -1)
+
+    @torch.no_grad()
+    def route(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(expert index [B], confidence [B], probabilities [B, E])``; index -1 means abstain."""
+        was_training = self.training
+        self.eval()
+        probs = self(features)
+        self.train(was_training)
+        confidence, index = probs.max(-1)
+        index = torch.where(confidence < self.threshold, torch.full_like(index, -1), index)
+        return index, confidence, probs
+
+
+# --- training -------------------------------------------------------------------------------------
+
+def task_weights(labels: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Per-example weights giving every task the same total weight (mean weight 1)."""
+    counts = torch.bincount(labels, minlength=num_experts).float()
+    per_class = len(labels) / (num_experts * counts.clamp_min(1))
+    return per_class[labels]
+
+
+def balanced_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_experts: int) -> float:
+    """Mean over tasks of the share of a task's inputs routed to its expert."""
+    scores = [float((preds[labels == e] == e).float().mean()) for e in range(num_experts) if (labels == e).any()]
+    return sum(scores) / max(1, len(scores))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    """The temperature minimising (task-weighted) validation NLL, by a fine log-spaced grid search."""
+    weights = torch.ones(len(labels)) if weights is None else weights
+    best_t, best_nll = 1.0, math.inf
+    for t in torch.logspace(math.log10(0.05), math.log10(20.0), 241).tolist():
+        nll = float((nn.functional.cross_entropy(logits / t, labels, reduction="none") * weights).sum() / weights.sum())
+        if nll < best_nll:
+            best_t, best_nll = t, nll
+    return best_t
+
+
+def abstain_threshold(confidence: torch.Tensor, rate: float, weights: torch.Tensor | None = None) -> float:
+    """The confidence below which a (task-weighted) share ``rate`` of validation inputs falls.
+
+    Inputs strictly below the threshold abstain, so about ``rate`` of in-scope inputs would be
+    refused: the documented false-abstain rate. ``rate = 0`` never abstains.
+    """
+    if rate <= 0 or len(confidence) == 0:
+        return 0.0
+    weights = torch.ones(len(confidence)) if weights is None else weights
+    order = torch.argsort(confidence)
+    cum = torch.cumsum(weights[order], 0) / weights.sum()
+    k = int(torch.searchsorted(cum, torch.tensor(rate), right=False))  # first index with cum >= rate
+    return float(confidence[order[min(k, len(order) - 1)]])
+
+
+@dataclass
+class RouterReport:
+    """What router training measured on the mixed validation split."""
+
+    epochs: int
+    best_epoch: int
+    train_rows: int
+    validation_rows: int
+    validation_accuracy: float
+    validation_balanced_accuracy: float
+    validation_per_task: dict[str, float]
+    validation_abstain_rate: float
+    temperature: float
+    threshold: float
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_router(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    expert_names: list[str],
+    config: RouterConfig,
+    progress: bool = True,
+) -> tuple[Router, RouterReport]:
+    """Train a router on features; the best epoch (validation balanced accuracy, then loss) is kept.
+
+    Labels are positions in ``expert_names``. Every task weighs the same in the loss, the early
+    stopping score, the temperature fit and the abstain threshold, however many rows it has.
+    """
+    with _threads(config.threads):
+        return _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress)
+
+
+def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress):
+    import time
+
+    start = time.perf_counter()
+    num_experts = len(expert_names)
+    if num_experts < 1 or len(train_y) == 0 or len(val_y) == 0:
+        raise BadInput("the router needs at least one expert with training and validation rows",
+                       "give experts whose tasks have prepared data")
+    torch.manual_seed(config.seed)
+    router = Router(train_x.shape[1], num_experts, config.kind, config.hidden, config.dropout)
+    with torch.no_grad():
+        router.mean.copy_(train_x.float().mean(0))
+        std = train_x.float().std(0)
+        router.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        # standardise once: the training loop then runs the bare network on ready rows
+        train_z = (train_x.float() - router.mean) / router.scale
+        val_z = (val_x.float() - router.mean) / router.scale
+    w_train = task_weights(train_y, num_experts)
+    w_val = task_weights(val_y, num_experts)
+    optimizer = torch.optim.AdamW(router.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    best = (-1.0, -math.inf)
+    best_state, best_epoch, bad, history = copy.deepcopy(router.state_dict()), 0, 0, []
+    epoch = 0
+    bar = tqdm(range(config.max_epochs), desc="router", leave=False, disable=not progress, file=sys.stderr)
+    for epoch in bar:
+        router.train()
+        order = torch.randperm(len(train_y), generator=generator)
+        total = 0.0
+        for i in range(0, len(order), config.batch_size):
+            idx = order[i : i + config.batch_size]
+            loss = (nn.functional.cross_entropy(router.net(train_z[idx]), train_y[idx], reduction="none")
+                    * w_train[idx]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        router.eval()
+        with torch.no_grad():
+            val_logits = router.net(val_z)
+        val_loss = float((nn.functional.cross_entropy(val_logits, val_y, reduction="none") * w_val).mean())
+        val_bacc = balanced_accuracy(val_logits.argmax(-1), val_y, num_experts)
+        history.append({"epoch": epoch + 1, "train_loss": total / len(order), "val_loss": val_loss,
+                        "val_balanced_accuracy": val_bacc})
+        bar.set_postfix(loss=f"{val_loss:.3f}", acc=f"{val_bacc:.4f}")
+        if (val_bacc, -val_loss) > best:
+            best, best_epoch, bad = (val_bacc, -val_loss), epoch + 1, 0
+            best_state = copy.deepcopy(router.state_dict())
+        else:
+            bad += 1
+            if bad >= config.patience:
+                break
+    bar.close()
+    router.load_state_dict(best_state)
+    router.eval()
+    with torch.no_grad():
+        val_logits = router.net(val_z)
+        temperature = fit_temperature(val_logits, val_y, w_val)
+        router.temperature.fill_(temperature)
+        confidence, preds = torch.softmax(val_logits / temperature, -1).max(-1)
+        threshold = abstain_threshold(confidence, config.false_abstain_rate, w_val)
+        router.threshold.fill_(threshold)
+    per_task = {name: float((preds[val_y == e] == e).float().mean()) for e, name in enumerate(expert_names)
+                if (val_y == e).any()}
+    report = RouterReport(
+        epochs=epoch + 1, best_epoch=best_epoch, train_rows=len(train_y), validation_rows=len(val_y),
+        validation_accuracy=float((preds == val_y).float().mean()),
+        validation_balanced_accuracy=balanced_accuracy(preds, val_y, num_experts),
+        validation_per_task=per_task,
+        validation_abstain_rate=float(((confidence < threshold).float() * w_val).sum() / w_val.sum()),
+        temperature=temperature, threshold=threshold, seconds=round(time.perf_counter() - start, 2),
+        history=history,
+    )
+    return router, report
+
+
+# --- artifact -------------------------------------------------------------------------------------
+
+def save_router(directory: Path, router: Router, meta: dict[str, Any]) -> None:
+    """Write ``router.safetensors`` and ``router.json`` into ``directory`` (an atomic temp dir)."""
+    directory = Path(directory)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
+    save_file(tensors, str(directory / ROUTER_WEIGHTS))
+    write_json(directory / ROUTER_META, {
+        "format": ROUTER_FORMAT, "kind": router.kind, "in_dim": router.in_dim, "num_experts": router.num_experts,
+        "hidden": router.hidden, "temperature": float(router.temperature), "threshold": float(router.threshold),
+        **meta,
+    })
+
+
+def load_router(directory: Path) -> tuple[Router, dict[str, Any]]:
+    """Read a router written by :func:`save_router`; a malformed file is a one-line error."""
+    from ttlora_moe.files import load_tensors
+
+    directory = Path(directory)
+    meta_path = directory / ROUTER_META
+    meta = read_format_json(meta_path, ROUTER_FORMAT, "rebuild the bundle")
+    router = Router(int(meta["in_dim"]), int(meta["num_experts"]), meta["kind"], int(meta.get("hidden", 256)))
+    tensors = load_tensors(directory / ROUTER_WEIGHTS)
+    try:
+        router.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise BadInput(f"{directory / ROUTER_WEIGHTS} does not match {meta_path}: {first}", "rebuild the bundle") from None
+    router.eval()
+    return router, meta
