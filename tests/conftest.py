@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random BERT and LLaMA models saved as local folders, tiny task data."""
+"""Shared fixtures and helpers: tiny random BERT and LLaMA models saved as local folders, toy projects, the CLI
+runner, S3 on moto, DVC repositories. Toy data builders live in :mod:`tests.toys`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from tests.toys import MOE_BUNDLE, MOE_ROUTER, MOE_TASKS, make_moe_expert, moe_card
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -178,3 +181,60 @@ def init_dvc_project(root: Path, ignore_extra: str = "") -> Path:
     (root / "ttlora_moe").symlink_to(PROJECT_ROOT / "ttlora_moe")  # dvc.yaml lists the data code as a dependency
     (root / ".gitignore").write_text("/data/raw/*/*\n/data/prepared/\n/.dvc-remote/\n" + ignore_extra)
     return root
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run ``ttlora-moe ARGS`` in process: (exit code, stdout, stderr)."""
+    from ttlora_moe.cli import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --- a toy mixture: four tasks with random experts, and a bundle of three of them -----------------
+
+@pytest.fixture(scope="module")
+def moe_env(tmp_path_factory, tiny_bert):
+    """Four toy tasks in a mirror, params, and a random expert per task on the tiny BERT."""
+    root = tmp_path_factory.mktemp("moe")
+    tasks_dir = root / "tasks"
+    tasks_dir.mkdir()
+    for name, (_, _, _, make) in MOE_TASKS.items():
+        folder = root / "mirror" / name
+        folder.mkdir(parents=True)
+        for file, n, offset in (("train.parquet", 120, 0), ("validation.parquet", 30, 7)):
+            pd.DataFrame([{**make(i + offset)[0], "label": make(i + offset)[1]} for i in range(n)]).to_parquet(folder / file)
+        (tasks_dir / f"{name}.yaml").write_text(yaml.safe_dump(moe_card(name)))
+    params = {"base_model": {"ref": tiny_bert}, "prepare": {"min_rows": 5, "validation_max_rows": 30},
+              "router": MOE_ROUTER, "bundle": MOE_BUNDLE}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {"TTLORA_DATA_MIRROR": str(root / "mirror"), "TTLORA_TASKS_DIR": str(tasks_dir),
+           "TTLORA_DATA_DIR": str(root / "data"), "TTLORA_PARAMS": str(root / "params.yaml"),
+           "TTLORA_CACHE": str(root / "cache")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        experts = {name: make_moe_expert(root / "experts" / name, tiny_bert, name, seed=i + 1)
+                   for i, name in enumerate(MOE_TASKS)}
+        yield {"root": root, "experts": experts, "params": params, "ref": tiny_bert}
+
+
+@pytest.fixture(scope="module")
+def moe_bundle(moe_env, tmp_path_factory):
+    """A bundle of senti, nli and quest, built once."""
+    from ttlora_moe.moe.build import build_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "b3"
+    e = moe_env["experts"]
+    summary = build_bundle([e["senti"], e["nli"], e["quest"]], out, params=moe_env["params"],
+                           versions={"senti": "3"}, progress=False)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_base(tiny_bert):
+    """The tiny BERT loaded as a base model, once per module."""
+    from ttlora_moe.experts.base_model import load_base_model
+
+    return load_base_model(tiny_bert)

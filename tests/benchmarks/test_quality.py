@@ -1,4 +1,4 @@
-"""Small smoke runs of the benchmark scripts on the tiny model and toy task (no timing asserted)."""
+"""Smoke runs of the quality and speed benchmarks on the tiny model."""
 
 from __future__ import annotations
 

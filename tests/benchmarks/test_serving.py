@@ -1,4 +1,4 @@
-"""Smoke runs of the serving benchmarks (moe_throughput, router_scaling) on the tiny model and toy tasks."""
+"""Smoke runs of the serving benchmarks (mixed-batch throughput, router scaling)."""
 
 from __future__ import annotations
 

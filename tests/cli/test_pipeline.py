@@ -15,6 +15,8 @@ from tests.conftest import S3_ENV, init_dvc_project
 from ttlora_moe.cli import main
 
 WORDS = ["good", "great", "bad", "awful"]
+
+
 PARAMS = "# params\ntasks: [toy]\nprepare:\n  min_rows: 5\n  validation_max_rows: 60\n"
 
 

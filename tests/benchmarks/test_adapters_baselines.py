@@ -1,11 +1,4 @@
-"""Smoke runs of the `adapters`-library baselines (Pfeiffer adapters, AdapterFusion), peft_quality's
-Pfeiffer rows and fusion_vs_moe with our bundle beside AdapterFusion.
-
-The baselines need `.venv-adapters` (transformers 4.57 + adapters 1.3.0: `bash
-benchmarks/adapters_env.sh`, which `make bench` runs on first use; `make test` does not create it):
-without it these smoke runs are skipped, with the reason in pytest's summary
-(tests/test_benchmarks_smoke.py runs fusion_vs_moe's own side on a synthetic baseline file everywhere).
-"""
+"""Smoke runs of the adapters-library baselines (Pfeiffer, AdapterFusion) in .venv-adapters."""
 
 from __future__ import annotations
 
@@ -19,8 +12,13 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
 ADAPTERS_PYTHON = ROOT / ".venv-adapters" / "bin" / "python"
+
+
 TRAIN = ROOT / "benchmarks" / "adapters_baselines" / "train.py"
+
 
 # Built inside .venv-adapters, so transformers 4.57 writes (and reads) the tiny model's files.
 MAKE_TINY_BERT = """
@@ -153,4 +151,3 @@ def test_peft_quality_models_are_reused_by_fusion_vs_moe(project, bench_results,
     assert [r["method"] for r in payload["mixed"]] == [
         "AdapterFusion (Pfeiffer x1 + Fuse)", "Pfeiffer per task, true task given (no router)",
         "TT-LoRA MoE bundle (the router picks the expert)", "TT-LoRA experts, true task given (no router)"]
-

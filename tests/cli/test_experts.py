@@ -1,4 +1,4 @@
-"""The `ttlora-moe` command: JSON contract, exit codes, bad input, and resume after SIGKILL."""
+"""`ttlora-moe train-expert`: the JSON contract, the baseline, bad input, and resume after SIGKILL."""
 
 from __future__ import annotations
 

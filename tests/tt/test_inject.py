@@ -1,4 +1,4 @@
-"""Attaching TT-LoRA to Hugging Face models; adapter-only state round trips."""
+"""Attaching TT-LoRA to Hugging Face models by module name, and adapter-only safetensors."""
 
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ from ttlora_moe.tt.inject import (
     lora_equivalent_params,
     save_adapter,
     trainable_tt_params,
-    tt_modules,
 )
-from ttlora_moe.tt.tensor_train import tt_reconstruct
 
 
 @pytest.mark.parametrize("fixture,targets", [("tiny_bert", ("query", "value")), ("tiny_llama", ("q_proj", "v_proj"))])
@@ -29,23 +27,6 @@ def test_attach_adapts_default_targets_and_freezes_everything_else(request, fixt
     trainable = [n for n, p in base.model.named_parameters() if p.requires_grad]
     assert trainable and all(".tt_cores." in n for n in trainable)
     assert trainable_tt_params(base.model) == sum(p.numel() for p in base.model.parameters() if p.requires_grad)
-
-
-def test_forward_adds_alpha_times_delta(tiny_bert):
-    base = load_base_model(tiny_bert)
-    attach_tt_lora(base.model, TTLoRAConfig(rank=2, alpha=3.0))
-    layer = next(iter(tt_modules(base.model).values()))
-    x = torch.randn(2, 4, layer.in_features)
-    delta = tt_reconstruct(list(layer.tt_cores), layer.in_factors, layer.out_factors)
-    torch.testing.assert_close(layer(x), layer.base(x) + 3.0 * x @ delta.T, rtol=1e-5, atol=1e-5)
-
-
-def test_zero_init_leaves_the_model_unchanged(tiny_llama):
-    base = load_base_model(tiny_llama)
-    ids = torch.tensor([[2, 5, 6, 7]])
-    before = base.model(input_ids=ids).last_hidden_state
-    attach_tt_lora(base.model, TTLoRAConfig(rank=2, init="zero"))
-    torch.testing.assert_close(base.model(input_ids=ids).last_hidden_state, before)
 
 
 def test_adapter_state_round_trips_through_safetensors(tiny_bert, tmp_path):

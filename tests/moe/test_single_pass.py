@@ -1,22 +1,20 @@
-"""Single-pass routing (route after block k, experts adapt blocks >= k), on the tiny random models."""
+"""Single-pass routing: one forward equals route-then-adapt, bad combinations are one line."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml
 
+from tests.toys import MIXED_ROWS, add_pair_task
 from ttlora_moe.data.batching import tokenize
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import load_expert, read_expert_meta, save_expert
 from ttlora_moe.experts.base_model import load_base_model
 from ttlora_moe.experts.classifier import SequenceClassifier
 from ttlora_moe.files import load_tensors
-from ttlora_moe.moe.block_hooks import early_hidden_states
 from ttlora_moe.moe.features import FeatureSpec, batch_features, feature_dim
 from ttlora_moe.moe.mixture import ExpertInfo, MixtureOfExperts
 from ttlora_moe.moe.router import Router, RouterConfig
@@ -25,15 +23,6 @@ from ttlora_moe.tt.config import TTLoRAConfig
 from ttlora_moe.tt.inject import attach_tt_lora
 
 LABELS = {"senti": ["neg", "pos"], "nli": ["entail", "neutral", "contra"], "quest": ["no", "yes"]}
-ROWS = [
-    {"text": "the movie was good", "text_pair": None},
-    {"text": "the cat sat on the mat", "text_pair": "the dog is happy"},
-    {"text": "what is the answer", "text_pair": None},
-    {"text": "premise the dog sat", "text_pair": "hypothesis the cat is sad"},
-    {"text": "the plot was really awful and boring", "text_pair": None},
-    {"text": "why is this a question", "text_pair": None},
-    {"text": "a red cat", "text_pair": "a blue dog"},
-]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,9 +44,9 @@ def make_expert(directory: Path, ref: str, task: str, seed: int, layers_from: in
 
 
 def spread_router(base, spec: FeatureSpec, num_experts: int, seed: int = 0) -> Router:
-    """A random linear router standardised on ROWS, so that its picks differ between rows."""
+    """A random linear router standardised on MIXED_ROWS, so that its picks differ between rows."""
     router = Router(feature_dim(spec, base), num_experts, "linear")
-    feats = batch_features(base, tokenize(base.tokenizer, ROWS, 32), spec)
+    feats = batch_features(base, tokenize(base.tokenizer, MIXED_ROWS, 32), spec)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         router.mean.copy_(feats.mean(0))
@@ -80,26 +69,6 @@ def experts(tmp_path_factory, tiny_bert):
     return [make_expert(root / t, tiny_bert, t, seed=i + 1, layers_from=1) for i, t in enumerate(LABELS)]
 
 
-@pytest.mark.parametrize("kind", ["bert", "llama"])
-def test_early_states_equal_those_of_a_full_forward(kind, tiny_bert, tiny_llama):
-    base = load_base_model(tiny_bert if kind == "bert" else tiny_llama)
-    batch = tokenize(base.tokenizer, ROWS, 32)
-    with torch.no_grad():
-        full = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          output_hidden_states=True).hidden_states
-        early = early_hidden_states(base.model, batch["input_ids"], batch["attention_mask"], 1)
-        again = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    assert len(early) == 2
-    for got, want in zip(early, full):
-        assert torch.allclose(got, want, atol=1e-6)
-    assert torch.allclose(again, full[-1], atol=1e-6)  # the stopped forward left nothing behind
-    # features of the early states only (the forward stops) equal those cut from a full forward
-    spec = FeatureSpec(layers=(0, -2), pooling=("mean", "max"), segment_layers=(1,))
-    upto_last = FeatureSpec(layers=(0, -2), pooling=("mean", "max"), segment_layers=(1, 2))
-    cut = batch_features(base, batch, upto_last)[:, : feature_dim(spec, base) - 3]
-    assert torch.allclose(batch_features(base, batch, spec)[:, :-3], cut, atol=1e-6)
-
-
 def test_single_pass_equals_route_then_adapted_pass(tiny_bert, experts):
     """One forward = features of states 0..1 on the plain base, route, then each sample through its expert alone."""
     k = 1
@@ -107,7 +76,7 @@ def test_single_pass_equals_route_then_adapted_pass(tiny_bert, experts):
     plain = load_base_model(tiny_bert)
     router = spread_router(plain, spec, len(experts))
     moe = build(tiny_bert, experts, router, FeatureSpec(), k)
-    batch = tokenize(plain.tokenizer, ROWS, 32)
+    batch = tokenize(plain.tokenizer, MIXED_ROWS, 32)
     index, confidence, probs, logits = moe.single_pass(batch)
 
     want_index, want_conf, want_probs = router.route(batch_features(plain, batch, spec))
@@ -115,7 +84,7 @@ def test_single_pass_equals_route_then_adapted_pass(tiny_bert, experts):
     assert torch.allclose(confidence, want_conf, atol=1e-5) and torch.allclose(probs, want_probs, atol=1e-5)
     alone = [load_expert(d, load_base_model(tiny_bert)) for d in experts]
     for i, e in enumerate(index.tolist()):
-        one = tokenize(plain.tokenizer, [ROWS[i]], 32)
+        one = tokenize(plain.tokenizer, [MIXED_ROWS[i]], 32)
         with torch.no_grad():
             want = alone[e].model(one["input_ids"], one["attention_mask"])[0]
         assert torch.allclose(logits[i, : len(want)], want, atol=1e-5)
@@ -133,11 +102,11 @@ def test_single_pass_answers_equal_two_pass_answers_with_abstains(tiny_bert, exp
     spec = restrict_spec(FeatureSpec(), 1)
     router = spread_router(load_base_model(tiny_bert), spec, len(experts), seed=3)
     single = build(tiny_bert, experts, router, spec, 1)
-    confidence = single.single_pass(tokenize(single.base.tokenizer, ROWS, 32))[1]
+    confidence = single.single_pass(tokenize(single.base.tokenizer, MIXED_ROWS, 32))[1]
     router.threshold.fill_(float(confidence.median()))  # about half the rows abstain
     two = build(tiny_bert, experts, router, spec, None)
-    got, want = single.predict(ROWS, batch_size=4), two.predict(ROWS, batch_size=4)
-    assert 0 < sum(a["abstained"] for a in got) < len(ROWS)
+    got, want = single.predict(MIXED_ROWS, batch_size=4), two.predict(MIXED_ROWS, batch_size=4)
+    assert 0 < sum(a["abstained"] for a in got) < len(MIXED_ROWS)
     for a, b in zip(got, want):
         assert (a["task"], a["label"], a["abstained"], a["router_choice"]) == (b["task"], b["label"], b["abstained"],
                                                                                 b["router_choice"])
@@ -146,8 +115,8 @@ def test_single_pass_answers_equal_two_pass_answers_with_abstains(tiny_bert, exp
         else:
             assert a["probabilities"] is None and a["expert"] is None
     forced = [0, 1, 2, 0, 1, 2, 0]  # oracle routing skips the router in both modes
-    assert [a["label"] for a in single.predict(ROWS, force_expert=forced)] == \
-        [a["label"] for a in two.predict(ROWS, force_expert=forced)]
+    assert [a["label"] for a in single.predict(MIXED_ROWS, force_expert=forced)] == \
+        [a["label"] for a in two.predict(MIXED_ROWS, force_expert=forced)]
 
 
 def test_bad_combinations_are_one_line_errors(tiny_bert, tmp_path, experts):
@@ -175,40 +144,6 @@ def test_restricted_spec_names_concrete_states():
     assert spec.layers == (2,) and spec.segment_layers == (0, 1, 2) and spec.pooling == ("cls",)
 
 
-# --- the bundle and the benchmark, end to end on the tiny model ----------------------------------
-
-def add_pair_task(project: Path) -> None:
-    """A second toy task (sentence pairs) next to the project fixture's ``toy``."""
-    folder = project / "mirror" / "pairs"
-    folder.mkdir(parents=True)
-    for file, n in (("train.parquet", 300), ("validation.parquet", 40)):
-        pd.DataFrame([{"premise": f"premise the cat {i} sat on the mat", "hypothesis": f"the dog is {['happy', 'sad'][i % 2]}",
-                       "label": i % 2} for i in range(n)]).to_parquet(folder / file)
-    (project / "tasks" / "pairs.yaml").write_text(yaml.safe_dump({
-        "source": "pairs", "files": {"train": "train.parquet", "test": "validation.parquet"}, "text": "premise",
-        "text_pair": "hypothesis", "label": "label", "label_names": ["no", "yes"], "label_values": [0, 1],
-        "metric": "accuracy"}))
-
-
-def test_benchmark_quick_compares_two_pass_and_single_pass(project, bench_results, monkeypatch, tmp_path):
-    from benchmarks import single_pass
-
-    add_pair_task(project)
-    monkeypatch.setenv("TTLORA_CACHE", str(tmp_path / "cache"))
-    single_pass.main(["--quick", "--tasks", "toy", "pairs", "--ks", "1", "--batches", "2", "--batch-size", "8",
-                      "--repeats", "2", "--test-per-task", "16", "--router-rows", "60"])
-    result = json.loads((bench_results / "single_pass.json").read_text())
-    rows = {r["setting"]: r for r in result["rows"]}
-    assert set(rows) == {"base", "two-pass", "single-pass k=1"}
-    assert rows["single-pass k=1"]["routing"] == {"mode": "single-pass", "route_after_layer": 1}
-    assert rows["two-pass"]["routing"] == {"mode": "two-pass", "route_after_layer": None}
-    for name in ("two-pass", "single-pass k=1"):
-        assert 0 <= rows[name]["mixed_accuracy"] <= 1 and 0 <= rows[name]["router_accuracy"] <= 1
-        assert rows[name]["samples_per_s"] > 0 and rows[name]["x_base"] > 0
-    assert rows["base"]["x_base"] == 1.0
-    assert "| single-pass k=1 |" in (bench_results / "single_pass.md").read_text()
-
-
 def test_bundle_records_the_mode_and_loads_it(project, monkeypatch, tmp_path, tiny_bert):
     from ttlora_moe.files import read_json, write_json
     from ttlora_moe.moe.build import build_bundle
@@ -225,8 +160,8 @@ def test_bundle_records_the_mode_and_loads_it(project, monkeypatch, tmp_path, ti
     assert manifest["router"]["features"]["segment_layers"] == [0, 1]  # states 0..k only
     moe = load_moe(tmp_path / "bundle")
     assert moe.route_after_layer == 1
-    assert [a["task"] for a in moe.predict(ROWS[:2])] == [
-        a["task"] for a in moe.predict(ROWS[:2], batch_size=1)]  # batch composition changes nothing
+    assert [a["task"] for a in moe.predict(MIXED_ROWS[:2])] == [
+        a["task"] for a in moe.predict(MIXED_ROWS[:2], batch_size=1)]  # batch composition changes nothing
     manifest["routing"] = {"mode": "two-pass", "route_after_layer": None}  # the router was trained for k=1
     write_json(tmp_path / "bundle" / "manifest.json", manifest)
     with pytest.raises(BadInput, match="trained for route_after_layer=1"):

@@ -1,4 +1,4 @@
-"""Tensor-train math: contraction vs dense reconstruction, digit layout, gradients, counts."""
+"""TT math against an independent oracle: contraction vs a dense product built entry by entry from the cores."""
 
 from __future__ import annotations
 

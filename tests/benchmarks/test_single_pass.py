@@ -1,0 +1,30 @@
+"""Smoke run of the single-pass benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.toys import add_pair_task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_benchmark_quick_compares_two_pass_and_single_pass(project, bench_results, monkeypatch, tmp_path):
+    from benchmarks import single_pass
+
+    add_pair_task(project)
+    monkeypatch.setenv("TTLORA_CACHE", str(tmp_path / "cache"))
+    single_pass.main(["--quick", "--tasks", "toy", "pairs", "--ks", "1", "--batches", "2", "--batch-size", "8",
+                      "--repeats", "2", "--test-per-task", "16", "--router-rows", "60"])
+    result = json.loads((bench_results / "single_pass.json").read_text())
+    rows = {r["setting"]: r for r in result["rows"]}
+    assert set(rows) == {"base", "two-pass", "single-pass k=1"}
+    assert rows["single-pass k=1"]["routing"] == {"mode": "single-pass", "route_after_layer": 1}
+    assert rows["two-pass"]["routing"] == {"mode": "two-pass", "route_after_layer": None}
+    for name in ("two-pass", "single-pass k=1"):
+        assert 0 <= rows[name]["mixed_accuracy"] <= 1 and 0 <= rows[name]["router_accuracy"] <= 1
+        assert rows[name]["samples_per_s"] > 0 and rows[name]["x_base"] > 0
+    assert rows["base"]["x_base"] == 1.0
+    assert "| single-pass k=1 |" in (bench_results / "single_pass.md").read_text()

@@ -1,0 +1,87 @@
+"""Task cards: round trip, one-line errors, and the shipped cards against the real mirror."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from ttlora_moe.data.cards import (
+    TaskCard,
+    list_tasks,
+    load_task_card,
+    save_task_card,
+    validate_task_name,
+)
+from ttlora_moe.errors import BadInput
+
+
+def card(**kw) -> TaskCard:
+    base = dict(name="toy", source="toy", text="sentence", text_pair=None, label="label",
+                label_names=["neg", "pos"], label_values=[0, 1], metric="accuracy",
+                files={"train": "train.parquet", "test": "validation.parquet"})
+    return TaskCard(**{**base, **kw})
+
+
+def test_cards_round_trip_and_unknown_task_lists_known(tmp_path):
+    path = save_task_card(card(), tmp_path)
+    assert path == tmp_path / "toy.yaml" and list_tasks(tmp_path) == ["toy"]
+    assert [p.name for p in tmp_path.iterdir()] == ["toy.yaml"]  # no temp file left behind
+    loaded = load_task_card("toy", tmp_path)
+    assert loaded == card() and loaded.num_labels == 2
+    with pytest.raises(BadInput, match=r"unknown task 'nope' \(known: toy"):
+        load_task_card("nope", tmp_path)
+    with pytest.raises(BadInput, match="unknown task '../toy'"):
+        load_task_card("../toy", tmp_path)
+    for bad in ("1abc", "has-dash", "Upper", ""):
+        with pytest.raises(BadInput, match="not a valid identifier"):
+            validate_task_name(bad)
+    validate_task_name("winogrande_l")
+
+
+def test_tasks_dir_follows_the_environment(tmp_path, monkeypatch):
+    save_task_card(card(name="other"), tmp_path)
+    monkeypatch.setenv("TTLORA_TASKS_DIR", str(tmp_path))
+    assert list_tasks() == ["other"] and load_task_card("other").name == "other"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("source: [unclosed", "not valid YAML"),
+    ("- a list", "not a mapping"),
+    ("source: toy\ntext: sentence\nlabel: label\nlabel_names: [a, b]\n", "missing keys \\['label_values'\\]"),
+    ("source: toy\ntext: sentence\nlabel: label\nlabel_names: [a, b]\nlabel_values: [0, 1]\ncolour: red\n",
+     "unknown keys \\['colour'\\]"),
+    ("source: toy\ntext: sentence\nlabel: label\nlabel_names: [a, b]\nlabel_values: [0]\nfiles: {train: t.parquet}\n",
+     "1 label_values for 2 label_names"),
+    ("source: toy\ntext: sentence\nlabel: label\nlabel_names: [a, b]\nlabel_values: [1, '1']\nfiles: {train: t.parquet}\n",
+     "repeats a label value"),
+    ("source: toy\ntext: sentence\nlabel: label\nlabel_names: [a, b, c]\nlabel_values: [0, 1, 2]\nmetric: f1\n"
+     "files: {train: t.parquet}\n", "metric 'f1' .* needs two labels"),
+    ("source: toy\ntext: sentence\nlabel: label\nlabel_names: [a, b]\nlabel_values: [0, 1]\nfiles: {test: t.parquet}\n",
+     "map 'train'"),
+    ("name: other\nsource: toy\ntext: sentence\nlabel: label\nlabel_names: [a, b]\nlabel_values: [0, 1]\n"
+     "files: {train: t.parquet}\n", "names task 'other'"),
+])
+def test_malformed_cards_are_one_line_errors(tmp_path, text, message):
+    (tmp_path / "toy.yaml").write_text(text)
+    with pytest.raises(BadInput, match=message) as info:
+        load_task_card("toy", tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_shipped_cards_match_the_real_mirror(mirror):
+    if mirror is None:
+        pytest.skip("no dataset mirror (TTLORA_DATA_MIRROR or ../shared/datasets)")
+    names = list_tasks()
+    assert {"mnli", "cola", "rte", "sst2", "qnli", "qqp", "mrpc", "boolq", "sick", "cb"} <= set(names)
+    for name in names:
+        c = load_task_card(name)
+        for role, pattern in c.files.items():
+            files = sorted((mirror / c.source).glob(pattern))
+            assert files, f"{name}: no {role} file {pattern}"
+            frame = pd.read_parquet(files[0])
+            columns = set(frame.columns)
+            assert {c.text, c.label, *([c.text_pair] if c.text_pair else [])} <= columns, (name, columns)
+            if role == "unlabelled":  # labels, if any, are ignored
+                continue
+            raw_labels = {v for v in frame[c.label].tolist() if v not in (-1, "")}
+            assert raw_labels == set(c.label_values) or role == "test" and raw_labels <= set(c.label_values), name

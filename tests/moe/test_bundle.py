@@ -1,0 +1,64 @@
+"""Loading a bundle: routing and abstaining, and refusal of tampered or missing files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.toys import (
+    MOE_TASKS,
+    moe_rows,
+)
+from ttlora_moe.errors import BadInput
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_bundle_predicts_routes_and_abstains(moe_bundle):
+    from ttlora_moe.moe.bundle import load_moe
+
+    moe = load_moe(moe_bundle[0])
+    rows = moe_rows("senti", 2) + moe_rows("nli", 2) + moe_rows("quest", 2)
+    answers = moe.predict(rows)
+    assert [a["task"] for a in answers] == ["senti"] * 2 + ["nli"] * 2 + ["quest"] * 2
+    for a in answers:
+        assert set(a["probabilities"]) == set(MOE_TASKS[a["task"]][0])
+        assert abs(sum(a["probabilities"].values()) - 1) < 1e-5 and a["label"] in a["probabilities"]
+        assert 0 < a["router_confidence"] <= 1 and not a["abstained"]
+    assert answers == moe.predict(rows)  # deterministic
+    moe.router.threshold.fill_(1.01)  # nothing is confident enough: every input abstains
+    for a in moe.predict(rows[:3]):
+        assert a["abstained"] and a["task"] is None and a["label"] is None and a["probabilities"] is None
+        assert set(a["router_probabilities"]) == {"senti", "nli", "quest"}
+
+
+def _copy(moe_bundle, tmp_path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(moe_bundle[0], target)
+    return target
+
+
+def test_load_bundle_refuses_a_tampered_file(moe_bundle, tmp_path):
+    from ttlora_moe.moe.bundle import load_bundle
+
+    b = _copy(moe_bundle, tmp_path)
+    path = b / "experts" / "nli" / "adapter.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(BadInput, match=r"experts/nli/adapter.safetensors does not match its sha256") as info:
+        load_bundle(b)
+    assert "\n" not in str(info.value)
+
+
+def test_load_bundle_refuses_a_missing_expert(moe_bundle, tmp_path):
+    from ttlora_moe.moe.bundle import load_bundle
+
+    b = _copy(moe_bundle, tmp_path)
+    shutil.rmtree(b / "experts" / "quest")
+    with pytest.raises(BadInput, match=r"experts/quest/.* is missing"):
+        load_bundle(b)
+    with pytest.raises(BadInput, match="manifest.json does not exist"):
+        load_bundle(tmp_path)

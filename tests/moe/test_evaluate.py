@@ -1,0 +1,57 @@
+"""Evaluating a bundle on the mixed test sets."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ttlora_moe.errors import BadInput
+from ttlora_moe.files import read_json
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _copy(moe_bundle, tmp_path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(moe_bundle[0], target)
+    return target
+
+
+def test_out_of_scope_task_choice(moe_env):
+    from ttlora_moe.moe.evaluate import _out_of_scope_task
+
+    assert _out_of_scope_task(["a", "b"], "c", preferred="d") == "c"
+    assert _out_of_scope_task(["a", "b"], None, preferred="d") == "d"
+    with pytest.raises(BadInput, match="out-of-scope task 'a' is in the bundle"):
+        _out_of_scope_task(["a", "b"], "a")
+    # params.yaml's preference is only a preference: a bundle that serves it gets another task
+    assert _out_of_scope_task(["senti", "nli", "quest"], None, preferred="nli") == "extra"
+
+
+def test_evaluate_bundle_reports_routing_retention_and_abstain(moe_env, moe_bundle, tmp_path):
+    from ttlora_moe.moe.evaluate import evaluate_bundle
+
+    b = _copy(moe_bundle, tmp_path)
+    report = evaluate_bundle(b, params=moe_env["params"], out_of_scope_task="extra", progress=False)
+    assert report["rows"] == 3 * 16 and report["tasks"] == ["senti", "nli", "quest"]
+    assert report["router_accuracy"] > 0.9
+    for task, v in report["per_task"].items():
+        assert {"router_accuracy", "bundle_metric", "expert_metric", "abstain_rate"} <= set(v)
+        assert v["routed_agreement"] == 1.0 and v["routed_max_probability_diff"] < 1e-4  # same math as alone
+        assert v["routed_bundle_metric"] == pytest.approx(v["routed_expert_metric"])
+    counts = report["confusion"]["counts"]
+    assert [sum(r) for r in counts] == [16, 16, 16] and len(counts[0]) == 4
+    assert report["out_of_scope"]["task"] == "extra" and report["out_of_scope"]["rows"] == 12
+    assert 0 <= report["abstain_out_of_scope"] <= 1 and 0 <= report["abstain_in_scope"] <= 1
+    assert report["gates"]["retention_on_routed_rows"]["passed"]
+    for png in ("confusion.png", "per_task.png"):
+        assert (b / "evaluation" / png).read_bytes()[:4] == b"\x89PNG"
+    assert read_json(b / "evaluation" / "evaluation.json")["mixed_accuracy"] == report["mixed_accuracy"]
+    manifest = read_json(b / "manifest.json")
+    assert manifest["metrics"]["test"]["router_accuracy"] == report["router_accuracy"]
+    assert "router_test_accuracy" in manifest["gates"]
+    from ttlora_moe.moe.bundle import load_bundle
+
+    load_bundle(b)  # the report and the recorded metrics do not break verification

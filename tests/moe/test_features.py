@@ -1,0 +1,55 @@
+"""Router features: pooling, the feature spec, independence from batch composition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.toys import SHORT_MIXED_ROWS
+from ttlora_moe.errors import BadInput
+from ttlora_moe.moe.features import (
+    FeatureSpec,
+    compute_features,
+    feature_dim,
+    pool_states,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_pooling_ignores_pads_and_segments_pool_separately():
+    h = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    seg = torch.tensor([[-1, 0, 1, -1], [-1, 0, -1, -1]])
+    spec = FeatureSpec(layers=[0], pooling=("mean", "max", "cls", "last"), segment_layers=[0], lengths=True)
+    f = pool_states([h], mask, seg, spec)
+    assert f.shape == (2, 3 * 6 + 3)
+    assert torch.allclose(f[1, 0:3], h[1, :2].mean(0))          # mean over real tokens only
+    assert torch.allclose(f[1, 3:6], h[1, 1])                   # max over real tokens only
+    assert torch.allclose(f[1, 9:12], h[1, 1])                  # last non-pad token
+    assert torch.allclose(f[0, 12:15], h[0, 1]) and torch.allclose(f[0, 15:18], h[0, 2])
+    assert torch.allclose(f[1, 15:18], torch.zeros(3))          # no pair: zero segment B
+    assert torch.allclose(f[:, -1], torch.tensor([1.0, 0.0]))   # has-pair flag
+
+
+def test_feature_spec_checks_and_dimensions(tiny_bert_base):
+    # default: text and text_pair mean-pooled apart on all 3 hidden states, plus 3 length features
+    assert feature_dim(FeatureSpec(), tiny_bert_base) == 24 * 3 * 2 + 3
+    assert compute_features(tiny_bert_base, SHORT_MIXED_ROWS, FeatureSpec(), batch_size=3, progress=False).shape == (4, 24 * 6 + 3)
+    spec = FeatureSpec(layers="all", pooling=("mean", "max"), segment_layers=[-1], lengths=False)
+    assert compute_features(tiny_bert_base, SHORT_MIXED_ROWS, spec, progress=False).shape == (4, 24 * (3 * 2 + 2))
+    with pytest.raises(BadInput, match="pools no hidden state"):
+        FeatureSpec(segment_layers=())
+    with pytest.raises(BadInput, match="unknown router feature pooling"):
+        FeatureSpec(pooling=("median",))
+    with pytest.raises(BadInput, match="unknown router feature keys"):
+        FeatureSpec.from_dict({"layer": [1]})
+    with pytest.raises(BadInput, match="does not exist"):
+        FeatureSpec(layers=[7]).resolve(3)
+
+
+def test_features_do_not_depend_on_batch_composition(tiny_bert_base):
+    spec = FeatureSpec(segment_layers="all")
+    together = compute_features(tiny_bert_base, SHORT_MIXED_ROWS, spec, batch_size=4, progress=False)
+    alone = torch.cat([compute_features(tiny_bert_base, [r], spec, progress=False) for r in SHORT_MIXED_ROWS])
+    assert torch.allclose(together, alone, atol=1e-5)

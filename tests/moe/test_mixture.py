@@ -1,0 +1,79 @@
+"""Mixed-batch inference: every sample through its own expert equals each sample alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.toys import (
+    MOE_TASKS,
+    make_moe_expert,
+    moe_rows,
+)
+from ttlora_moe.data.batching import tokenize
+from ttlora_moe.errors import BadInput
+from ttlora_moe.experts.artifact import load_expert
+from ttlora_moe.experts.base_model import load_base_model
+from ttlora_moe.moe.features import FeatureSpec, feature_dim
+from ttlora_moe.moe.mixture import ExpertInfo, MixtureOfExperts
+from ttlora_moe.moe.router import Router
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_mixed_batch_equals_each_sample_alone_through_its_expert(kind, tiny_bert, tiny_llama, tmp_path):
+    ref = tiny_bert if kind == "bert" else tiny_llama
+    names = ["senti", "nli", "quest"]  # 2, 3 and 2 labels
+    dirs = [make_moe_expert(tmp_path / n, ref, n, seed=i + 1) for i, n in enumerate(names)]
+    base = load_base_model(ref)
+    from ttlora_moe.experts.artifact import read_expert_meta
+    from ttlora_moe.files import load_tensors
+
+    metas = [read_expert_meta(d) for d in dirs]
+    spec = FeatureSpec()
+    router = Router(feature_dim(spec, base), len(names), "linear")
+    infos = [ExpertInfo(n, "7", n, MOE_TASKS[n][0], MOE_TASKS[n][2]) for n in names]
+    moe = MixtureOfExperts(base, infos, [load_tensors(d / "adapter.safetensors") for d in dirs], metas, router, spec, 32)
+
+    rows = moe_rows("senti", 3) + moe_rows("nli", 3) + moe_rows("quest", 2) + moe_rows("nli", 1, 7)
+    experts = [0, 1, 0, 1, 2, 1, 2, 0, 1]  # mixed, and some samples through another task's expert
+    batch = tokenize(base.tokenizer, rows, 32)
+    logits = moe.expert_logits(batch["input_ids"], batch["attention_mask"], torch.tensor(experts))
+    assert logits.shape == (len(rows), 3)
+    assert torch.isinf(logits[torch.tensor(experts) != 1, 2]).all()  # padded class of 2-label heads
+
+    answers = moe.predict(rows, batch_size=4, force_expert=experts)
+    alone = [load_expert(d, load_base_model(ref)) for d in dirs]
+    for i, (row, e) in enumerate(zip(rows, experts)):
+        single = tokenize(base.tokenizer, [row], 32)
+        with torch.no_grad():
+            ref_probs = torch.softmax(alone[e].model(single["input_ids"], single["attention_mask"]), -1)[0]
+        c = len(MOE_TASKS[names[e]][0])
+        assert torch.allclose(torch.softmax(logits[i, :c], -1), ref_probs, atol=1e-5)
+        got = torch.tensor(list(answers[i]["probabilities"].values()))
+        assert list(answers[i]["probabilities"]) == MOE_TASKS[names[e]][0]  # the task's own labels only
+        assert torch.allclose(got, ref_probs, atol=1e-5)
+        assert answers[i]["expert"] == {"name": names[e], "version": "7"} and answers[i]["task"] == names[e]
+    # the experts really differ, so the equality above is not trivial
+    p0 = torch.softmax(alone[0].model(batch["input_ids"][:1], batch["attention_mask"][:1]), -1)
+    p2 = torch.softmax(alone[2].model(batch["input_ids"][:1], batch["attention_mask"][:1]), -1)
+    assert not torch.allclose(p0, p2, atol=1e-3)
+    # the routing pass sees the plain base model: identical to the un-adapted model's states
+    with moe.routing(None):
+        plain = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    fresh = load_base_model(ref).model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert torch.allclose(plain, fresh.last_hidden_state, atol=1e-6)
+    assert moe.state.expert_index is None
+
+
+def test_moe_refuses_router_of_other_size(tiny_bert, tmp_path):
+    d = make_moe_expert(tmp_path / "senti", tiny_bert, "senti", 1)
+    from ttlora_moe.experts.artifact import read_expert_meta
+    from ttlora_moe.files import load_tensors
+
+    base = load_base_model(tiny_bert)
+    with pytest.raises(BadInput, match="routes to 3 experts"):
+        MixtureOfExperts(base, [ExpertInfo("senti", None, "senti", ["neg", "pos"], "accuracy")],
+                         [load_tensors(d / "adapter.safetensors")], [read_expert_meta(d)], Router(10, 3, "linear"),
+                         FeatureSpec(), 32)

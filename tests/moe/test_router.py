@@ -1,0 +1,83 @@
+"""The router: training, calibration, abstain threshold, files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ttlora_moe.errors import BadInput
+from ttlora_moe.moe.router import (
+    RouterConfig,
+    abstain_threshold,
+    fit_temperature,
+    load_router,
+    save_router,
+    task_weights,
+    train_router,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _blobs(n_per: int, dim: int = 8, seed: int = 0, sizes=(1.0, 1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.eye(3, dim) * 4
+    xs, ys = [], []
+    for e, size in enumerate(sizes):
+        n = int(n_per * size)
+        xs.append(centres[e] + torch.randn(n, dim, generator=g))
+        ys.append(torch.full((n,), e))
+    return torch.cat(xs) * 10 + 5, torch.cat(ys)  # unscaled: standardisation must cope
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_router_learns_calibrates_and_abstains(kind):
+    tx, ty = _blobs(200, sizes=(1.0, 1.0, 0.2))  # task 2 has 5x fewer rows: balanced by weights
+    vx, vy = _blobs(100, seed=1)
+    config = RouterConfig(kind=kind, hidden=16, lr=1e-2, batch_size=64, max_epochs=25, patience=5, false_abstain_rate=0.05)
+    router, report = train_router(tx, ty, vx, vy, ["a", "b", "c"], config, progress=False)
+    assert report.validation_balanced_accuracy > 0.9 and min(report.validation_per_task.values()) > 0.85
+    assert 0.03 <= report.validation_abstain_rate <= 0.07
+    assert report.threshold > 0 and report.temperature > 0
+    index, confidence, probs = router.route(vx)
+    assert torch.allclose(probs.sum(-1), torch.ones(len(vx)))
+    assert ((index == -1) == (confidence < report.threshold)).all()
+    again, _, _ = router.route(vx)
+    assert torch.equal(index, again)                           # deterministic: no noise, no dropout
+
+
+def test_router_is_reproducible_with_its_seed():
+    tx, ty = _blobs(60)
+    vx, vy = _blobs(30, seed=1)
+    config = RouterConfig(kind="mlp", hidden=8, max_epochs=5)
+    r1, _ = train_router(tx, ty, vx, vy, ["a", "b", "c"], config, progress=False)
+    r2, _ = train_router(tx, ty, vx, vy, ["a", "b", "c"], config, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(r1.state_dict().values(), r2.state_dict().values()))
+
+
+def test_temperature_threshold_and_weights():
+    labels = torch.tensor([0, 0, 0, 1])
+    assert torch.allclose(task_weights(labels, 2), torch.tensor([2 / 3, 2 / 3, 2 / 3, 2.0]))
+    logits = torch.tensor([[8.0, 0.0], [0.0, 8.0], [8.0, 0.0], [0.0, 8.0]])  # half right, overconfident
+    assert fit_temperature(logits, torch.tensor([0, 0, 1, 1])) > 5
+    conf = torch.linspace(0.5, 1.0, 101)
+    assert abstain_threshold(conf, 0.0) == 0.0
+    t = abstain_threshold(conf, 0.1)
+    assert 0.09 <= float((conf < t).float().mean()) <= 0.11
+
+
+def test_router_files_round_trip_and_bad_files(tmp_path):
+    tx, ty = _blobs(40)
+    router, report = train_router(tx, ty, tx, ty, ["a", "b", "c"], RouterConfig(kind="mlp", hidden=8, max_epochs=3),
+                                  progress=False)
+    save_router(tmp_path, router, {"experts": ["a", "b", "c"]})
+    loaded, meta = load_router(tmp_path)
+    assert meta["experts"] == ["a", "b", "c"] and meta["temperature"] == pytest.approx(report.temperature)
+    assert torch.equal(loaded.route(tx)[0], router.route(tx)[0])
+    with pytest.raises(BadInput, match="unknown router config keys"):
+        RouterConfig.from_dict({"kinds": "mlp"})
+    with pytest.raises(BadInput, match="unknown router kind"):
+        RouterConfig(kind="attention")
+    (tmp_path / "router.safetensors").write_bytes(b"garbage")
+    with pytest.raises(BadInput, match="router.safetensors"):
+        load_router(tmp_path)

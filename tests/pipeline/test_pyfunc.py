@@ -1,0 +1,40 @@
+"""The expert and bundle pyfuncs, in process and over REST."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ttlora_moe.pipeline.bundles import promote, register_bundle
+from ttlora_moe.pipeline.gates import check_gates
+
+
+def test_expert_pyfunc_predicts_with_its_labels(registered_experts):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(registered_experts["toy"]["model_uri"])
+    out = model.predict(pd.DataFrame({"text": ["the movie 1 was good", "the movie 2 was awful"]}))
+    assert list(out["task"]) == ["toy", "toy"] and set(out["label"]) <= {"neg", "pos"}
+    assert all(abs(sum(p.values()) - 1) < 1e-5 for p in out["probabilities"])
+
+
+def test_champion_answers_rest_requests(registry_env, evaluated_bundle):
+    """`models:/ttlora-moe@champion` through MLflow's own scoring server app (the one `mlflow models serve` runs)."""
+    import mlflow
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    b = evaluated_bundle
+    gates = check_gates(b["evaluation"])
+    registered = register_bundle(b["dir"], b["evaluation"], gates, b["experts"], b["evaluation_dir"], registry_env["params"])
+    promote(registered["version"])
+    model = mlflow.pyfunc.load_model("models:/ttlora-moe@champion")
+    client = TestClient(scoring_server.init(model))
+    body = {"dataframe_records": [{"text": "the movie 3 was good"},
+                                  {"text": "what about 5 cat bad question", "text_pair": None}]}
+    response = client.post("/invocations", json=body)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["task"] for p in predictions] == ["toy", "toy2"]  # routed
+    assert all(p["expert_version"] == "1" and p["label"] in ("neg", "pos") and not p["abstained"] for p in predictions)
+    bad = client.post("/invocations", json={"dataframe_records": [{"txt": "x"}]})
+    assert bad.status_code == 400 and "text" in bad.text
