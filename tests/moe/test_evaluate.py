@@ -23,11 +23,13 @@ def test_out_of_scope_task_choice(moe_env):
     from ttlora_moe.moe.evaluate import _out_of_scope_task
 
     assert _out_of_scope_task(["a", "b"], "c", preferred="d") == "c"
-    assert _out_of_scope_task(["a", "b"], None, preferred="d") == "d"
+    assert _out_of_scope_task(["senti", "nli"], None, preferred="quest") == "quest"
     with pytest.raises(BadInput, match="out-of-scope task 'a' is in the bundle"):
         _out_of_scope_task(["a", "b"], "a")
-    # params.yaml's preference is only a preference: a bundle that serves it gets another task
+    # params.yaml's preference is only a preference: a bundle that serves it, or a project without its
+    # card (the library default names a GLUE task), gets another task
     assert _out_of_scope_task(["senti", "nli", "quest"], None, preferred="nli") == "extra"
+    assert _out_of_scope_task(["senti", "nli", "quest"], None, preferred="mrpc") == "extra"
 
 
 def test_evaluate_bundle_reports_routing_retention_and_abstain(moe_env, moe_bundle, tmp_path):

@@ -42,7 +42,7 @@ def test_feature_spec_checks_and_dimensions(tiny_bert_base):
         FeatureSpec(segment_layers=())
     with pytest.raises(BadInput, match="unknown router feature pooling"):
         FeatureSpec(pooling=("median",))
-    with pytest.raises(BadInput, match="unknown router feature keys"):
+    with pytest.raises(BadInput, match=r"unknown router.features key\(s\) \[.layer.\]"):
         FeatureSpec.from_dict({"layer": [1]})
     with pytest.raises(BadInput, match="does not exist"):
         FeatureSpec(layers=[7]).resolve(3)

@@ -7,6 +7,8 @@ from torch import nn
 
 from ttlora_moe.experts.base_model import pool
 
+HEAD_MODES = ("trainable", "frozen")
+
 
 class SequenceClassifier(nn.Module):
     """``logits = head(pool(base(input_ids)))``.
@@ -17,8 +19,8 @@ class SequenceClassifier(nn.Module):
 
     def __init__(self, base: nn.Module, num_labels: int, pooling: str, head_mode: str = "trainable", seed: int = 0):
         super().__init__()
-        if head_mode not in ("trainable", "frozen"):
-            raise ValueError(f"head_mode must be 'trainable' or 'frozen', got {head_mode!r}")
+        if head_mode not in HEAD_MODES:
+            raise ValueError(f"head_mode must be one of {', '.join(HEAD_MODES)}, got {head_mode!r}")
         self.base = base
         self.pooling = pooling
         hidden = int(base.config.hidden_size)

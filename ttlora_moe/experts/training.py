@@ -14,14 +14,15 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ttlora_moe.config_fields import Section, option
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.checkpoint import (
     load_checkpoint,
@@ -29,40 +30,37 @@ from ttlora_moe.experts.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
+from ttlora_moe.experts.classifier import HEAD_MODES
 from ttlora_moe.experts.metrics import task_metrics
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """Hyperparameters of one expert's training run (``train:`` in params.yaml)."""
 
-    epochs: int = field(default=2, metadata={"help": "Passes over the training sample."})
-    batch_size: int = field(default=32, metadata={"help": "Examples per optimisation step."})
-    lr: float = field(default=5e-3, metadata={"help": "AdamW learning rate of the TT cores."})
-    head_lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate of the head."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "Clip the gradient norm to this (None: no clipping)."})
-    warmup_ratio: float = field(default=0.06, metadata={"help": "Linear warm-up share of all steps, then linear decay."})
-    max_length: int = field(default=128, metadata={"help": "Tokens per input; longer inputs are truncated."})
-    max_train_samples: int | None = field(default=4000, metadata={"help": "Seeded training subsample (None: all)."})
-    max_eval_samples: int | None = field(default=1000, metadata={"help": "Validation subsample used for early stopping."})
-    evals_per_epoch: int = field(default=2, metadata={"help": "Validation passes per epoch."})
-    patience: int = field(default=3, metadata={"help": "Validation passes without improvement before stopping."})
-    checkpoint_every: int = field(default=25, metadata={"help": "Steps between resumable checkpoints."})
-    seed: int = field(default=0, metadata={"help": "Seed of data order, dropout and initialisation."})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (CPU or GPU)."})
-    head_mode: str = field(default="trainable", metadata={"help": "'trainable' or 'frozen' (the paper's random head)."})
+    section: ClassVar[str] = "train"
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadInput(f"unknown train config keys {unknown}", f"use only {sorted(known)}")
-        return cls(**data)
+    epochs: int = option(2, "Passes over the training sample.")
+    batch_size: int = option(32, "Examples per optimisation step.")
+    lr: float = option(0.01, "AdamW learning rate of the TT cores (paper: 5e-3).")
+    head_lr: float = option(2e-3, "AdamW learning rate of the head.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    max_grad_norm: float | None = option(1.0, "Clip the gradient norm to this (None: no clipping).")
+    warmup_ratio: float = option(0.06, "Linear warm-up share of all steps, then linear decay.")
+    max_length: int = option(128, "Tokens per input; longer inputs are truncated.")
+    max_train_samples: int | None = option(12000, "Seeded training subsample (None: all; paper: 4000).")
+    max_eval_samples: int | None = option(1000, "Validation subsample used for early stopping.")
+    evals_per_epoch: int = option(2, "Validation passes per epoch.")
+    patience: int = option(3, "Validation passes without improvement before stopping.")
+    checkpoint_every: int = option(25, "Steps between resumable checkpoints.")
+    seed: int = option(0, "Seed of data order, dropout and initialisation.")
+    bf16: bool = option(False, "bfloat16 autocast (CPU or GPU).")
+    head_mode: str = option("trainable", "'trainable' or 'frozen' (the paper's random head).")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        if self.head_mode not in HEAD_MODES:
+            raise BadInput(f"unknown train.head_mode {self.head_mode!r}",
+                           f"set train.head_mode to one of {', '.join(HEAD_MODES)}")
 
 
 @dataclass

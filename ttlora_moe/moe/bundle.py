@@ -38,7 +38,7 @@ DEFAULT_BUNDLE: dict[str, Any] = {
     "min_router_accuracy": 0.95,   # gate: router accuracy (validation at build, test at evaluate)
     "max_retention_drop": 0.01,    # gate: bundle metric vs expert alone on correctly routed rows
     "test_per_task": 500,          # evaluate: seeded rows per task from each test split
-    "out_of_scope_task": None,     # evaluate: preferred task not in the bundle (None, or in the bundle: first prepared one it lacks)
+    "out_of_scope_task": "mrpc",   # evaluate: preferred task not in the bundle (None, in the bundle or without a card: first prepared one it lacks)
     "out_of_scope_rows": 300,      # evaluate: rows of it
     "eval_seed": 0,
     "batch_size": 32,              # inputs per MoE forward

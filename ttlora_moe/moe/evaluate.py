@@ -36,7 +36,8 @@ def wrong_label(label: int, num_labels: int) -> int:
 
 def _out_of_scope_task(tasks: list[str], wanted: str | None, preferred: str | None = None) -> str | None:
     """The task whose inputs should abstain: ``wanted`` (must not be in the bundle), else ``preferred``
-    (params.yaml) when the bundle lacks it, else the first prepared task the bundle lacks."""
+    (params.yaml) when the bundle lacks it and the project has its card, else the first prepared task the
+    bundle lacks."""
     from ttlora_moe.data.cards import list_tasks
     from ttlora_moe.paths import data_root
 
@@ -44,9 +45,9 @@ def _out_of_scope_task(tasks: list[str], wanted: str | None, preferred: str | No
         if wanted in tasks:
             raise BadInput(f"out-of-scope task {wanted!r} is in the bundle", "pick a task the bundle has no expert for")
         return wanted
-    if preferred and preferred not in tasks:
-        return preferred
     candidates = [t for t in list_tasks() if t not in tasks]
+    if preferred in candidates:
+        return preferred
     prepared = [t for t in candidates if (data_root() / "prepared" / t / "test.parquet").exists()]
     return (prepared or candidates or [None])[0]
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
+from ttlora_moe.config_fields import Section, option
 from ttlora_moe.data.batching import tokenize
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel
@@ -32,18 +33,18 @@ POOLINGS = ("mean", "max", "cls", "last")
 
 
 @dataclass(frozen=True)
-class FeatureSpec:
+class FeatureSpec(Section):
     """What the router sees of an input (``router.features`` in params.yaml)."""
 
-    layers: tuple[int, ...] | str = field(
-        default=(), metadata={"help": "Hidden states pooled over the whole input (0 = embeddings, -1 = last), or 'all'."})
-    pooling: tuple[str, ...] = field(
-        default=("mean",), metadata={"help": "Poolings of those whole-input states: mean, max, cls, last."})
-    segment_layers: tuple[int, ...] | str = field(
-        default="all", metadata={"help": "Hidden states whose text and text_pair tokens are mean-pooled separately."})
-    lengths: bool = field(
-        default=True, metadata={"help": "Append log token counts of text and text_pair and a has-pair flag."})
-    max_length: int = field(default=128, metadata={"help": "Tokens per input (as the experts)."})
+    section: ClassVar[str] = "router.features"
+
+    layers: tuple[int, ...] | str = option(
+        (), "Hidden states pooled over the whole input (0 = embeddings, -1 = last), or 'all'.")
+    pooling: tuple[str, ...] = option(("mean",), "Poolings of those whole-input states: mean, max, cls, last.")
+    segment_layers: tuple[int, ...] | str = option(
+        "all", "Hidden states whose text and text_pair tokens are mean-pooled separately.")
+    lengths: bool = option(True, "Append log token counts of text and text_pair and a has-pair flag.")
+    max_length: int = option(128, "Tokens per input (as the experts).")
 
     def __post_init__(self) -> None:
         for name in ("layers", "segment_layers"):
@@ -60,22 +61,6 @@ class FeatureSpec:
         if not (self.layers and self.pooling) and not self.segment_layers:
             raise BadInput("the router feature spec pools no hidden state",
                            "set router.features.layers and pooling, or segment_layers")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> FeatureSpec:
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadInput(f"unknown router feature keys {unknown}", f"use only {sorted(known)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("layers", "segment_layers", "pooling"):
-            if not isinstance(out[key], str):
-                out[key] = list(out[key])
-        return out
 
     def resolve(self, num_states: int) -> tuple[list[int], list[int]]:
         """Concrete (pooled layers, segment layers) for a model with ``num_states`` hidden states."""

@@ -23,15 +23,16 @@ import contextlib
 import copy
 import math
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ttlora_moe.config_fields import Section, option
 from ttlora_moe.errors import BadInput
 from ttlora_moe.files import read_format_json, write_json
 
@@ -41,34 +42,30 @@ ROUTER_META = "router.json"
 KINDS = ("linear", "mlp")
 
 
-def _f(default: Any, help: str) -> Any:
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
-class RouterConfig:
+class RouterConfig(Section):
     """How the router is built and trained (``router:`` in params.yaml)."""
 
-    kind: str = _f("linear", "'linear' (the paper's) or 'mlp' (one hidden layer, GELU).")
-    hidden: int = _f(256, "Hidden units of the MLP router.")
-    dropout: float = _f(0.2, "Dropout on the MLP's hidden layer while training (off at inference).")
-    lr: float = _f(3e-3, "AdamW learning rate.")
-    weight_decay: float = _f(0.1, "AdamW weight decay.")
-    batch_size: int = _f(512, "Examples per step.")
-    max_epochs: int = _f(40, "Upper bound on passes over the training mix.")
-    patience: int = _f(4, "Epochs without a better validation score before stopping.")
-    seed: int = _f(0, "Seed of the sample, the initialisation, dropout and batch order.")
-    train_per_task: int = _f(2000, "Training rows per task (seeded random sample); tasks with fewer rows are up-weighted.")
-    validation_per_task: int = _f(400, "Validation rows per task for early stopping, temperature and threshold.")
-    unlabelled_per_task: int = _f(
+    section: ClassVar[str] = "router"
+
+    kind: str = option("linear", "'linear' (the paper's) or 'mlp' (one hidden layer, GELU).")
+    hidden: int = option(256, "Hidden units of the MLP router.")
+    dropout: float = option(0.2, "Dropout on the MLP's hidden layer while training (off at inference).")
+    lr: float = option(3e-3, "AdamW learning rate.")
+    weight_decay: float = option(0.1, "AdamW weight decay.")
+    batch_size: int = option(512, "Examples per step.")
+    max_epochs: int = option(40, "Upper bound on passes over the training mix.")
+    patience: int = option(4, "Epochs without a better validation score before stopping.")
+    seed: int = option(0, "Seed of the sample, the initialisation, dropout and batch order.")
+    train_per_task: int = option(2000, "Training rows per task (seeded random sample); tasks with fewer rows are up-weighted.")
+    validation_per_task: int = option(400, "Validation rows per task for early stopping, temperature and threshold.")
+    unlabelled_per_task: int = option(
         1000, "Extra training inputs per task from its prepared unlabelled.parquet when that file exists (0: never).")
-    false_abstain_rate: float = _f(0.01, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
-    features: dict[str, Any] = _f({}, "Feature spec (see features.FeatureSpec); {} = defaults.")
-    batch_size_features: int = _f(64, "Inputs per base-model forward when computing features.")
-    threads: int = _f(1, "Intra-op threads while training the router: it is tiny, and a busy thread pool costs more than it gains.")
-    route_after_layer: int | None = _f(
+    false_abstain_rate: float = option(0.01, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
+    features: dict[str, Any] = option({}, "Feature spec (see features.FeatureSpec); {} = defaults.")
+    batch_size_features: int = option(64, "Inputs per base-model forward when computing features.")
+    threads: int = option(1, "Intra-op threads while training the router: it is tiny, and a busy thread pool costs more than it gains.")
+    route_after_layer: int | None = option(
         None, "Single-pass routing: the router reads hidden states 0..k (embeddings + first k blocks) and experts "
               "must adapt only layers >= k (tt.layers_from), so one forward routes and adapts; null = two passes.")
 
@@ -86,18 +83,6 @@ class RouterConfig:
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
             raise BadInput(f"router.route_after_layer must be a block index >= 0 or null, got {self.route_after_layer!r}",
                            "fix params.yaml")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> RouterConfig:
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadInput(f"unknown router config keys {unknown}", f"use only {sorted(known)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Router(nn.Module):
