@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ttlora_moe.params import load_params
 
 
@@ -46,9 +48,10 @@ def test_fusion_vs_moe_puts_our_bundle_beside_adapterfusion_on_the_same_rows(pro
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps({
         "config": {"tasks": ["toy"], "samples": 64, "epochs": 1, "fusion_samples": 16},
-        "pfeiffer": [{"task": "toy", "method": "pfeiffer", "metric": "f1", "test_metric": 0.5, "test_accuracy": 0.6,
-                      "mixed_test_rows": 10, "mixed_test_accuracy": 0.7, "adapter_params": 100, "head_params": 10,
-                      "trainable_params": 110, "train_samples_per_s": 9.0, "lr": 1e-3}],
+        "pfeiffer": [{"task": task, "method": "pfeiffer", "metric": "f1", "test_metric": 0.5, "test_accuracy": 0.6,
+                      "mixed_test_rows": n, "mixed_test_accuracy": acc, "adapter_params": 100, "head_params": 10,
+                      "trainable_params": trainable, "train_samples_per_s": 9.0, "lr": 1e-3}
+                     for task, n, acc, trainable in (("toy", 10, 0.7, 110), ("other", 30, 0.3, 90))],
         "fusion": {"mixed_accuracy": 0.4, "head_classes": 3, "train_rows": 16, "trainable_params": 50,
                    "total_added_params": 160, "per_task": {"toy": {"accuracy": 0.4, "rows": 10}},
                    "mixed_rows_per_task": {"toy": 10}}}))
@@ -56,7 +59,9 @@ def test_fusion_vs_moe_puts_our_bundle_beside_adapterfusion_on_the_same_rows(pro
     payload = fusion_vs_moe.main([*budget, "--baseline-json", str(baseline), "--test-cap", "10"])
     assert expert.stat().st_mtime_ns == mtime  # peft_quality's expert reused, not retrained
     fusion, oracle, ours, alone = payload["mixed"]
-    assert fusion["mixed_accuracy"] == 0.4 and oracle["mixed_accuracy"] == 0.7
+    assert (fusion["trainable_params"], fusion["added_params"]) == (50, 160)  # fusion's own vs with its adapters
+    # the Pfeiffer oracle pools the rows of every task: (10 * 0.7 + 30 * 0.3) / 40, not the mean of 0.7 and 0.3
+    assert oracle["mixed_accuracy"] == pytest.approx(0.4) and oracle["toy"] == 0.7 and oracle["trainable_params"] == 200
     assert ours["router_accuracy"] == 1.0  # one task: every row goes to its expert
     assert ours["mixed_accuracy"] == ours["toy"] == alone["mixed_accuracy"]  # routed right, so the expert's answers
     assert payload["bundle"]["evaluation"]["rows"] == 10
