@@ -18,7 +18,7 @@ from ttlora_moe.paths import params_path
 
 # Sections a profile (or a run's overrides) may replace. ``prepare`` is not one of them: it is DVC's,
 # and prepared data must match dvc.lock.
-PROFILE_SECTIONS = ("train", "tt", "base_model", "router", "bundle")
+PROFILE_SECTIONS = ("train", "tt", "base_model", "router", "bundle", "serve")
 
 
 def read_params_file(path: Path | None = None) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def test_mixed_batch_equals_each_sample_alone_through_its_expert(kind, tiny_bert
         plain = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     fresh = load_base_model(ref).model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     assert torch.allclose(plain, fresh.last_hidden_state, atol=1e-6)
-    assert moe.state.expert_index is None
+    assert moe.slot.get() is None
 
 
 def test_moe_refuses_router_of_other_size(tiny_bert, tmp_path):

@@ -90,7 +90,7 @@ def test_single_pass_equals_route_then_adapted_pass(tiny_bert, experts):
         assert torch.allclose(logits[i, : len(want)], want, atol=1e-5)
     # the two-pass API of the same mixture agrees, and the hook left no routing state behind
     assert torch.allclose(moe.expert_logits(batch["input_ids"], batch["attention_mask"], index), logits, atol=1e-5)
-    assert moe.state.expert_index is None
+    assert moe.slot.get() is None
     # the experts differ on these layers, so the equality above is not trivial
     assert not torch.allclose(moe.expert_logits(batch["input_ids"], batch["attention_mask"], torch.zeros_like(index))[:, :2],
                               moe.expert_logits(batch["input_ids"], batch["attention_mask"], torch.full_like(index, 2))[:, :2],

@@ -38,3 +38,11 @@ def test_champion_answers_rest_requests(registry_env, evaluated_bundle):
     assert all(p["expert_version"] == "1" and p["label"] in ("neg", "pos") and not p["abstained"] for p in predictions)
     bad = client.post("/invocations", json={"dataframe_records": [{"txt": "x"}]})
     assert bad.status_code == 400 and "text" in bad.text
+    for records, message in (([{"text": "ok"}, {"text": None}], "row 1: field 'text' is null"),
+                             ([{"text": "ok"}, {"text": 42}], "row 1: field 'text' is a int"),
+                             ([{"text": "ok", "text_pair": 3.5}], "row 0: field 'text_pair' is a float"),
+                             ([{"text": "x" * 20_001}], "row 0: field 'text' brings the row to 20,001 characters")):
+        response = client.post("/invocations", json={"dataframe_records": records})
+        assert response.status_code == 400 and message in response.json()["message"], response.text
+    empty = client.post("/invocations", json={"dataframe_records": [{"text": ""}, {"text": "the movie 3 was good"}]})
+    assert [p["abstained"] for p in empty.json()["predictions"]] == [True, False]

@@ -23,6 +23,7 @@ from ttlora_moe.moe.router import (
     train_router,
 )
 from ttlora_moe.moe.router_data import router_data
+from ttlora_moe.moe.serve_config import ServeConfig
 from ttlora_moe.moe.single_pass import (
     check_route_after_layer,
     router_feature_spec,
@@ -121,6 +122,7 @@ def build_bundle(
                            "pooling": first.get("pooling", base.pooling)},
             "max_length": spec.max_length,
             "routing": routing_record(config.route_after_layer),
+            "serve": ServeConfig.from_dict(section(params, "serve")).to_dict(),
             "router": {"kind": config.kind, "config": config.to_dict(), "features": spec.to_dict(),
                        "temperature": report.temperature, "threshold": report.threshold,
                        "false_abstain_rate": config.false_abstain_rate, "files": [ROUTER_WEIGHTS, ROUTER_META]},

@@ -30,6 +30,7 @@ from ttlora_moe.experts.base_model import BaseModel, load_base_model
 from ttlora_moe.files import read_format_json, read_json, sha256_file, write_json
 from ttlora_moe.moe.features import FeatureSpec
 from ttlora_moe.moe.router import ROUTER_META, ROUTER_WEIGHTS, load_router
+from ttlora_moe.moe.serve_config import ServeConfig
 from ttlora_moe.moe.single_pass import recorded_route_after_layer, routing_record
 
 BUNDLE_FORMAT = "ttlora-moe/bundle@1"
@@ -132,8 +133,17 @@ def load_bundle(directory: Path) -> Bundle:
     return Bundle(directory, manifest, metas)
 
 
-def load_moe(bundle: Bundle | Path, base: BaseModel | None = None, device: str | torch.device | None = None):
-    """The :class:`~ttlora_moe.moe.MixtureOfExperts` of a (verified) bundle, on ``device``."""
+def serve_config(bundle: Bundle) -> ServeConfig:
+    """How the bundle serves: its manifest's ``serve`` record (defaults for bundles written before 0.2)."""
+    return ServeConfig.from_dict(bundle.manifest.get("serve"))
+
+
+def load_moe(bundle: Bundle | Path, base: BaseModel | None = None, device: str | torch.device | None = None,
+             serve: ServeConfig | None = None):
+    """The :class:`~ttlora_moe.moe.mixture.MixtureOfExperts` of a (verified) bundle, on ``device``.
+
+    ``serve`` (default: the bundle's own) chooses how its adapted layers compute.
+    """
     from ttlora_moe.files import load_tensors
     from ttlora_moe.moe.mixture import ExpertInfo, MixtureOfExperts
 
@@ -162,8 +172,9 @@ def load_moe(bundle: Bundle | Path, base: BaseModel | None = None, device: str |
         raise BadInput(f"{bundle.path / MANIFEST} routes {routing_record(k)['mode']} (after layer {k}), its router was "
                        f"trained for route_after_layer={(router_meta.get('config') or {}).get('route_after_layer')}",
                        "rebuild the bundle")
+    serve = serve or serve_config(bundle)
     moe = MixtureOfExperts(base, infos, tensors, bundle.expert_meta, router, spec, int(manifest.get("max_length", 128)),
-                           route_after_layer=k)
+                           route_after_layer=k, adapter_path=serve.adapter_path, merged_cache_mb=serve.merged_cache_mb)
     return moe.to(next(base.model.parameters()).device)
 
 

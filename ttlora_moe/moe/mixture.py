@@ -5,16 +5,17 @@ For a batch of mixed-task inputs:
 1. **routing pass**: the plain frozen base (no adapter) computes the router's features; the
    router picks one expert per input (or abstains);
 2. **adapted pass**: one forward in which every adapted linear adds ``alpha_e · ΔW_e x`` with the
-   cores of each sample's own expert, gathered from the stacked ``[E, r, s, r']`` cores by index
-   (no Python loop over samples or experts), then each sample's own head.
+   update of each sample's own expert (each expert's rows through its merged weight, or the stacked
+   ``[E, r, s, r']`` cores gathered per sample; no Python loop over samples), then each sample's own head.
 
 With ``route_after_layer = k`` (single-pass routing, :mod:`ttlora_moe.moe.single_pass`) the two passes
 are one: the experts adapt only blocks ``>= k``, and a hook before block ``k`` pools
 ``hidden_states[0..k]``, routes, and sets each sample's expert for the blocks that follow.
 
-The adapted linears read the per-sample expert index from a :class:`RoutingState` object that the
-model owns and sets around the adapted forward (``with moe.routing(index): ...``); nothing is
-monkey-patched and no module-level state exists. Heads with different label counts share one
+The adapted linears (:class:`~ttlora_moe.moe.expert_linear.MoETTLinear`) read the routing of the
+forward that is running from the mixture's :class:`~ttlora_moe.moe.routing.RoutingSlot`, a context
+variable: one loaded mixture serves many threads at once, and no call can see another's routing
+(``with moe.routing(index): ...``). Nothing is monkey-patched. Heads with different label counts share one
 ``[E, C_max, H]`` tensor; padded classes get ``-inf`` logits, and probabilities are reported over the
 task's own labels only (the paper's B2 mixed these up).
 """
@@ -35,6 +36,7 @@ from ttlora_moe.data.batching import tokenize
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel, pool
 from ttlora_moe.moe.block_hooks import on_states
+from ttlora_moe.moe.expert_linear import MoETTLinear, choose_path
 from ttlora_moe.moe.features import (
     FeatureSpec,
     batch_features,
@@ -43,45 +45,8 @@ from ttlora_moe.moe.features import (
     pool_states,
 )
 from ttlora_moe.moe.router import Router
+from ttlora_moe.moe.routing import Routing, RoutingSlot
 from ttlora_moe.moe.single_pass import check_route_after_layer, restrict_spec
-from ttlora_moe.tt.tensor_train import tt_apply
-
-
-@dataclass
-class RoutingState:
-    """The expert index of every sample of the forward about to run; ``None`` = plain base model."""
-
-    expert_index: torch.Tensor | None = None
-
-
-class MoETTLinear(nn.Module):
-    """A frozen linear plus, per sample, the TT update of that sample's expert."""
-
-    def __init__(self, base: nn.Linear, cores: Sequence[torch.Tensor], alphas: torch.Tensor,
-                 in_factors: list[int], out_factors: list[int], state: RoutingState) -> None:
-        super().__init__()
-        self.base = base
-        self.in_factors, self.out_factors = list(in_factors), list(out_factors)
-        self.num_cores = len(cores)
-        for k, core in enumerate(cores):  # [E, r, s, r'] each
-            self.register_buffer(f"core_{k}", core.to(device=base.weight.device, dtype=torch.float32))
-        self.register_buffer("alpha", alphas.to(device=base.weight.device, dtype=torch.float32))
-        self.state = state
-
-    def cores(self) -> list[torch.Tensor]:
-        return [getattr(self, f"core_{k}") for k in range(self.num_cores)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        index = self.state.expert_index
-        if index is None:
-            return y
-        picked = [core[index].to(x.dtype) for core in self.cores()]  # [B, r, s, r'] per sample
-        scale = self.alpha[index].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-        return y + scale * tt_apply(x, picked, self.in_factors, self.out_factors)
-
-    def extra_repr(self) -> str:
-        return f"experts={self.alpha.numel()}, in={self.in_factors}, out={self.out_factors}"
 
 
 @dataclass
@@ -96,12 +61,15 @@ class ExpertInfo:
 
 
 class MixtureOfExperts(nn.Module):
-    """Frozen base + stacked experts + router. Build it with :func:`build_moe` or ``bundle.load_moe``."""
+    """Frozen base + stacked experts + router. Load one with :func:`ttlora_moe.moe.bundle.load_moe`."""
 
     def __init__(self, base: BaseModel, experts: list[ExpertInfo], expert_tensors: list[dict[str, torch.Tensor]],
                  expert_meta: list[dict[str, Any]], router: Router, feature_spec: FeatureSpec,
-                 max_length: int, route_after_layer: int | None = None) -> None:
-        """``route_after_layer``: ``None`` routes in a pass of its own; ``k`` routes inside the one forward."""
+                 max_length: int, route_after_layer: int | None = None, adapter_path: str = "auto",
+                 merged_cache_mb: float = 1024) -> None:
+        """``route_after_layer``: ``None`` routes in a pass of its own; ``k`` routes inside the one forward.
+        ``adapter_path``: how adapted layers compute (``auto``, ``merged``, ``contract``: see
+        :mod:`ttlora_moe.moe.expert_linear`); ``auto`` merges when it fits ``merged_cache_mb``."""
         super().__init__()
         if not experts or len(experts) != len(expert_tensors) or len(experts) != len(expert_meta):
             raise ValueError("experts, tensors and metadata must be non-empty lists of one length")
@@ -122,7 +90,9 @@ class MixtureOfExperts(nn.Module):
         self.max_length = max_length
         self.route_after_layer = route_after_layer
         self.pooling = expert_meta[0].get("pooling", base.pooling)
-        self.state = RoutingState()
+        self.slot = RoutingSlot()
+        layout = expert_meta[0].get("layout") or {}
+        self.adapter_path = choose_path(adapter_path, layout, len(experts), merged_cache_mb)
         self._attach(expert_tensors, expert_meta)
         hidden = base.hidden_size
         self.num_labels = [len(e.label_names) for e in experts]
@@ -161,17 +131,14 @@ class MixtureOfExperts(nn.Module):
             linear = getattr(parent, child)
             if not isinstance(linear, nn.Linear):
                 raise BadInput(f"module {name} of the base model is not a linear layer", "use the experts' base model")
-            setattr(parent, child, MoETTLinear(linear, stacked, alphas, in_f, out_f, self.state))
+            setattr(parent, child, MoETTLinear(linear, stacked, alphas, in_f, out_f, self.slot, self.adapter_path))
 
     @contextlib.contextmanager
     def routing(self, expert_index: torch.Tensor | None) -> Iterator[None]:
-        """Within the block, adapted layers use ``expert_index[b]``'s cores for sample ``b``."""
-        previous = self.state.expert_index
-        self.state.expert_index = expert_index
-        try:
+        """Within the block, forwards in this context adapt sample ``b`` with expert ``expert_index[b]``
+        (``None``: the plain base model); other threads' forwards are not affected."""
+        with self.slot.use(None if expert_index is None else Routing.of(expert_index.to(self.device))):
             yield
-        finally:
-            self.state.expert_index = previous
 
     @property
     def device(self) -> torch.device:
@@ -218,7 +185,7 @@ class MixtureOfExperts(nn.Module):
             features = pool_states(states, mask, segments, self.feature_spec, num_hidden_states(self.base))
             routed["index"], routed["confidence"], routed["probs"] = self.router.route(features)
             routed["ride"] = routed["probs"].argmax(-1)
-            self.state.expert_index = routed["ride"]  # read by every adapted linear of the blocks to come
+            self.slot.set(Routing.of(routed["ride"]))  # read by every adapted linear of the blocks to come
 
         with self.routing(None), on_states(self.base.model, self.route_after_layer, route_here):
             hidden = self.base.model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -248,17 +215,18 @@ class MixtureOfExperts(nn.Module):
 
         Each answer: ``task``, ``label``, ``probabilities`` (over that task's labels), ``router_confidence``,
         ``router_probabilities``, ``router_choice`` (the arg-max expert, also when abstaining), ``expert``
-        ({name, version}) and ``abstained``; an abstained answer has task, label, probabilities and
-        expert ``None``. With ``force_expert``
-        (one index per row) routing is skipped: evaluation uses it for oracle routing.
+        ({name, version}), ``abstained`` and ``abstain_reason`` (``empty``: no text at all, never routed;
+        ``low_confidence``: below the router's threshold); an abstained answer has task, label,
+        probabilities and expert ``None``. With ``force_expert`` (one index per row) routing is skipped:
+        evaluation uses it for oracle routing. Safe to call from many threads at once.
         """
         for row in rows:
             if not isinstance(row.get("text"), str) or not isinstance(row.get("text_pair"), (str, type(None))):
                 raise BadInput(f"input {row!r} has no text (or a text_pair that is not a string)",
                                'give {"text": ..., "text_pair": ...} per input')
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
-        answers: list[dict[str, Any] | None] = [None] * len(rows)
-        names = [e.name for e in self.experts]
+        answers: list[dict[str, Any]] = [_EMPTY] * len(rows)
+        texts = [i for i, r in enumerate(rows) if r["text"].strip() or (r.get("text_pair") or "").strip()]
+        order = sorted(texts, key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
         for start in tqdm(range(0, len(order), batch_size), desc="predict", leave=False, disable=not progress,
                           file=sys.stderr, dynamic_ncols=True):
             idx = order[start : start + batch_size]
@@ -270,20 +238,27 @@ class MixtureOfExperts(nn.Module):
                 index, confidence, router_probs, logits = self._two_pass(batch, forced)
             probs = torch.softmax(logits.float(), -1).tolist()
             for j, i in enumerate(idx):
-                rp = {n: round(float(p), 6) for n, p in zip(names, router_probs[j].tolist())}
-                answer: dict[str, Any] = {"router_confidence": float(confidence[j]), "router_probabilities": rp,
-                                          "router_choice": names[int(router_probs[j].argmax())]}
-                if index[j] >= 0:
-                    e = int(index[j])
-                    info = self.experts[e]
-                    p = probs[j][: self.num_labels[e]]
-                    label = max(range(len(p)), key=p.__getitem__)
-                    answer.update(task=info.task, label=info.label_names[label], label_id=label,
-                                  probabilities=dict(zip(info.label_names, p)),
-                                  expert={"name": info.name, "version": info.version}, expert_index=e,
-                                  abstained=False)
-                else:
-                    answer.update(task=None, label=None, label_id=None, probabilities=None, expert=None,
-                                  expert_index=None, abstained=True)
-                answers[i] = answer
-        return [a for a in answers if a is not None]
+                answers[i] = self._answer(int(index[j]), float(confidence[j]), router_probs[j].tolist(), probs[j])
+        return [dict(a) for a in answers]
+
+    def _answer(self, expert: int, confidence: float, router_probs: list[float], probs: list[float]) -> dict[str, Any]:
+        """One input's answer from its routing (``expert`` -1: abstained) and its padded class probabilities."""
+        names = [e.name for e in self.experts]
+        answer: dict[str, Any] = {"router_confidence": confidence,
+                                  "router_probabilities": {n: round(p, 6) for n, p in zip(names, router_probs)},
+                                  "router_choice": names[max(range(len(names)), key=router_probs.__getitem__)]}
+        if expert < 0:
+            return {**answer, **_ABSTAINED, "abstain_reason": "low_confidence"}
+        info = self.experts[expert]
+        p = probs[: self.num_labels[expert]]
+        label = max(range(len(p)), key=p.__getitem__)
+        return {**answer, "task": info.task, "label": info.label_names[label], "label_id": label,
+                "probabilities": dict(zip(info.label_names, p)), "expert": {"name": info.name, "version": info.version},
+                "expert_index": expert, "abstained": False, "abstain_reason": None}
+
+
+_ABSTAINED: dict[str, Any] = {"task": None, "label": None, "label_id": None, "probabilities": None, "expert": None,
+                              "expert_index": None, "abstained": True}
+# An input with no text at all: nothing to route, so no expert is asked.
+_EMPTY: dict[str, Any] = {**_ABSTAINED, "router_confidence": 0.0, "router_probabilities": {}, "router_choice": None,
+                          "abstain_reason": "empty"}

@@ -112,11 +112,14 @@ class Router(nn.Module):
 
     @torch.no_grad()
     def route(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(expert index [B], confidence [B], probabilities [B, E])``; index -1 means abstain."""
-        was_training = self.training
-        self.eval()
+        """``(expert index [B], confidence [B], probabilities [B, E])``; index -1 means abstain.
+
+        Routing is deterministic: an MLP router in training mode (dropout on) is refused rather than
+        switched to eval here, because a served router is shared by concurrent calls.
+        """
+        if self.training:
+            raise RuntimeError("route() needs an eval-mode router: call router.eval() once after training")
         probs = self(features)
-        self.train(was_training)
         confidence, index = probs.max(-1)
         index = torch.where(confidence < self.threshold, torch.full_like(index, -1), index)
         return index, confidence, probs

@@ -13,11 +13,15 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
 from ttlora_moe import __version__
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import META_FILE, read_expert_meta
+from ttlora_moe.moe.serve_config import ServeConfig
+from ttlora_moe.pipeline.micro_batching import MicroBatcher
+from ttlora_moe.pipeline.requests import RequestLimits, request_rows
 
 # What a served model needs besides the Python it is served from (`--env-manager local`).
 PIP_REQUIREMENTS = [f"ttlora-moe=={__version__}", "torch", "transformers>=5,<6", "safetensors", "pandas"]
@@ -32,26 +36,6 @@ mlflow.models.set_model({cls}())
 """
 
 
-def _rows(model_input: Any) -> list[dict[str, Any]]:
-    """Rows of ``{"text", "text_pair"}`` from what a pyfunc or the REST server hands over."""
-    if isinstance(model_input, pd.DataFrame):
-        records = model_input.to_dict(orient="records")
-    elif isinstance(model_input, dict):
-        records = pd.DataFrame(model_input).to_dict(orient="records")
-    elif isinstance(model_input, str):
-        records = [{"text": model_input}]
-    else:
-        records = [r if isinstance(r, dict) else {"text": r} for r in list(model_input)]
-    rows = []
-    for r in records:
-        text = r.get("text")
-        if not isinstance(text, str):
-            raise BadInput(f"input rows need a text column, got {sorted(r)}", "send {'text': ..., 'text_pair': ...}")
-        pair = r.get("text_pair")
-        rows.append({"text": text, "text_pair": pair if isinstance(pair, str) else None})
-    return rows
-
-
 def _signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
@@ -60,46 +44,110 @@ def _signature():
                                          ColSpec(DataType.string, "text_pair", required=False)]))
 
 
-class ExpertPyfunc(PythonModel):
+def _checked_rows(model_input: Any, limits: RequestLimits) -> list[dict[str, Any]]:
+    """The request's rows, or HTTP 400 (MLflow's INVALID_PARAMETER_VALUE) naming the bad row and field."""
+    try:
+        return request_rows(model_input, limits)
+    except BadInput as exc:
+        raise MlflowException.invalid_parameter_value(str(exc)) from None
+
+
+class _BatchedPyfunc(PythonModel):
+    """A pyfunc whose rows, from any number of scoring-server threads, go through one micro-batching worker."""
+
+    limits: RequestLimits
+    batcher: MicroBatcher
+
+    def serve(self, predict, config: ServeConfig) -> None:
+        """Answer requests with ``predict(rows) -> answers`` under ``config``'s limits and batching."""
+        self.limits = RequestLimits(max_rows=config.max_rows, max_chars=config.max_chars)
+        self.batcher = MicroBatcher(predict, max_rows=config.batch_rows, max_wait_ms=config.batch_wait_ms,
+                                    max_pending_rows=config.max_pending_rows)
+
+    def answers(self, model_input: Any) -> list[Any]:
+        return self.batcher(_checked_rows(model_input, self.limits))
+
+
+class ExpertPyfunc(_BatchedPyfunc):
     """One expert alone: ``predict(DataFrame[text, text_pair?]) -> DataFrame[label, probabilities]``."""
 
     def load_context(self, context) -> None:
         from ttlora_moe.data.batching import Collator
         from ttlora_moe.experts.artifact import load_expert
         from ttlora_moe.experts.base_model import load_base_model
+        from ttlora_moe.experts.training import predict
 
         directory = find_expert_dir(Path(context.artifacts["expert"]))
         meta = read_expert_meta(directory)
         base = load_base_model(meta["base_model"]["ref"], meta.get("pooling"))
-        self.expert = load_expert(directory, base)
-        self.collate = Collator(base.tokenizer, int(meta.get("max_length", 128)))
+        expert = load_expert(directory, base)
+        collate = Collator(base.tokenizer, int(meta.get("max_length", 128)))
+        names = expert.label_names
+
+        def answer(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            _, probs = predict(expert.model, [{**r, "label": 0} for r in rows], collate, progress=False)
+            return [{"task": expert.task, "label": names[int(p.argmax())],
+                     "probabilities": {n: float(x) for n, x in zip(names, p.tolist())}} for p in probs]
+
+        self.serve(answer, ServeConfig())
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from ttlora_moe.experts.training import predict
-
-        rows = [{**r, "label": 0} for r in _rows(model_input)]
-        _, probs = predict(self.expert.model, rows, self.collate, progress=False)
-        names = self.expert.label_names
-        return pd.DataFrame([{"task": self.expert.task, "label": names[int(p.argmax())],
-                              "probabilities": {n: float(x) for n, x in zip(names, p.tolist())}} for p in probs])
+        return pd.DataFrame(self.answers(model_input))
 
 
-class BundlePyfunc(PythonModel):
+class BundlePyfunc(_BatchedPyfunc):
     """The routed mixture: ``predict(DataFrame[text, text_pair?])`` -> one row per input with the
     chosen task, label, class probabilities, router confidence and expert version (or abstained)."""
 
     def load_context(self, context) -> None:
-        from ttlora_moe.moe.bundle import load_moe
+        from ttlora_moe.moe.bundle import load_bundle, load_moe, serve_config
 
-        self.moe = load_moe(Path(context.artifacts["bundle"]))  # verifies every checksum
+        bundle = load_bundle(Path(context.artifacts["bundle"]))  # verifies every checksum
+        config = serve_config(bundle)
+        moe = load_moe(bundle, serve=config)
+        self.serve(lambda rows: moe.predict(rows, batch_size=config.batch_size), config)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        answers = self.moe.predict(_rows(model_input))
         return pd.DataFrame([{
             "task": a["task"], "label": a["label"], "probabilities": a["probabilities"],
             "router_confidence": a["router_confidence"], "abstained": a["abstained"],
             "expert": (a.get("expert") or {}).get("name"), "expert_version": (a.get("expert") or {}).get("version"),
-        } for a in answers])
+        } for a in self.answers(model_input)])
+
+
+class BasePyfunc(_BatchedPyfunc):
+    """The frozen base model alone (tokenise, one forward, pool): the serving speed limit of a bundle.
+
+    ``predict`` answers the norm of each input's pooled state; benchmarks/serve_load.py serves it
+    beside a bundle to measure what routing and adapting cost.
+    """
+
+    def load_context(self, context) -> None:
+        import json
+
+        import torch
+
+        from ttlora_moe.data.batching import tokenize
+        from ttlora_moe.experts.base_model import load_base_model, pool
+
+        spec = json.loads(Path(context.artifacts["base"]).read_text())
+        base = load_base_model(spec["ref"], spec.get("pooling"))
+        config = ServeConfig.from_dict(spec.get("serve"))
+
+        def answer(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+            out = []
+            for start in range(0, len(rows), config.batch_size):
+                batch = tokenize(base.tokenizer, rows[start : start + config.batch_size], int(spec["max_length"]))
+                with torch.inference_mode():
+                    hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                    pooled = pool(hidden.last_hidden_state, batch["attention_mask"], base.pooling)
+                out += [{"norm": float(v)} for v in pooled.norm(dim=-1).tolist()]
+            return out
+
+        self.serve(answer, config)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return pd.DataFrame(self.answers(model_input))
 
 
 def log_pyfunc(name: str, cls: type, artifacts: dict[str, str]):

@@ -1,0 +1,41 @@
+"""Serving requests: every malformed row is one error naming the row and the field; good rows pass as they are."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from ttlora_moe.errors import BadInput
+from ttlora_moe.pipeline.requests import RequestLimits, request_rows
+
+
+def test_good_rows_in_every_shape_a_client_sends():
+    want = [{"text": "a", "text_pair": None}, {"text": "b", "text_pair": "c"}]
+    frame = pd.DataFrame({"text": ["a", "b"], "text_pair": [None, "c"]})
+    assert request_rows(frame) == want
+    assert request_rows({"text": ["a", "b"], "text_pair": [math.nan, "c"]}) == want
+    assert request_rows([{"text": "a"}, {"text": "b", "text_pair": "c"}]) == want
+    assert request_rows("a") == [{"text": "a", "text_pair": None}]
+    assert request_rows([{"text": "   "}]) == [{"text": "   ", "text_pair": None}]  # answered with an abstention
+
+
+@pytest.mark.parametrize("records,message", [
+    ([{"text": "ok"}, {"text": None}], "row 1: field 'text' is null"),
+    ([{"text": "ok"}, {"text_pair": "x"}], "row 1: field 'text' is missing"),
+    ([{"text": 5}], "row 0: field 'text' is a int (\'5\'), not text"),
+    ([{"text": 1.5}], "row 0: field 'text' is a float"),
+    ([{"text": ["a"]}], "row 0: field 'text' is a list"),
+    ([{"text": "a", "text_pair": 3}], "row 0: field 'text_pair' is a int"),
+    ([{"text": "a", "label": 1}], "row 0: unknown field(s) ['label']"),
+    ([{"text": "x" * 30}], "row 0: field 'text' brings the row to 30 characters; the limit is 20"),
+    ([{"text": "x" * 10, "text_pair": "y" * 15}], "row 0: field 'text_pair' brings the row to 25 characters"),
+    ([7], "row 0 is a int, not an object"),
+    ([], "the request holds no rows"),
+    ([{"text": "a"}] * 4, "the request holds 4 rows; the limit is 3"),
+])
+def test_bad_rows_are_one_line_naming_row_and_field(records, message):
+    with pytest.raises(BadInput) as info:
+        request_rows(records, RequestLimits(max_rows=3, max_chars=20))
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -1,0 +1,85 @@
+"""Serving requests: what a client sends becomes checked ``{"text", "text_pair"}`` rows, or one error naming
+the row and the field.
+
+The scoring server hands the pyfunc whatever the JSON held: ``None``, numbers, missing columns or a
+megabyte of text. Every such row is refused before any model work (HTTP 400 through
+:class:`mlflow.exceptions.MlflowException`), so a bad row can neither crash the server nor grow its
+memory. An empty or whitespace-only text is not an error: the bundle answers it with an abstention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from ttlora_moe.errors import BadInput
+
+FIELDS = ("text", "text_pair")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """How big one request may be (``serve:`` in params.yaml, recorded in the bundle)."""
+
+    max_rows: int = 1024            # rows per request
+    max_chars: int = 20_000         # characters of text + text_pair per row (inputs are truncated to max_length tokens anyway)
+
+
+def _records(model_input: Any) -> list[Any]:
+    if isinstance(model_input, pd.DataFrame):
+        return model_input.to_dict(orient="records")
+    if isinstance(model_input, dict):
+        if all(isinstance(v, (list, tuple)) for v in model_input.values()):
+            return pd.DataFrame(model_input).to_dict(orient="records")
+        return [model_input]
+    if isinstance(model_input, str):
+        return [{"text": model_input}]
+    return list(model_input)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _field(index: int, record: dict[str, Any], name: str, required: bool) -> str | None:
+    value = record.get(name)
+    if _missing(value):
+        if required:
+            got = "missing" if name not in record else "null"
+            raise BadInput(f"row {index}: field {name!r} is {got}", f"send a string in {name!r} for every row")
+        return None
+    if not isinstance(value, str):
+        raise BadInput(f"row {index}: field {name!r} is a {type(value).__name__} ({str(value)[:40]!r}), not text",
+                       f"send {name!r} as a JSON string")
+    return value
+
+
+def request_rows(model_input: Any, limits: RequestLimits = RequestLimits()) -> list[dict[str, str | None]]:
+    """The checked rows of one request, in order; any bad row is one :class:`BadInput` naming it (0-based)."""
+    records = _records(model_input)
+    if not records:
+        raise BadInput("the request holds no rows", 'send {"dataframe_records": [{"text": ...}, ...]}')
+    if len(records) > limits.max_rows:
+        raise BadInput(f"the request holds {len(records)} rows; the limit is {limits.max_rows}",
+                       "split it into smaller requests")
+    rows = []
+    for i, record in enumerate(records):
+        if isinstance(record, str):
+            record = {"text": record}
+        if not isinstance(record, dict):
+            raise BadInput(f"row {i} is a {type(record).__name__}, not an object", 'send {"text": ..., "text_pair": ...}')
+        unknown = sorted(str(k) for k in record if k not in FIELDS)
+        if unknown:
+            raise BadInput(f"row {i}: unknown field(s) {unknown}", f"send only {', '.join(FIELDS)}")
+        text = _field(i, record, "text", required=True)
+        pair = _field(i, record, "text_pair", required=False)
+        size = len(text) + len(pair or "")
+        if size > limits.max_chars:
+            field = "text" if len(text) > limits.max_chars or pair is None else "text_pair"
+            raise BadInput(f"row {i}: field {field!r} brings the row to {size:,} characters; the limit is "
+                           f"{limits.max_chars:,}", "send shorter text (inputs are truncated to the model's length anyway)")
+        rows.append({"text": text, "text_pair": pair})
+    return rows
