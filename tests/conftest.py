@@ -157,6 +157,28 @@ def no_aws(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
+@pytest.fixture
+def kill_between_renames(monkeypatch):
+    """``kill(target, write)``: run ``write()``, an atomic_dir replacement of ``target``, but die after its first
+    rename (the old version moved aside, the new one not yet in place), as a SIGKILL there would."""
+    real = os.replace
+
+    def kill(target: Path, write) -> None:
+        def replace(src, dst):
+            if Path(dst) == Path(target):
+                raise KeyboardInterrupt("killed between the renames")
+            real(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                write()
+        finally:
+            monkeypatch.setattr(os, "replace", real)
+
+    return kill
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: one intra-op thread is faster, above all on a busy machine (``usefixtures`` it per module)."""

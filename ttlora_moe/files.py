@@ -46,22 +46,31 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def _old_copy(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it is renamed to ``target``.
 
-    On any error the temporary directory is removed and ``target`` is left as it was, so a
-    reader never sees a half-written artifact.
+    On any error the temporary directory is removed and ``target`` is left as it was, so a reader
+    never sees a half-written artifact. Replacing an existing ``target`` takes two renames (``target``
+    -> ``.<name>.old``, new -> ``target``): a process killed between them leaves only the old copy,
+    under ``.<name>.old``. :func:`settled_dir` finds it for readers, and the next ``atomic_dir`` on
+    ``target`` first puts it back, so ``target`` always reads as the old or the new version.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    old = _old_copy(target)
+    if old.exists() and not target.exists():
+        os.replace(old, target)  # an earlier replacement was cut between its renames: the old copy is current
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
         if target.exists():
             if not replace:
                 raise FileExistsError(target)
-            old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
             os.replace(tmp, target)
@@ -70,6 +79,20 @@ def atomic_dir(target: Path, replace: bool = True) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def settled_dir(target: Path) -> Path:
+    """Where ``target``'s current version is: ``target``, or its ``.old`` copy when an
+    :func:`atomic_dir` replacement was killed between its two renames."""
+    target = Path(target)
+    old = _old_copy(target)
+    return old if not target.exists() and old.exists() else target
+
+
+def remove_dir(target: Path) -> None:
+    """Remove ``target`` and any ``.old`` copy an interrupted :func:`atomic_dir` left beside it."""
+    for folder in (Path(target), _old_copy(Path(target))):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_format_json(path: Path, expected_format: str, fix: str, missing_fix: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 A checkpoint folder holds ``state.safetensors`` (trainable parameters, optimizer moments, best
 parameters so far) and ``state.json`` (counters, history, best score, the run's fingerprint).
-It is replaced atomically, so a kill at any moment leaves either the old or the new checkpoint.
+It is replaced by :func:`~ttlora_moe.files.atomic_dir`, so a kill at any moment leaves the old or the new
+checkpoint (after a kill between its two renames, the old one under ``.<folder>.old``, where
+:func:`load_checkpoint` looks); a torn or unreadable checkpoint is no checkpoint: the run starts fresh.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ttlora_moe.files import atomic_dir, read_json, write_json
+from ttlora_moe.files import atomic_dir, read_json, settled_dir, write_json
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -51,6 +53,7 @@ def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], meta: dict[s
 
 def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The checkpoint in ``folder``, or None when there is none (or it is unreadable)."""
+    folder = settled_dir(folder)
     try:
         return load_file(str(folder / "state.safetensors")), read_json(folder / "state.json")
     except Exception:  # a missing or torn checkpoint means: start from scratch

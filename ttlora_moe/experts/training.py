@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from ttlora_moe.experts.checkpoint import (
 )
 from ttlora_moe.experts.classifier import HEAD_MODES
 from ttlora_moe.experts.metrics import task_metrics
+from ttlora_moe.files import remove_dir
 
 
 @dataclass
@@ -268,4 +268,4 @@ def train(
 
 def clear_checkpoint(checkpoint_dir: Path) -> None:
     """Remove a finished run's checkpoint."""
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    remove_dir(checkpoint_dir)
