@@ -47,3 +47,13 @@ def test_corrupt_or_foreign_experts_are_refused(tiny_bert, tiny_llama, tmp_path)
         load_expert(tmp_path / "expert", load_base_model(tiny_bert))
     with pytest.raises(BadInput, match="does not exist"):
         load_expert(tmp_path / "nowhere", load_base_model(tiny_bert))
+
+
+def test_an_artifact_of_a_kind_load_expert_cannot_rebuild_is_refused(tiny_bert, tmp_path):
+    base, model = make_classifier(tiny_bert)
+    # a `lora` artifact (benchmarks) stores its head but not its LoRA weights: loading it would be head-only
+    save_expert(tmp_path / "lora", model, {**expert_meta(base, {}), "kind": "lora"})
+    with pytest.raises(BadInput, match=r"expert.json is a 'lora' artifact.*kind ttlora or head-only"):
+        load_expert(tmp_path / "lora", load_base_model(tiny_bert))
+    save_expert(tmp_path / "ttlora", model, {**expert_meta(base, {}), "kind": "ttlora"})
+    assert load_expert(tmp_path / "ttlora", load_base_model(tiny_bert)).meta["kind"] == "ttlora"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.toys import Collate, make_classifier, toy_rows
+from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.training import TrainConfig, evaluate, train
 
 CONFIG = dict(epochs=3, batch_size=16, lr=2e-2, head_lr=2e-2, evals_per_epoch=1, patience=5, checkpoint_every=2)
@@ -58,3 +59,42 @@ def test_a_checkpoint_of_another_run_is_ignored(tiny_bert, tmp_path):
     result = train(model, toy_rows(32, 1), toy_rows(16, 2), Collate(base.tokenizer), config, "accuracy",
                    checkpoint_dir=tmp_path, fingerprint="b", progress=False)
     assert result.resumed_from_step == 0
+
+
+def test_early_stopping_stops_and_a_resumed_stopped_run_trains_no_further(tiny_bert, tmp_path):
+    # lr 0: the validation score never improves, so patience 1 stops at the second validation pass
+    config = TrainConfig(**{**CONFIG, "lr": 0.0, "head_lr": 0.0, "evals_per_epoch": 2, "patience": 1})
+    train_rows, val_rows = toy_rows(64, 1), toy_rows(16, 2)
+    base, model = make_classifier(tiny_bert)
+    first = train(model, train_rows, val_rows, Collate(base.tokenizer), config, "accuracy",
+                  checkpoint_dir=tmp_path, fingerprint="run", progress=False)
+    assert [h["step"] for h in first.history] == [2, 4] and first.steps == 4  # of 3 epochs x 4 steps
+    assert first.best_step == 2
+
+    def no_batch(rows):
+        raise AssertionError("a run whose checkpoint says stopped trained or evaluated again")
+
+    _, model = make_classifier(tiny_bert)
+    again = train(model, train_rows, val_rows, no_batch, config, "accuracy", checkpoint_dir=tmp_path,
+                  fingerprint="run", progress=False)
+    assert (again.resumed_from_step, again.steps, again.history) == (4, 4, first.history)
+
+
+@pytest.mark.parametrize("torn", ["state.safetensors", "state.json"])
+def test_a_torn_checkpoint_starts_a_fresh_run(tiny_bert, tmp_path, torn):
+    config = TrainConfig(**{**CONFIG, "epochs": 1})
+    rows = toy_rows(32, 1), toy_rows(16, 2)
+    base, model = make_classifier(tiny_bert)
+    train(model, *rows, Collate(base.tokenizer), config, "accuracy", checkpoint_dir=tmp_path, fingerprint="a",
+          progress=False)
+    path = tmp_path / torn
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # half written
+    base, model = make_classifier(tiny_bert)
+    result = train(model, *rows, Collate(base.tokenizer), config, "accuracy", checkpoint_dir=tmp_path,
+                   fingerprint="a", progress=False)
+    assert result.resumed_from_step == 0 and result.steps == 2
+
+
+def test_a_typo_in_head_mode_is_bad_input():
+    with pytest.raises(BadInput, match="unknown train.head_mode 'froze'.*trainable, frozen"):
+        TrainConfig.from_dict({"head_mode": "froze"})

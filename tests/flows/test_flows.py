@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -138,6 +139,35 @@ def test_train_all_experts_fans_out_retries_reports_and_bundles(project, monkeyp
 
     again = build_moe_bundle_flow(versions={"toy": bundle["experts"]["toy"]}, tasks=["toy", "toy2"])
     assert again["unchanged"] and again["version"] == bundle["version"] and again["gates_passed"]
+
+
+def test_train_all_experts_with_deployments_runs_one_flow_run_per_task_and_reports_a_failed_one(project, monkeypatch):
+    import flows.train_all_experts as module
+
+    calls = []
+    lock = threading.Lock()
+
+    def run_deployment(name, parameters, timeout, flow_run_name):
+        with lock:
+            calls.append((name, parameters, flow_run_name))
+        done = parameters["task"] == "toy"
+        state = SimpleNamespace(is_completed=lambda: done, name="Completed" if done else "Crashed",
+                                message="" if done else "worker lost",
+                                result=lambda: {"version": 7, "test_accuracy": 0.9, "model_uri": "models:/expert-toy/7"})
+        return SimpleNamespace(name=flow_run_name, state=state)
+
+    monkeypatch.setattr(module, "run_deployment", run_deployment)
+    monkeypatch.setattr(module, "train_expert_flow", None)  # nothing may train in this process
+    summary = module.train_all_experts_flow(tasks=["toy", "toy2"], use_deployments=True, deployment="train-expert/gpu",
+                                            profile="quick", retries=1, retry_backoff_s=0.01, threads_per_expert=2,
+                                            build_bundle=False)
+    assert sorted(calls, key=str) == [
+        ("train-expert/gpu", {"task": "toy", "profile": "quick", "threads": 2}, "train-expert-toy"),
+        *[("train-expert/gpu", {"task": "toy2", "profile": "quick", "threads": 2}, "train-expert-toy2")] * 2,  # retried
+    ]
+    assert summary["trained"] == {"toy": {"version": 7, "test_accuracy": 0.9, "model_uri": "models:/expert-toy/7"}}
+    assert summary["failed"] == {"toy2": "flow run train-expert-toy2 of train-expert/gpu ended Crashed: worker lost"}
+    assert "bundle" not in summary
 
 
 def test_build_bundle_with_a_missing_pinned_version_fails_with_one_line(project):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ttlora_moe.experts.base_model import load_base_model
-from ttlora_moe.moe.feature_cache import cached_features, sample_indices
+from ttlora_moe.moe.feature_cache import cached_features, features_dir, sample_indices
 from ttlora_moe.moe.features import (
     FeatureSpec,
     compute_features,
@@ -44,6 +44,20 @@ def test_feature_cache_second_call_runs_no_forward(bert, tmp_path, monkeypatch):
         hook.remove()
     direct = compute_features(bert, [rows[i] for i in (0, 3, 5)], FeatureSpec(), progress=False)
     assert torch.allclose(first, direct, atol=2e-2, rtol=2e-3)  # the cache stores float16
+
+
+@pytest.mark.parametrize("damage", [b"garbage", b""])
+def test_a_corrupt_feature_cache_is_recomputed_and_rewritten(bert, tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("TTLORA_CACHE", str(tmp_path / "cache"))
+    rows = [{"text": f"the {w} sat on the mat", "text_pair": None, "label": 0} for w in ("cat", "dog", "red", "blue")]
+    spec = FeatureSpec()
+    first, _ = cached_features(bert, tmp_path, "train", [0, 2], spec, "md5a", rows=rows, progress=False)
+    (path,) = features_dir().rglob("train.safetensors")
+    path.write_bytes(damage)
+    again, stats = cached_features(bert, tmp_path, "train", [0, 2, 3], spec, "md5a", rows=rows, progress=False)
+    assert (stats.hits, stats.computed) == (0, 3) and torch.equal(again[:2], first)
+    _, stats = cached_features(bert, tmp_path, "train", [3, 0], spec, "md5a", rows=rows, progress=False)
+    assert (stats.hits, stats.computed) == (2, 0)  # the rewritten file is whole again
 
 
 def test_sample_indices_are_seeded_nested_and_not_first_n():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import load_base_model
@@ -12,10 +13,12 @@ from ttlora_moe.tt.config import TTLoRAConfig
 from ttlora_moe.tt.inject import (
     adapter_state_dict,
     attach_tt_lora,
+    factors_for,
     load_adapter_state_dict,
     lora_equivalent_params,
     save_adapter,
     trainable_tt_params,
+    tt_modules,
 )
 
 
@@ -59,6 +62,21 @@ def test_layers_from_skips_early_layers_and_unknown_targets_fail(tiny_bert):
     assert names and all(".layer.1." in n for n in names)
     with pytest.raises(BadInput, match="target modules"):
         attach_tt_lora(load_base_model(tiny_bert).model, TTLoRAConfig(target_modules=["nope"]))
+
+
+def test_factors_come_from_explicit_shapes_or_from_factor_target(tiny_bert):
+    layer = nn.Linear(384, 96)
+    assert factors_for(layer, "query", TTLoRAConfig()) == ([8, 8, 6], [12, 8])
+    assert factors_for(layer, "query", TTLoRAConfig(factor_target=4)) == ([6, 4, 4, 4], [6, 4, 4])
+    explicit = TTLoRAConfig(rank=2, shapes={"query": [[24, 16], [12, 8]]})
+    assert factors_for(layer, "query", explicit) == ([24, 16], [12, 8])
+    assert factors_for(layer, "value", explicit) == ([8, 8, 6], [12, 8])  # shapes name modules one by one
+    base = load_base_model(tiny_bert)  # hidden size 24
+    attach_tt_lora(base.model, TTLoRAConfig(rank=2, shapes={"query": [[2, 12], [4, 6]]}))
+    layers = tt_modules(base.model)
+    assert [(m.in_factors, m.out_factors) for n, m in layers.items() if n.endswith("query")] == [([2, 12], [4, 6])] * 2
+    with pytest.raises(BadInput, match="do not multiply"):
+        attach_tt_lora(load_base_model(tiny_bert).model, TTLoRAConfig(shapes={"value": [[5, 5], [4, 6]]}))
 
 
 @pytest.mark.slow

@@ -30,6 +30,8 @@ from ttlora_moe.tt.inject import (
 EXPERT_FORMAT = "ttlora-moe/expert@1"
 META_FILE = "expert.json"
 WEIGHTS_FILE = "adapter.safetensors"
+# Kinds of artifact load_expert rebuilds; a `lora` artifact (benchmarks) keeps only its head, not its LoRA weights.
+LOADABLE_KINDS = ("ttlora", "head-only")
 
 
 @dataclass
@@ -89,6 +91,10 @@ def load_expert(directory: Path, base: BaseModel | None = None) -> Expert:
     """
     directory = Path(directory)
     meta = read_expert_meta(directory)
+    kind = meta.get("kind", "ttlora")
+    if kind not in LOADABLE_KINDS:
+        raise BadInput(f"{directory / META_FILE} is a {kind!r} artifact, which cannot be loaded as an expert",
+                       f"load an expert of kind {' or '.join(LOADABLE_KINDS)} (ttlora-moe train-expert writes one)")
     tensors = load_tensors(directory / WEIGHTS_FILE)
     if base is None:
         base = load_base_model(meta["base_model"]["ref"], meta.get("pooling"))
