@@ -1,7 +1,10 @@
 """Adapter cost: frozen base vs TT contraction vs dense reconstruction vs merged weights.
 
-Two levels: one adapted linear layer (384 -> 384, the default base model's query) and the whole
-default base model with query and value adapted, on SST-2 sentences, batch sizes 1..128. Forward
+Three levels, batch sizes 1..128: one adapted linear layer (384 -> 384, the default base model's
+query); the whole default base model with query and value adapted by one expert, on SST-2 sentences
+(what an expert alone serves: merged, ``TTLoRALinear.merge``); and a mixture of six experts with the
+batch's rows spread over all six (what a bundle serves: each expert's rows through its merged
+weight, or the per-sample contraction; ``ttlora_moe.moe.expert_linear``). Forward
 latency is the median of several rounds after warm-up, the four modes timed in turn within each
 round (so they share the machine's drift); ratios are taken within one run. Memory is
 the bytes the forward allocates beyond the frozen base (torch profiler), a proxy for peak memory
@@ -24,7 +27,7 @@ from benchmarks.common import interleaved_medians, markdown_table, write_results
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.params import load_params, section
 from ttlora_moe.tt.config import TTLoRAConfig
-from ttlora_moe.tt.inject import attach_tt_lora, tt_modules
+from ttlora_moe.tt.inject import adapter_state_dict, attach_tt_lora, tt_layout, tt_modules
 from ttlora_moe.tt.layer import TTLoRALinear
 from ttlora_moe.tt.tensor_train import balanced_factors
 
@@ -123,17 +126,65 @@ def model_rows(batch_sizes: list[int], repeats: int) -> list[dict]:
     return rows
 
 
+MIXTURE_MODES = ("base", "contract", "merged")
+
+
+def random_experts(base_ref: str, tt: TTLoRAConfig, count: int) -> tuple[list[dict], list[dict]]:
+    """``count`` experts with random cores and two-label heads (speed does not depend on training)."""
+    tensors, metas = [], []
+    for e in range(count):
+        base = load_base_model(base_ref)
+        attach_tt_lora(base.model, tt, seed=e + 1)
+        head = {"head.weight": 0.01 * torch.randn(2, base.hidden_size), "head.bias": torch.zeros(2)}
+        tensors.append({**adapter_state_dict(base.model), **head})
+        metas.append({"layout": tt_layout(base.model), "tt": tt.to_dict(), "pooling": base.pooling})
+    return tensors, metas
+
+
+def mixture_rows(batch_sizes: list[int], repeats: int, experts: int = 6) -> list[dict]:
+    """A bundle's adapted pass: the batch's rows spread round-robin over ``experts`` experts."""
+    from benchmarks.sst2_sentences import sst2_sentences
+    from ttlora_moe.moe.features import FeatureSpec, feature_dim
+    from ttlora_moe.moe.mixture import ExpertInfo, MixtureOfExperts
+    from ttlora_moe.moe.router import Router
+
+    params = load_params()
+    ref = section(params, "base_model").get("ref", DEFAULT_BASE_MODEL)
+    tensors, metas = random_experts(ref, TTLoRAConfig.from_dict(section(params, "tt")), experts)
+    infos = [ExpertInfo(f"e{e}", None, f"e{e}", ["a", "b"], "accuracy") for e in range(experts)]
+    plain = load_base_model(ref)
+    spec = FeatureSpec()
+    mixtures = {path: MixtureOfExperts(load_base_model(ref), infos, tensors, metas,
+                                       Router(feature_dim(spec, plain), experts, "linear"), spec, 128,
+                                       adapter_path=path) for path in MIXTURE_MODES[1:]}
+    sentences = sst2_sentences(max(batch_sizes))
+    rows = []
+    for bs in batch_sizes:
+        enc = plain.tokenizer(sentences[:bs], padding=True, return_tensors="pt")
+        index = torch.arange(bs) % experts
+        calls = {"base": lambda: plain.model(**enc)}
+        calls.update({path: (lambda m=moe: m.expert_logits(enc["input_ids"], enc["attention_mask"], index))
+                      for path, moe in mixtures.items()})
+        with torch.inference_mode():
+            seconds = interleaved_medians(calls, repeats, warmup=2)
+        row: dict[str, Any] = {"level": f"mixture of {experts}", "batch": bs, "tokens": int(enc["input_ids"].shape[1])}
+        row.update({f"{name}_ms": 1000 * seconds[name] for name in MIXTURE_MODES})
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer batch sizes and repeats")
     args = parser.parse_args(argv)
     batch_sizes = [1, 32] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128]
     repeats = 3 if args.quick else 9
-    rows = layer_rows(batch_sizes, 32, repeats) + model_rows(batch_sizes, repeats)
+    rows = layer_rows(batch_sizes, 32, repeats) + model_rows(batch_sizes, repeats) + mixture_rows(batch_sizes, repeats, 2 if args.quick else 6)
     for row in rows:
-        for name in MODES[1:]:
-            row[f"{name}_x"] = row[f"{name}_ms"] / row["base_ms"]
-    columns = ["level", "batch", "base_ms", "contraction_x", "reconstruction_x", "merged_x",
+        for name in MODES[1:] + MIXTURE_MODES[1:]:
+            if f"{name}_ms" in row:
+                row[f"{name}_x"] = row[f"{name}_ms"] / row["base_ms"]
+    columns = ["level", "batch", "base_ms", "contraction_x", "reconstruction_x", "merged_x", "contract_x",
                "base_bytes", "contraction_bytes", "reconstruction_bytes"]
     table = markdown_table(rows, columns)
     write_results("adapter_speed", {"rows": rows, "quick": args.quick}, table)

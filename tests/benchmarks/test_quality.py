@@ -29,10 +29,12 @@ def test_adapter_speed_reports_every_mode(project, bench_results):
 
     adapter_speed.main(["--quick"])
     rows = json.loads((bench_results / "adapter_speed.json").read_text())["rows"]
-    assert {r["level"] for r in rows} == {"layer", "model"}
+    assert {r["level"] for r in rows} == {"layer", "model", "mixture of 2"}
     for row in rows:
-        assert all(row[f"{m}_ms"] > 0 for m in adapter_speed.MODES)
-        assert row["contraction_x"] > 0 and row["merged_x"] > 0
+        modes = adapter_speed.MIXTURE_MODES if row["level"].startswith("mixture") else adapter_speed.MODES
+        assert all(row[f"{m}_ms"] > 0 for m in modes)
+        for m in modes[1:]:
+            assert row[f"{m}_x"] == pytest.approx(row[f"{m}_ms"] / row["base_ms"])
 
 
 def test_fusion_vs_moe_puts_our_bundle_beside_adapterfusion_on_the_same_rows(project, bench_results, tmp_path):

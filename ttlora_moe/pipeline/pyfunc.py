@@ -76,11 +76,13 @@ class ExpertPyfunc(_BatchedPyfunc):
         from ttlora_moe.experts.artifact import load_expert
         from ttlora_moe.experts.base_model import load_base_model
         from ttlora_moe.experts.training import predict
+        from ttlora_moe.tt.inject import merge_adapters
 
         directory = find_expert_dir(Path(context.artifacts["expert"]))
         meta = read_expert_meta(directory)
         base = load_base_model(meta["base_model"]["ref"], meta.get("pooling"))
         expert = load_expert(directory, base)
+        merge_adapters(expert.model.base)  # frozen: one matmul per adapted layer
         collate = Collator(base.tokenizer, int(meta.get("max_length", 128)))
         names = expert.label_names
 

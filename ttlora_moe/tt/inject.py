@@ -78,6 +78,14 @@ def tt_modules(model: nn.Module) -> dict[str, TTLoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, TTLoRALinear)}
 
 
+def merge_adapters(model: nn.Module) -> int:
+    """Merge every adapted layer of a frozen expert (:meth:`TTLoRALinear.merge`); return how many."""
+    layers = tt_modules(model).values()
+    for layer in layers:
+        layer.merge()
+    return len(layers)
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the TT cores, keyed ``<module>.tt_cores.<k>``, detached on CPU."""
     return {
