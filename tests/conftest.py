@@ -1,21 +1,95 @@
 """Shared fixtures and helpers: tiny random BERT and LLaMA models saved as local folders, toy projects, the CLI
-runner, S3 on moto, DVC repositories. Toy data builders live in :mod:`tests.toys`."""
+runner, S3 on moto, DVC repositories. Toy data builders live in :mod:`tests.toys`.
+
+The suite writes nothing outside temporary folders: every cache and config that defaults to a place under
+``$HOME`` is moved into one folder of this session (removed at its end) before anything is imported, and an
+audit hook records any write this process still makes into a hidden folder of the real ``$HOME``
+(``~/.cache/ttlora-moe``, ``~/.cache/matplotlib``, ...): one such write fails the session.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.toys import MOE_BUNDLE, MOE_ROUTER, MOE_TASKS, make_moe_expert, moe_card
-
+REAL_HOME = Path.home().resolve()
+HOME_CACHE = REAL_HOME / ".cache" / "ttlora-moe"  # the library's default cache_dir()
+_HOME_CACHE_EXISTED = HOME_CACHE.exists()
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="ttlora-moe-tests-home-"))
+HOME_CACHES = {  # variable -> its folder in SESSION_HOME; each replaces a default under $HOME
+    "TTLORA_CACHE": "ttlora-moe", "HF_HOME": "huggingface", "MPLCONFIGDIR": "matplotlib", "TORCH_HOME": "torch",
+    "PREFECT_HOME": "prefect", "XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config", "XDG_DATA_HOME": "data",
+}
+for _name, _folder in HOME_CACHES.items():
+    os.environ[_name] = str(SESSION_HOME / _folder)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_WRITES = {"open", "os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir", "os.truncate", "os.symlink",
+           "os.link", "os.utime", "shutil.rmtree", "shutil.copyfile", "shutil.copytree", "shutil.move"}
+_COPIES = {"shutil.copyfile", "shutil.copytree", "os.symlink", "os.link"}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+HOME_WRITES: list[str] = []
+
+
+def home_write(event: str, args: tuple) -> str | None:
+    """The path in a hidden folder of the real $HOME that audit ``event`` writes to, or None."""
+    if event not in _WRITES:
+        return None
+    if event == "open":
+        mode, flags = args[1], args[2] or 0
+        if not (isinstance(mode, str) and any(c in mode for c in "wax+")) and not flags & _WRITE_FLAGS:
+            return None
+        args = args[:1]
+    elif event in _COPIES:
+        args = args[1:2]  # only the destination is written
+    for arg in args:
+        if isinstance(arg, (str, bytes, os.PathLike)):
+            path = Path(os.path.abspath(os.fsdecode(arg)))
+            if path.is_relative_to(REAL_HOME) and path != REAL_HOME and path.relative_to(REAL_HOME).parts[0][0] == ".":
+                return f"{event} {path}"
+    return None
+
+
+def _record_home_writes(event: str, args: tuple) -> None:
+    if event in _WRITES:  # the hook sees every audit event: leave the others fast
+        found = home_write(event, args)
+        if found:
+            HOME_WRITES.append(found)
+
+
+sys.addaudithook(_record_home_writes)
+
+from tests.toys import (  # after the caches moved
+    MOE_BUNDLE,
+    MOE_ROUTER,
+    MOE_TASKS,
+    make_moe_expert,
+    moe_card,
+)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for write in HOME_WRITES[:20]:
+        terminalreporter.write_line(f"FAILED: the suite wrote under $HOME: {write}", red=True)
+
+
+def pytest_sessionfinish(session) -> None:
+    if not _HOME_CACHE_EXISTED and HOME_CACHE.exists():  # also catches a subprocess the audit hook cannot see
+        HOME_WRITES.append(f"created {HOME_CACHE}")
+    if HOME_WRITES and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
+
 
 WORDS = (
     "the a an is was good bad great awful movie film plot actor fun boring what why who where "

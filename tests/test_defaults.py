@@ -13,6 +13,7 @@ from ttlora_moe.experts.training import TrainConfig
 from ttlora_moe.moe.bundle import DEFAULT_BUNDLE
 from ttlora_moe.moe.features import FeatureSpec
 from ttlora_moe.moe.router import RouterConfig
+from ttlora_moe.moe.serve_config import ServeConfig
 from ttlora_moe.params import PROFILE_SECTIONS, read_params_file
 from ttlora_moe.tt.config import TTLoRAConfig
 
@@ -21,7 +22,7 @@ PARAMS = read_params_file(Path(__file__).resolve().parents[1] / "params.yaml")  
 # params.yaml section -> what holds its library defaults
 OWNERS: dict[str, type[Section] | dict[str, Any]] = {
     "tt": TTLoRAConfig, "train": TrainConfig, "router": RouterConfig, "router.features": FeatureSpec,
-    "prepare": DEFAULT_PREPARE, "bundle": DEFAULT_BUNDLE,
+    "prepare": DEFAULT_PREPARE, "bundle": DEFAULT_BUNDLE, "serve": ServeConfig,
 }
 NESTED = {"router": "features"}  # a sub-section checked under its own name
 

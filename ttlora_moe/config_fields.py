@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import field, fields
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self
 
 from ttlora_moe.errors import BadInput
-
-S = TypeVar("S", bound="Section")
 
 
 def option(default: Any, help: str) -> Any:
@@ -40,7 +38,7 @@ class Section:
     section: ClassVar[str]  # where it lives in params.yaml, e.g. "router.features"
 
     @classmethod
-    def from_dict(cls: type[S], data: dict[str, Any] | None) -> S:
+    def from_dict(cls, data: dict[str, Any] | None) -> Self:
         """Build from a (partial) dict; a key the class does not know is one BadInput line naming the section."""
         data = dict(data or {})
         known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
