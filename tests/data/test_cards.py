@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from ttlora_moe.data.cards import (
+    LEGACY_UNLABELLED,
     TaskCard,
     list_tasks,
     load_task_card,
+    name_skeleton,
+    normalise,
     save_task_card,
     validate_task_name,
 )
 from ttlora_moe.errors import BadInput
+from ttlora_moe.paths import tasks_dir
 
 
 def card(**kw) -> TaskCard:
@@ -32,10 +37,47 @@ def test_cards_round_trip_and_unknown_task_lists_known(tmp_path):
         load_task_card("nope", tmp_path)
     with pytest.raises(BadInput, match="unknown task '../toy'"):
         load_task_card("../toy", tmp_path)
-    for bad in ("1abc", "has-dash", "Upper", ""):
+    for bad in ("1abc", "has-dash", "Upper", "", "_hidden", "café", "tоy"):  # the last has a Cyrillic о
         with pytest.raises(BadInput, match="not a valid identifier"):
             validate_task_name(bad)
     validate_task_name("winogrande_l")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("a" * 41, "has 41 characters \\(at most 40\\)"),
+    ("b" * 5000, "'b{40}\\.\\.\\.' has 5000 characters"),
+    ("yes", "is a YAML keyword"),
+    ("off", "is a YAML keyword"),
+    ("null", "is a YAML keyword"),
+])
+def test_task_names_are_short_and_survive_yaml(name, message):
+    with pytest.raises(BadInput, match=message) as info:
+        validate_task_name(name)
+    assert len(str(info.value)) < 200
+    validate_task_name("a" * 40)
+
+
+def test_lookalike_names_share_a_skeleton():
+    assert name_skeleton("cola") == name_skeleton("co1a") == name_skeleton("сola") == name_skeleton("ｃｏｌａ")
+    assert name_skeleton("sst2") == name_skeleton("sst_2") and name_skeleton("rn") == name_skeleton("m")
+    assert name_skeleton("cola") != name_skeleton("coda")
+
+
+def test_label_values_compare_as_text_and_numbers():
+    assert {normalise(v) for v in (1, "1", 1.0, " 1.0 ", "01", np.int64(1), "+1")} == {"1"}
+    assert [normalise(v) for v in (True, np.bool_(False), "Pos ", "1_000", "0.5", "nan")] == \
+        ["true", "false", "pos", "1_000", "0.5", "nan"]
+    assert {normalise(v) for v in (None, float("nan"), np.float32("nan"), pd.NA, "", "  ")} == {""}
+
+
+def test_unlabelled_values_default_to_the_legacy_glue_set_and_round_trip(tmp_path):
+    assert card().unlabelled_values == list(LEGACY_UNLABELLED)
+    save_task_card(card(unlabelled_values=["", "n/a"]), tmp_path)
+    assert load_task_card("toy", tmp_path).unlabelled_values == ["", "n/a"]
+    (tmp_path / "toy.yaml").write_text("source: toy\ntext: t\nlabel: l\nlabel_names: [a, b]\nlabel_values: [0, 1]\n"
+                                       "unlabelled_values: -1\nfiles: {train: t.parquet}\n")
+    with pytest.raises(BadInput, match="unlabelled_values must be a list"):
+        load_task_card("toy", tmp_path)
 
 
 def test_tasks_dir_follows_the_environment(tmp_path, monkeypatch):
@@ -83,5 +125,6 @@ def test_shipped_cards_match_the_real_mirror(mirror):
             assert {c.text, c.label, *([c.text_pair] if c.text_pair else [])} <= columns, (name, columns)
             if role == "unlabelled":  # labels, if any, are ignored
                 continue
-            raw_labels = {v for v in frame[c.label].tolist() if v not in (-1, "")}
+            raw_labels = {v for v in frame[c.label].tolist() if v not in c.unlabelled_values}
             assert raw_labels == set(c.label_values) or role == "test" and raw_labels <= set(c.label_values), name
+            assert "unlabelled_values" in (tasks_dir() / f"{name}.yaml").read_text(), f"{name}: say what it drops"

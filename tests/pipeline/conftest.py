@@ -97,3 +97,27 @@ def make_repo(root: Path, monkeypatch) -> Path:
 @pytest.fixture
 def dvc_repo(tmp_path, monkeypatch) -> Path:
     return make_repo(tmp_path / "repo", monkeypatch)
+
+
+# --- what registering a task may change ----------------------------------------------------------
+
+SNAPSHOT_SKIP = (".git", ".dvc/cache", ".dvc/tmp", ".dvc-remote", "ttlora_moe")
+
+
+def project_snapshot(root: Path) -> dict[str, str]:
+    """Every file (sha256) and folder of a project, and git's index; DVC's cache and temp files, git's
+    objects, the local remote and the linked code aside. Equal snapshots: byte-for-byte the same project."""
+    import hashlib
+
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        rel = Path(folder).relative_to(root).as_posix()
+        dirs[:] = [d for d in dirs if f"{rel}/{d}".removeprefix("./") not in SNAPSHOT_SKIP]
+        out[rel] = "dir"
+        for name in files:
+            path = Path(folder) / name
+            out[path.relative_to(root).as_posix()] = (f"-> {os.readlink(path)}" if path.is_symlink()
+                                                      else hashlib.sha256(path.read_bytes()).hexdigest())
+    index = root / ".git" / "index"
+    out[".git/index"] = hashlib.sha256(index.read_bytes()).hexdigest() if index.exists() else "absent"
+    return out

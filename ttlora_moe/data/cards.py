@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import re
 import tempfile
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import yaml
 
 from ttlora_moe.errors import BadInput
 from ttlora_moe.paths import tasks_dir
 
 METRICS = ("accuracy", "f1", "mcc")
-
+# What a card without ``unlabelled_values`` drops: GLUE's hidden-label marker and blank labels
+# (cards written before the field existed; ``tasks add`` always writes the field).
+LEGACY_UNLABELLED = (-1, "", "nan", "none", "null")
+MAX_NAME_LENGTH = 40
+# YAML 1.1 reads these as booleans or null: a task so named would not survive params.yaml's list.
+YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
 
 FILE_ROLES = ("train", "test", "labelled", "unlabelled")
 
@@ -30,6 +41,8 @@ class TaskCard:
     label: str                  # raw label column
     label_names: list[str]      # human names; index = class id
     label_values: list[Any]     # raw values in the data (ints, strings or bools), aligned with label_names
+    # Raw label values meaning "no label": their rows are dropped and counted ('' or null: a blank cell).
+    unlabelled_values: list[Any] = field(default_factory=lambda: list(LEGACY_UNLABELLED))
     metric: str = "accuracy"    # headline metric besides accuracy: accuracy | f1 (binary, class 1) | mcc
     files: dict[str, str] = field(default_factory=dict)  # role (train | test | labelled | unlabelled) -> glob in the source
     notes: str = ""             # data quirks, copied into the prepared meta.json
@@ -63,6 +76,9 @@ class TaskCard:
                            "give one raw value per label name, in the same order")
         if len({normalise(v) for v in self.label_values}) != len(self.label_values):
             raise BadInput(f"{where} repeats a label value in {self.label_values}", "make label_values unique")
+        if not isinstance(self.unlabelled_values, list):
+            raise BadInput(f"{where}: unlabelled_values must be a list, got {self.unlabelled_values!r}",
+                           "list the raw label values that mean 'no label' (or [] to drop nothing)")
         if self.metric not in METRICS:
             raise BadInput(f"{where} has metric {self.metric!r}", f"use one of {', '.join(METRICS)}")
         if self.metric == "f1" and self.num_labels != 2:
@@ -80,19 +96,57 @@ class TaskCard:
 
 
 def normalise(value: Any) -> str:
-    """Raw label values compare as strings: 1, '1' and 1.0 are one value; True is 'true'."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
+    """Raw label values compare as text: 1, '1', 1.0 and ' 1.0' are one value; True is 'true'; a blank
+    or missing cell is ''."""
+    if _is_missing(value):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (int, np.integer)):
         return str(int(value))
-    return str(value).strip().lower()
+    text = str(value).strip()
+    if "_" not in text:  # int() and float() accept 1_000
+        with contextlib.suppress(ValueError):
+            return str(int(text))
+        with contextlib.suppress(ValueError):
+            number = float(text)
+            if math.isfinite(number) and number.is_integer():
+                return str(int(number))
+    return text.lower()
+
+
+def _is_missing(value: Any) -> bool:
+    """None, NaN, NaT or pd.NA (a scalar cell with no value)."""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # not a scalar
+        return False
 
 
 def validate_task_name(name: str) -> None:
-    """A task name must be a lowercase Python identifier (it names files, models and flows)."""
-    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
-        raise BadInput(f"task name {name!r} is not a valid identifier",
-                       "use lowercase letters, digits and underscores, not starting with a digit")
+    """A task name is a short ASCII lowercase identifier (it names files, models, flows and a YAML list item)."""
+    shown = name if not isinstance(name, str) or len(name) <= MAX_NAME_LENGTH else name[:MAX_NAME_LENGTH] + "..."
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise BadInput(f"task name {shown!r} is not a valid identifier",
+                       "use lowercase ASCII letters, digits and underscores, starting with a letter")
+    if len(name) > MAX_NAME_LENGTH:
+        raise BadInput(f"task name {shown!r} has {len(name)} characters (at most {MAX_NAME_LENGTH})", "pick a shorter name")
+    if name in YAML_WORDS:
+        raise BadInput(f"task name {name!r} is a YAML keyword (it would read back as a boolean or null)",
+                       "pick another name")
+
+
+# Letters that look alike: non-ASCII lookalikes (Cyrillic, Greek, ...) and ASCII digit/letter pairs.
+_LOOKALIKES = str.maketrans({
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
+    "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h", "ɡ": "g", "ο": "o", "α": "a", "ν": "v", "ρ": "p", "τ": "t",
+    "ι": "i", "κ": "k", "μ": "u", "υ": "u", "ı": "i", "0": "o", "1": "l", "_": None, "-": None})
+
+
+def name_skeleton(name: str) -> str:
+    """``name`` with lookalike characters folded together: two names with one skeleton are confusable."""
+    folded = unicodedata.normalize("NFKC", name).casefold().translate(_LOOKALIKES)
+    return folded.replace("rn", "m").replace("vv", "w")
 
 
 def list_tasks(directory: Path | None = None) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
@@ -10,8 +9,6 @@ import pandas as pd
 from ttlora_moe.data.cards import TaskCard, normalise
 from ttlora_moe.data.prepared import PREPARED_COLUMNS
 from ttlora_moe.errors import BadInput
-
-UNLABELLED = ("-1", "", "nan", "none", "null")
 
 
 def to_rows(card: TaskCard, df: pd.DataFrame, where: str) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -28,14 +25,19 @@ def to_rows(card: TaskCard, df: pd.DataFrame, where: str) -> tuple[pd.DataFrame,
             raise BadInput(f"input column {column!r} of task {card.name!r} in {where} is not text "
                            f"(found {type(bad.iloc[0]).__name__} {bad.iloc[0]!r})", "choose a text column in the task card")
     mapping = {normalise(v): i for i, v in enumerate(card.label_values)}
-    raw = df[card.label].map(lambda v: None if _is_null(v) else normalise(v))
-    # GLUE-style hidden labels (-1, "", null) are dropped, unless the card uses that value as a class.
-    unlabelled = raw.isna() | (raw.isin(UNLABELLED) & ~raw.isin(list(mapping)))
+    raw = df[card.label].map(normalise)
+    # Rows whose label the card names as "no label" are dropped; a value that is also a class stays a class.
+    unlabelled = raw.isin({normalise(v) for v in card.unlabelled_values} - set(mapping))
+    blank = int(((raw == "") & ~unlabelled).sum())
+    if blank:
+        raise BadInput(f"{blank} row(s) of {where} have no label in column {card.label!r}",
+                       f"fill them in, or add '' to task {card.name!r}'s unlabelled_values to drop them")
     unknown = sorted(set(raw[~unlabelled]) - set(mapping))
     if unknown:
         examples = [_native(df[card.label][raw == u].iloc[0]) for u in unknown[:5]]
         raise BadInput(f"label value(s) {examples} in column {card.label!r} of {where} are not in "
-                       f"task {card.name!r}'s label_values {card.label_values}", "add them to the card or fix the data")
+                       f"task {card.name!r}'s label_values {card.label_values}",
+                       "add them to the card's label_values (a class) or unlabelled_values (dropped), or fix the data")
     kept = df[~unlabelled]
     out = pd.DataFrame({
         "text": kept[card.text].astype("string"),
@@ -57,7 +59,3 @@ def to_rows(card: TaskCard, df: pd.DataFrame, where: str) -> tuple[pd.DataFrame,
 def _native(value: Any) -> Any:
     """A numpy scalar as the plain Python value (so messages say 7, not np.int64(7))."""
     return value.item() if hasattr(value, "item") else value
-
-
-def _is_null(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA

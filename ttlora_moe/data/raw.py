@@ -5,17 +5,24 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import shutil
+import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from ttlora_moe.data.cards import TaskCard
 from ttlora_moe.errors import BadInput
 from ttlora_moe.files import atomic_dir
 
 RAW_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
+_UNREADABLE_FIX = "make it readable (e.g. chmod a+r), or copy it somewhere readable"
 
 
 def mirror_dir() -> Path:
@@ -65,25 +72,67 @@ def import_raw(card: TaskCard, dest: Path, mirror: Path | None = None) -> Path:
             _download_hub(card.source, tmp)
             source = tmp  # check below that the card's patterns match what the hub gave
         if source.is_file():
-            shutil.copy2(source, tmp / source.name)
+            copy_raw_file(source, tmp / source.name)
             return Path(dest)
+        if not source.is_dir():
+            raise BadInput(f"dataset path {source} of task {card.name!r} is {file_kind(source)}",
+                           "give a regular CSV/Parquet/JSONL file or a folder of them")
         for role, pattern in card.files.items():
-            matches = sorted(source.glob(pattern))
+            matches = data_files(source.glob(pattern))
             if not matches:
                 present = ", ".join(sorted(p.name for p in source.iterdir())) or "nothing"
                 raise BadInput(f"{source} has no file matching {pattern!r} ({role} of task {card.name!r}; it holds {present})",
                                "fix the card's files or the mirror")
             for file in matches:
                 if file.parent != tmp:
-                    shutil.copy2(file, tmp / file.name)
+                    copy_raw_file(file, tmp / file.name)
     return Path(dest)
+
+
+def is_raw_file(path: Path) -> bool:
+    """Whether ``path`` is named like a data file (``.csv``, ``.Parquet``, ...: any case)."""
+    return Path(path).suffix.lower() in RAW_SUFFIXES
+
+
+def data_files(paths: Iterable[Path]) -> list[Path]:
+    """The data files among ``paths``, sorted; one named like data but not a regular file is BadInput."""
+    files = []
+    for path in sorted(paths):
+        if not is_raw_file(path):
+            continue
+        if not path.is_file():
+            raise BadInput(f"{path} is {file_kind(path)}, not a regular file",
+                           "replace it with a regular CSV/Parquet/JSONL file, or move it out of the folder")
+        files.append(path)
+    return files
+
+
+def file_kind(path: Path) -> str:
+    """What ``path`` is, in words ("a named pipe", "a folder", ...)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken symbolic link" if os.path.islink(path) else "missing"
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a regular file"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def copy_raw_file(file: Path, dest: Path) -> None:
+    """Copy one raw file (following a symbolic link); an unreadable one is BadInput."""
+    try:
+        shutil.copyfile(file, dest)
+    except OSError as exc:
+        raise BadInput(f"cannot read {file}: {exc.strerror or exc}", _UNREADABLE_FIX) from None
 
 
 def raw_complete(card: TaskCard, raw_dir: Path) -> bool:
     """Whether ``raw_dir`` holds a file for every role of the card (else it needs a fresh import)."""
     raw_dir = Path(raw_dir)
     return raw_dir.is_dir() and all(
-        any(p.suffix in RAW_SUFFIXES for p in raw_dir.glob(pattern)) for pattern in card.files.values())
+        any(is_raw_file(p) for p in raw_dir.glob(pattern)) for pattern in card.files.values())
 
 
 def _download_hub(dataset_id: str, dest: Path) -> None:
@@ -98,33 +147,138 @@ def _download_hub(dataset_id: str, dest: Path) -> None:
     try:
         loaded = datasets.load_dataset(name, config or None)
     except Exception as exc:  # the hub raises many types; the user needs one line
-        raise BadInput(f"cannot load hub dataset {dataset_id!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+        raise BadInput(f"cannot load hub dataset {dataset_id!r}: {_first_line(exc)}",
                        "check the id and the network, or use a local mirror (TTLORA_DATA_MIRROR)") from None
     for split, ds in loaded.items():
         ds.to_parquet(str(dest / f"{split}-00000-of-00001.parquet"))
 
 
 def read_raw(card: TaskCard, files: list[Path]) -> pd.DataFrame:
-    """Concatenate raw files; CSV/JSON text columns are read as text, never guessed into numbers or NaN."""
-    text_columns = {c: str for c in (card.text, card.text_pair) if c}
-    frames = []
-    for file in files:
-        try:
-            if file.suffix == ".parquet":
-                frames.append(pd.read_parquet(file))
-            elif file.suffix == ".csv":
-                frames.append(pd.read_csv(file, dtype=text_columns, keep_default_na=False))
-            else:
-                frames.append(pd.read_json(file, lines=file.suffix == ".jsonl", dtype=False, convert_dates=False))
-        except Exception as exc:  # pyarrow/pandas raise many types for a corrupt file
-            raise BadInput(f"cannot read {file}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                           "re-import the raw data") from None
+    """Concatenate a task's raw files (see :func:`read_raw_file`)."""
+    frames = [read_raw_file(file, f"{file.name} of task {card.name!r}") for file in files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_raw_file(file: Path, shown: str | None = None) -> pd.DataFrame:
+    """One raw file as a frame; CSV cells are text, never guessed into numbers or NaN.
+
+    ``shown`` names the file in error messages (default: its path), each one line that says how to fix it.
+    """
+    shown = shown or str(file)
+    suffix = Path(file).suffix.lower()
+    if suffix == ".parquet":
+        try:
+            return pd.read_parquet(file)
+        except OSError as exc:
+            if exc.strerror:  # the file system's error (permission denied, ...), not a bad Parquet file
+                raise BadInput(f"cannot read {shown}: {exc.strerror}", _UNREADABLE_FIX) from None
+            raise BadInput(f"{shown} is not a readable Parquet file ({_first_line(exc)})",
+                           "export it again as Parquet, or give it the suffix of its real format") from None
+        except (ValueError, pa.ArrowException) as exc:  # a corrupt or foreign file
+            raise BadInput(f"{shown} is not a readable Parquet file ({_first_line(exc)})",
+                           "export it again as Parquet, or give it the suffix of its real format") from None
+    text = _utf8_text(file, shown)
+    if suffix == ".csv":
+        return read_csv_text(text, shown)
+    try:
+        return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=False)
+    except ValueError as exc:
+        raise BadInput(f"{shown} is not valid {'JSON Lines' if suffix == '.jsonl' else 'JSON'} ({_json_problem(text, suffix, exc)})",
+                       "write one JSON object per line (.jsonl) or a list of objects (.json)") from None
+
+
+def read_csv_text(text: str, shown: str) -> pd.DataFrame:
+    """Comma-separated text, the first non-blank line its header, as a frame of text cells.
+
+    Blank lines are skipped, header names are stripped, empty fields from a trailing comma are ignored,
+    a short row is padded with empty cells; a repeated header, a row with more values than the header
+    and a file that is not comma-separated are errors that name the line.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    line = 1  # where the next record starts (a quoted value may span lines)
+    try:
+        for record in reader:
+            here, line = line, reader.line_num + 1
+            if not any(cell.strip() for cell in record):
+                continue
+            if header is None:
+                header = _csv_header(record, shown)
+                continue
+            if len(record) > len(header):
+                if any(cell.strip() for cell in record[len(header):]):
+                    raise BadInput(f"line {here} of {shown} has {len(record)} values but the header has "
+                                   f"{len(header)}", 'quote every value that contains a comma ("a, b"), or fix that line')
+                record = record[:len(header)]
+            rows.append(record + [""] * (len(header) - len(record)))
+    except csv.Error as exc:
+        raise BadInput(f"line {line} of {shown} is not valid CSV ({exc})",
+                       'close every quote ("..."), or double a quote inside a quoted value ("")') from None
+    if header is None:
+        raise BadInput(f"{shown} is empty", "give a CSV file with a header line and rows")
+    return pd.DataFrame(rows, columns=header, dtype=object)
+
+
+def _csv_header(record: list[str], shown: str) -> list[str]:
+    names = [cell.strip() for cell in record]
+    while names and not names[-1]:  # a trailing comma
+        names.pop()
+    if len(names) == 1:
+        for delimiter, what in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+            if delimiter in names[0]:
+                raise BadInput(f"{shown} has one column {names[0]!r}: its values look separated by {what}, not commas",
+                               "save it as comma-separated CSV")
+    names = [name or f"Unnamed: {i}" for i, name in enumerate(names)]
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise BadInput(f"{shown} has the column {name!r} twice (columns {seen[name] + 1} and {i + 1})",
+                           "rename one of them so every header is distinct")
+        seen[name] = i
+    return names
+
+
+def _utf8_text(file: Path, shown: str) -> str:
+    """The file's text: UTF-8 (a byte-order mark is skipped); anything else is BadInput naming the line."""
+    try:
+        data = Path(file).read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read {shown}: {exc.strerror or exc}", _UNREADABLE_FIX) from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise BadInput(f"{shown} is UTF-16 text", "re-save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet)")
+    if b"\x00" in data:
+        line = data[:data.index(b"\x00")].count(b"\n") + 1
+        raise BadInput(f"{shown} is not a text file (a NUL byte on line {line})",
+                       "give a CSV/JSONL text file, or name a Parquet file *.parquet")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise BadInput(f"{shown} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})",
+                       "re-save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or iconv -f latin1 -t utf-8)") from None
+
+
+def _json_problem(text: str, suffix: str, exc: Exception) -> str:
+    """Where a JSON Lines file breaks (the first bad line), else pandas' own words."""
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as bad:
+                return f"line {number}: {bad.msg}"
+    return _first_line(exc)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def raw_files(card: TaskCard, raw_dir: Path, role: str) -> list[Path]:
     pattern = card.files[role]
-    matches = sorted(p for p in raw_dir.glob(pattern) if p.suffix in RAW_SUFFIXES)
+    matches = data_files(raw_dir.glob(pattern))
     if not matches:
         raise BadInput(f"{raw_dir} has no file matching {pattern!r} ({role} of task {card.name!r})",
                        f"import the raw data first (`ttlora-moe tasks add {card.name}` or `dvc pull {raw_dir}.dvc`)")

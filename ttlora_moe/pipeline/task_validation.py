@@ -1,7 +1,15 @@
-"""Validate a new task completely, in a staging folder, before anything in the project is written."""
+"""Validate a new task completely, in a staging folder, before anything in the project is written.
+
+Every class of bad input is one :class:`~ttlora_moe.errors.BadInput` line: a bad name, a source that
+is not a readable data file or folder, columns that are missing, repeated or not text, and labels
+that would lose or invent a class. Nothing is dropped or remapped unless the user said so.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import glob
 import os
 import shutil
 import tempfile
@@ -11,14 +19,29 @@ from typing import Any
 
 import pandas as pd
 
-from ttlora_moe.data.cards import TaskCard, normalise, validate_task_name
-from ttlora_moe.data.clean import UNLABELLED
+from ttlora_moe.data.cards import (
+    TaskCard,
+    list_tasks,
+    name_skeleton,
+    validate_task_name,
+)
+from ttlora_moe.data.labels import infer_labels
 from ttlora_moe.data.prepare import prepare_task
-from ttlora_moe.data.raw import RAW_SUFFIXES, import_raw, read_raw
+from ttlora_moe.data.raw import (
+    RAW_SUFFIXES,
+    data_files,
+    file_kind,
+    import_raw,
+    is_hub_id,
+    is_raw_file,
+    read_raw_file,
+)
 from ttlora_moe.errors import BadInput
 from ttlora_moe.params import load_params, section
 from ttlora_moe.paths import data_root, tasks_dir
 from ttlora_moe.pipeline.dvc import repo_root
+
+KINDS = "/".join(RAW_SUFFIXES)
 
 
 @dataclass
@@ -31,6 +54,7 @@ class TaskSpec:
     label: str
     text_pair: str | None = None
     label_names: list[str] | None = None   # None: the distinct raw label values, sorted
+    unlabelled_values: list[Any] = field(default_factory=list)  # raw labels meaning "no label" ('' = blank)
     metric: str = "accuracy"
     description: str = ""
 
@@ -43,109 +67,26 @@ class StagedTask:
     staging: Path
     meta: dict[str, Any] = field(default_factory=dict)
     replace: bool = False
+    notes: list[str] = field(default_factory=list)  # what the user should know: skipped files, dropped rows
+    made_parent: bool = False                       # staging created ``data/raw``
 
     @property
     def raw(self) -> Path:
         return self.staging / "raw"
 
     def discard(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        """Remove the staging folder (and ``data/raw`` when staging made it and it is still empty)."""
+        _discard(self.staging, self.made_parent)
 
 
-def _looks_like_path(source: str) -> bool:
-    return (source.startswith(("/", ".", "~")) or Path(source).suffix.lower() in RAW_SUFFIXES
-            or (os.sep in source and not _hub_like(source)))
+@dataclass
+class _Source:
+    """Where a new task's data is: the card's ``source`` and ``files``, the local files, notes."""
 
-
-def _hub_like(source: str) -> bool:
-    name = source.partition(":")[0]
-    return name.count("/") == 1 and all(part and not part.startswith(".") for part in name.split("/"))
-
-
-def _role_patterns(files: list[str]) -> dict[str, str]:
-    """Card ``files`` for a folder of raw files: train + (validation or test) when named so, else all labelled."""
-    def pattern(prefix: str) -> str | None:
-        matches = sorted(f for f in files if Path(f).name.lower().startswith(prefix))
-        if not matches:
-            return None
-        suffixes = {Path(f).suffix for f in matches}
-        return f"{prefix}*{suffixes.pop()}" if len(suffixes) == 1 else f"{prefix}*"
-
-    train = pattern("train")
-    test = pattern("validation") or pattern("dev") or pattern("test")
-    if train and test:
-        return {"train": train, "test": test}
-    if train:
-        return {"train": train}
-    return {"labelled": "*"}
-
-
-def _check_columns(spec: TaskSpec, files: list[Path]) -> pd.DataFrame:
-    """Read the staged files; check the columns exist and the inputs are text. Return all rows."""
-    probe = TaskCard(name=spec.name, source=spec.source, text=spec.text, text_pair=spec.text_pair, label=spec.label,
-                     label_names=["_"], label_values=["_"])
-    frames = []
-    for file in files:
-        df = read_raw(probe, [file])
-        inputs = [spec.text] + ([spec.text_pair] if spec.text_pair else [])
-        for column in inputs + [spec.label]:
-            if column not in df.columns:
-                raise BadInput(f"column {column!r} is not in {file.name} (columns: {', '.join(map(str, df.columns))})",
-                               "pass --text/--text-pair/--label with existing column names")
-        for column in inputs:
-            _check_text_column(file, column, df[column])
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
-
-
-def _check_text_column(file: Path, column: str, values: pd.Series) -> None:
-    values = values.dropna()
-    if file.suffix == ".csv":  # the reader keeps text columns as strings: look at what they would parse as
-        numeric = pd.to_numeric(values[values.str.strip() != ""], errors="coerce")
-        if len(numeric) and numeric.notna().all():
-            raise BadInput(f"input column {column!r} of {file.name} is not text (its values are numbers, e.g. {values.iloc[0]!r})",
-                           "choose a text column for --text/--text-pair")
-        return
-    bad = values[~values.map(lambda v: isinstance(v, str))]
-    if len(bad):
-        raise BadInput(f"input column {column!r} of {file.name} is not text (found {type(bad.iloc[0]).__name__} {bad.iloc[0]!r})",
-                       "choose a text column for --text/--text-pair")
-
-
-def _labels(spec: TaskSpec, column: pd.Series) -> tuple[list[str], list[Any]]:
-    """Label names and the raw values they map from, checked against ``--label-names``."""
-    present: dict[str, Any] = {}
-    for value in column.dropna().tolist():
-        key = normalise(value)
-        if key not in UNLABELLED:
-            present.setdefault(key, value.item() if hasattr(value, "item") else value)
-    if len(present) < 2:
-        only = f" (only {next(iter(present.values()))!r})" if present else " (no labelled rows)"
-        raise BadInput(f"dataset {spec.source} has a single class in column {spec.label!r}{only}",
-                       "a classifier needs examples of at least two labels")
-    if spec.label_names:
-        names = [str(n) for n in spec.label_names]
-        if len(set(names)) != len(names) or len(names) < 2:
-            raise BadInput(f"--label-names {names} must list at least two distinct names", "fix --label-names")
-        by_name = {normalise(n): n for n in names}
-        not_names = set(present) - set(by_name)
-        if not not_names:  # the data holds the names themselves
-            return names, names
-        if set(present) <= {str(i) for i in range(len(names))}:  # the data holds class ids 0..k-1
-            return names, list(range(len(names)))
-        unknown = sorted(str(present[k]) for k in not_names)
-        raise BadInput(f"labels {unknown[:5]} in column {spec.label!r} are not in --label-names {names}",
-                       "list every label value in --label-names (or give class ids 0..k-1)")
-    keys = sorted(present, key=lambda k: (not _is_number(k), float(k) if _is_number(k) else 0.0, k))
-    return [str(present[k]) for k in keys], [present[k] for k in keys]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+    source: str
+    files: dict[str, str] | None = None   # None: a hub dataset, settled once downloaded
+    local: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def stage_task(spec: TaskSpec, replace: bool = False, params: dict[str, Any] | None = None,
@@ -154,57 +95,219 @@ def stage_task(spec: TaskSpec, replace: bool = False, params: dict[str, Any] | N
     labels, classes and row counts. Raises one BadInput line; on success the caller commits or
     discards the returned staging folder."""
     root = Path(root or repo_root())
-    validate_task_name(spec.name)
+    card_path = _check_name(spec.name, replace)
     _check_layout(root)
-    card_path = tasks_dir() / f"{spec.name}.yaml"
-    if card_path.exists() and not replace:
-        raise BadInput(f"task {spec.name!r} is already registered ({card_path})",
-                       "pick another name, or pass --replace to replace its data (its expert is retrained)")
-    source = spec.source
-    if _looks_like_path(source) or Path(source).expanduser().exists():
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise BadInput(f"dataset path {source} does not exist", "give an existing CSV/Parquet/JSONL file or folder")
-        source = str(path.resolve())
-        if path.is_dir():
-            names = [p.name for p in sorted(path.iterdir()) if p.suffix.lower() in RAW_SUFFIXES]
-            if not names:
-                raise BadInput(f"{path} holds no {'/'.join(RAW_SUFFIXES)} files", "point --source at a data file or a folder of them")
-            files = _role_patterns(names)
-        else:
-            if path.suffix.lower() not in RAW_SUFFIXES:
-                raise BadInput(f"{path} is not a {'/'.join(RAW_SUFFIXES)} file", "convert it to CSV, Parquet or JSONL")
-            files = {"labelled": path.name}
-    elif _hub_like(source):
-        files = {"labelled": "*"}  # settled below from the files the hub gives
-    else:
-        raise BadInput(f"dataset path {source} does not exist", "give an existing file or folder, or a hub id owner/name")
-    staging_parent = root / "data" / "raw"
-    staging_parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{spec.name}-", dir=staging_parent))
+    _check_column_options(spec)
+    found = _locate(spec.source)
+    parent = root / "data" / "raw"  # staging there makes the commit a rename on one file system
+    made_parent = not parent.exists()
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{spec.name}-", dir=parent))
     try:
-        probe = TaskCard(name=spec.name, source=source, text=spec.text, text_pair=spec.text_pair, label=spec.label,
-                         label_names=["a", "b"], label_values=[0, 1], files=files)
-        import_raw(probe, staging / "raw")
-        staged_files = sorted(p for p in (staging / "raw").iterdir() if p.suffix.lower() in RAW_SUFFIXES)
-        if files == {"labelled": "*"} and not Path(source).exists():
-            files = _role_patterns([p.name for p in staged_files])
-        df = _check_columns(spec, staged_files)
-        names, values = _labels(spec, df[spec.label])
+        raw = staging / "raw"
+        hub = found.files is None
+        if hub:  # download it, then read what it gave
+            import_raw(_card(spec, found.source, {"labelled": "*"}), raw)
+            found.local = data_files(raw.iterdir())
+            found.files, found.notes = _role_patterns(found.local)
+        used = [f for f in found.local if any(fnmatch.fnmatchcase(f.name, p) for p in found.files.values())]
+        df = pd.concat([_read_inputs(spec, f, f"{found.source} file {f.name}" if hub else str(f)) for f in used],
+                       ignore_index=True)
+        names, values, label_notes = infer_labels(df[spec.label], spec.label, spec.label_names, spec.unlabelled_values)
         p = section(params if params is not None else load_params(), "prepare")
         minimum = int(p.get("min_rows", 20))
         if len(df) < minimum * 3:
             raise BadInput(f"dataset {spec.source} has {len(df)} rows; at least {minimum * 3} are needed "
                            f"(train, validation and test of at least {minimum} each)", "provide more labelled rows")
-        card = TaskCard(name=spec.name, source=source, text=spec.text, text_pair=spec.text_pair, label=spec.label,
-                        label_names=names, label_values=values, metric=spec.metric, files=files,
-                        description=spec.description or f"{spec.name}: registered from {Path(source).name if Path(source).exists() else source}")
+        card = _card(spec, found.source, found.files, names, values)
         card.validate()
-        meta = prepare_task(card, staging / "raw", staging / "prepared", p)
-        return StagedTask(card, staging, meta, replace=card_path.exists())
+        if not raw.exists():
+            import_raw(card, raw)
+        meta = prepare_task(card, raw, staging / "prepared", p)
+        _check_every_class_trains(meta, names)
+        return StagedTask(card, staging, meta, replace=card_path.exists(),
+                          notes=found.notes + label_notes + _dropped_notes(meta), made_parent=made_parent)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(staging, made_parent)
         raise
+
+
+def _discard(staging: Path, made_parent: bool) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+    if made_parent:
+        with contextlib.suppress(OSError):  # not empty: a task was committed into it
+            staging.parent.rmdir()
+
+
+def _card(spec: TaskSpec, source: str, files: dict[str, str], names: list[str] | None = None,
+          values: list[Any] | None = None) -> TaskCard:
+    local = Path(source).name if Path(source).is_absolute() else source
+    return TaskCard(name=spec.name, source=source, text=spec.text, text_pair=spec.text_pair, label=spec.label,
+                    label_names=names or ["a", "b"], label_values=values or [0, 1],
+                    unlabelled_values=list(spec.unlabelled_values), metric=spec.metric, files=files,
+                    description=spec.description or f"{spec.name}: registered from {local}")
+
+
+def _check_name(name: str, replace: bool) -> Path:
+    """The new task's card path; the name is well formed, unlike any other task's, and free (or replaced)."""
+    if isinstance(name, str):
+        for other in list_tasks():
+            if other != name and name_skeleton(other) == name_skeleton(name):
+                raise BadInput(f"task name {name!r} looks like the existing task {other!r}",
+                               f"pick a clearly different name (or {other} with --replace to replace that task)")
+    validate_task_name(name)
+    card_path = tasks_dir() / f"{name}.yaml"
+    if card_path.exists() and not replace:
+        raise BadInput(f"task {name!r} is already registered ({card_path})",
+                       "pick another name, or pass --replace to replace its data (its expert is retrained)")
+    return card_path
+
+
+def _check_column_options(spec: TaskSpec) -> None:
+    """--text, --text-pair and --label name three different, non-empty columns."""
+    options = [("--text", spec.text), ("--label", spec.label)] + ([("--text-pair", spec.text_pair)]
+                                                                 if spec.text_pair is not None else [])
+    for option, column in options:
+        if not isinstance(column, str) or not column.strip():
+            raise BadInput(f"{option} is empty", f"pass the name of a column with {option}")
+    seen: dict[str, str] = {}
+    for option, column in options:
+        if column in seen:
+            raise BadInput(f"{seen[column]} and {option} both name the column {column!r}",
+                           "give different columns for the text, the text pair and the label")
+        seen[column] = option
+
+
+def _locate(source: str) -> _Source:
+    """Resolve ``--source``: a local data file, a folder of them, or a hub id."""
+    if not isinstance(source, str) or not source.strip():
+        raise BadInput("--source is empty", "give a CSV/Parquet/JSONL file, a folder of them, or a hub id owner/name")
+    path = Path(source).expanduser()
+    if not (path.exists() or path.is_symlink() or _looks_like_path(source)) and is_hub_id(source):
+        return _Source(source)
+    if not path.exists():
+        what = "is a broken symbolic link" if path.is_symlink() else "does not exist"
+        raise BadInput(f"dataset path {source} {what}", f"give an existing {KINDS} file, a folder of them, or a hub id owner/name")
+    absolute = Path(os.path.abspath(path))  # a symbolic link keeps its own name
+    if path.is_dir():
+        files, notes = _folder_files(absolute)
+        patterns, more = _role_patterns(files)
+        return _Source(str(absolute), patterns, files, notes + more)
+    if not path.is_file():
+        raise BadInput(f"dataset path {source} is {file_kind(path)}, not a regular file", f"give a regular {KINDS} file")
+    if not is_raw_file(path):
+        raise BadInput(f"{source} is not a {KINDS} file", "convert it to CSV, Parquet or JSONL (and name it so)")
+    return _Source(str(absolute), {"labelled": glob.escape(absolute.name)}, [absolute])
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or is_raw_file(Path(source)) or (os.sep in source and not is_hub_id(source))
+
+
+def _folder_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The data files directly in ``folder``, and a note for each entry skipped."""
+    notes, candidates = [], []
+    for entry in sorted(folder.iterdir()):
+        if is_raw_file(entry):
+            candidates.append(entry)
+        else:
+            kind = "a folder: only files directly in the source folder are read" if entry.is_dir() else file_kind(entry)
+            notes.append(f"skipped {entry.name} ({kind}; not a {KINDS} file)")
+    files = data_files(candidates)
+    if not files:
+        raise BadInput(f"{folder} holds no {KINDS} files", "point --source at a data file or a folder of them")
+    return files, notes
+
+
+def _role_patterns(files: list[Path]) -> tuple[dict[str, str], list[str]]:
+    """Card ``files`` for a folder: train + test (validation, dev or test) when named so, else all labelled.
+
+    Returns the patterns and a note for each data file no role uses.
+    """
+    names = [f.name for f in files]
+
+    def named(*prefixes: str) -> list[str]:
+        for prefix in prefixes:
+            matches = [n for n in names if n.lower().startswith(prefix)]
+            if matches:
+                return matches
+        return []
+
+    train, test = named("train"), named("validation", "dev", "test")
+    roles = {"train": train, "test": test} if train and test else {"train": train} if train else {"labelled": names}
+    patterns = {role: _pattern(matched, names) for role, matched in roles.items()}
+    used = {n for matched in roles.values() for n in matched}
+    notes = [f"{n} is not used (train files start with 'train', test files with 'validation', 'dev' or 'test')"
+             for n in names if n not in used]
+    return patterns, notes
+
+
+def _pattern(matched: list[str], names: list[str]) -> str:
+    """A glob that matches exactly ``matched`` among ``names``."""
+    if len(matched) == len(names):
+        return "*"
+    if len(matched) == 1:
+        return glob.escape(matched[0])
+    pattern = glob.escape(os.path.commonprefix(matched)) + "*"
+    if sorted(n for n in names if fnmatch.fnmatchcase(n, pattern)) != sorted(matched):
+        raise BadInput(f"cannot tell the files {matched} from the others ({', '.join(sorted(set(names) - set(matched)))})",
+                       "name train files train*, test files validation*/test*, or register one file")
+    return pattern
+
+
+def _read_inputs(spec: TaskSpec, path: Path, shown: str) -> pd.DataFrame:
+    """Read one file of the new task; its columns exist and its inputs are text."""
+    df = read_raw_file(path, shown)
+    inputs = [spec.text] + ([spec.text_pair] if spec.text_pair else [])
+    for column in inputs + [spec.label]:
+        if column not in df.columns:
+            raise BadInput(f"column {column!r} is not in {path.name} (columns: {', '.join(map(str, df.columns))})",
+                           _column_fix(column, [str(c) for c in df.columns]))
+    for column in inputs:
+        _check_text_column(path, column, df[column])
+    return df
+
+
+def _column_fix(column: str, columns: list[str]) -> str:
+    close = [c for c in columns if c.strip().lower() == column.strip().lower()]
+    return f"did you mean {close[0]!r}?" if close else "pass --text/--text-pair/--label with existing column names"
+
+
+def _check_text_column(file: Path, column: str, values: pd.Series) -> None:
+    """An input column holds text: not numbers, not empty in every row."""
+    present = values.dropna()
+    strings = present[present.map(lambda v: isinstance(v, str))]
+    if len(strings) < len(present):
+        bad = present[~present.map(lambda v: isinstance(v, str))].iloc[0]
+        raise BadInput(f"input column {column!r} of {file.name} is not text (found {type(bad).__name__} {bad!r})",
+                       "choose a text column for --text/--text-pair")
+    filled = strings[strings.str.strip() != ""]
+    if filled.empty:
+        raise BadInput(f"input column {column!r} of {file.name} is empty in every row", "choose a column that holds the text")
+    if pd.to_numeric(filled, errors="coerce").notna().all():
+        raise BadInput(f"input column {column!r} of {file.name} is not text (its values are numbers, e.g. {filled.iloc[0]!r})",
+                       "choose a text column for --text/--text-pair")
+
+
+def _check_every_class_trains(meta: dict[str, Any], names: list[str]) -> None:
+    """Every class reaches the train split (a class only in validation or test could never be learnt)."""
+    missing = [n for n in names if not meta["labels"]["train"].get(n)]
+    if missing:
+        counts = {n: sum(meta["labels"][s].get(n, 0) for s in meta["labels"]) for n in missing}
+        raise BadInput(f"class(es) {missing} have no row in the train split (rows elsewhere: {counts})",
+                       "add training examples of every class (or leave that class out of the data)")
+
+
+def _dropped_notes(meta: dict[str, Any]) -> list[str]:
+    """One note per kind of row that cleaning dropped (see the prepared meta.json)."""
+    why = {"unlabelled": "with a label named by --unlabelled-values", "empty_text": "with an empty input",
+           "duplicates": "repeated exactly", "in_test": "whose input is also in test (kept there only)"}
+    totals: dict[str, int] = {}
+    for counts in meta["dropped"].values():
+        for reason, n in counts.items():
+            if reason in why:
+                totals[reason] = totals.get(reason, 0) + n
+    return [f"dropped {n} row(s) {why[reason]}" for reason, n in totals.items() if n]
 
 
 def _check_layout(root: Path) -> None:

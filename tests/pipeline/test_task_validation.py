@@ -1,0 +1,152 @@
+"""Staging a new task: everything checked before the project is touched; careless but unambiguous data
+registers, and the user hears about every row or file left out."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.pipeline.conftest import project_snapshot
+from ttlora_moe.data.prepared import load_split
+from ttlora_moe.errors import BadInput
+from ttlora_moe.pipeline.task_validation import TaskSpec, stage_task
+
+WORDS = ["good", "great", "bad", "awful"]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project with one task card (``toy``), small prepare params and a folder of sources beside it."""
+    root = tmp_path / "project"
+    (root / "data" / "tasks").mkdir(parents=True)
+    (root / "params.yaml").write_text("tasks: [toy]\nprepare:\n  min_rows: 5\n  validation_max_rows: 60\n")
+    (root / "data" / "tasks" / "toy.yaml").write_text(yaml.safe_dump({
+        "source": "toy", "text": "sentence", "label": "label", "files": {"train": "train.parquet"},
+        "label_names": ["neg", "pos"], "label_values": [0, 1]}))
+    monkeypatch.setenv("TTLORA_PROJECT_DIR", str(root))
+    for name in ("TTLORA_DATA_DIR", "TTLORA_TASKS_DIR", "TTLORA_PARAMS"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "sources").mkdir()
+    return root
+
+
+def rows(n: int = 120, label=lambda i: ["negative", "positive"][i % 4 < 2]) -> list[tuple[str, str]]:
+    return [(f"the movie {i} was {WORDS[i % 4]}", label(i)) for i in range(n)]
+
+
+def stage(project, source, **spec):
+    """Stage ``source``; check the project is untouched while staged and after the staging is discarded."""
+    before = project_snapshot(project)
+    staged = stage_task(TaskSpec(**{"name": "reviews", "source": str(source), "text": "body", "label": "rating", **spec}))
+    assert staged.staging.parent == project / "data" / "raw" and staged.raw.is_dir()
+    staged.discard()
+    assert project_snapshot(project) == before
+    return staged
+
+
+def test_a_careless_csv_registers_with_every_quirk_read_sensibly(project):
+    """BOM, CRLF, blank lines, spaces around headers, trailing commas, quoted newlines, an upper-case
+    suffix, labels written 1.0/0.0 and a symbolic link to the file."""
+    lines = ["\ufeff body , rating ,"] + [f'"{text}\nsecond line",{float(i % 4 < 2)},' for i, (text, _) in enumerate(rows())]
+    real = project.parent / "sources" / "Reviews.CSV"
+    real.write_text("\r\n\r\n".join(lines) + "\r\n", newline="")
+    link = project.parent / "sources" / "link.csv"
+    link.symlink_to(real)
+    staged = stage(project, link)
+    card = staged.card
+    assert card.source == str(link) and card.files == {"labelled": "link.csv"}
+    assert card.label_names == ["0", "1"] and card.label_values == [0, 1] and card.unlabelled_values == []
+    assert sum(staged.meta["rows"].values()) == 120 and staged.notes == []
+
+
+def test_prepared_text_keeps_quoted_newlines(project):
+    path = project.parent / "sources" / "quoted.csv"
+    pd.DataFrame([{"body": f"{t}\nmore", "rating": r} for t, r in rows()]).to_csv(path, index=False)
+    staged = stage_task(TaskSpec(name="reviews", source=str(path), text="body", label="rating"))
+    try:
+        assert all(r["text"].endswith("\nmore") for r in load_split(staged.staging / "prepared", "train"))
+    finally:
+        staged.discard()
+
+
+def test_what_is_dropped_or_kept_is_said(project):
+    path = project.parent / "sources" / "hidden.csv"
+    data = [(t, "" if i % 10 == 0 else "none" if i % 10 == 1 else r) for i, (t, r) in enumerate(rows())]
+    data += [("", "positive"), (data[5][0], data[5][1])]  # an empty input, a repeated row
+    pd.DataFrame(data, columns=["body", "rating"]).to_csv(path, index=False)
+    with pytest.raises(BadInput, match="12 row\\(s\\) have an empty label in column 'rating'"):
+        stage(project, path)
+    staged = stage(project, path, unlabelled_values=[""])
+    assert staged.card.label_names == ["negative", "none", "positive"] and staged.card.unlabelled_values == [""]
+    assert staged.notes == ["label 'none' is kept as a class (pass --unlabelled-values none if it means 'no label')",
+                            "dropped 12 row(s) with a label named by --unlabelled-values",
+                            "dropped 1 row(s) with an empty input", "dropped 1 row(s) repeated exactly"]
+    staged = stage(project, path, unlabelled_values=["", "none"])
+    assert staged.card.label_names == ["negative", "positive"] and "dropped 24 row(s)" in staged.notes[0]
+
+
+def test_a_folder_skips_what_is_not_data_and_says_so(project):
+    folder = project.parent / "sources" / "folder"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "README.md").write_text("about the data")
+    os.mkfifo(folder / "pipe")
+    pd.DataFrame(rows(), columns=["body", "rating"]).to_parquet(folder / "TRAIN.parquet")
+    pd.DataFrame(rows(30), columns=["body", "rating"]).to_csv(folder / "dev.csv", index=False)
+    pd.DataFrame(rows(30), columns=["body", "rating"]).to_csv(folder / "extra.csv", index=False)
+    staged = stage(project, folder)
+    assert staged.card.files == {"train": "TRAIN.parquet", "test": "dev.csv"}
+    kinds = "not a .parquet/.csv/.jsonl/.json file"
+    assert staged.notes == [f"skipped README.md (a regular file; {kinds})",
+                            f"skipped nested (a folder: only files directly in the source folder are read; {kinds})",
+                            f"skipped pipe (a named pipe; {kinds})",
+                            "extra.csv is not used (train files start with 'train', test files with 'validation', 'dev' or 'test')",
+                            "dropped 30 row(s) whose input is also in test (kept there only)"]
+    assert staged.meta["rows"]["test"] == 30
+
+
+def test_train_files_sharing_a_prefix_become_one_pattern(project):
+    folder = project.parent / "sources" / "parts"
+    folder.mkdir()
+    for part in ("a", "b"):
+        pd.DataFrame(rows(), columns=["body", "rating"]).assign(body=lambda d, p=part: d["body"] + p).to_csv(
+            folder / f"train_{part}.csv", index=False)
+    pd.DataFrame(rows(30), columns=["body", "rating"]).to_csv(folder / "test[1].csv", index=False)
+    staged = stage(project, folder)
+    assert staged.card.files == {"train": "train_*", "test": "test[[]1].csv"}
+    assert staged.meta["rows"]["test"] == 30 and staged.meta["rows"]["train"] + staged.meta["rows"]["validation"] == 240
+
+
+def test_a_hub_source_names_its_files_in_errors(project, monkeypatch):
+    class Split:
+        def __init__(self, frame):
+            self.frame = frame
+
+        def to_parquet(self, path):
+            self.frame.to_parquet(path)
+
+    good = pd.DataFrame(rows(), columns=["body", "rating"])
+    held_out = pd.DataFrame(rows(30), columns=["body", "rating"]).assign(body=lambda d: "held out " + d["body"])
+    splits = {"owner/good": {"train": Split(good), "test": Split(held_out)},
+              "owner/bad": {"train": Split(good.drop(columns="rating"))}}
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda name, config=None: splits[name]))
+    staged = stage(project, "owner/good")
+    assert staged.card.files == {"train": "train-00000-of-00001.parquet", "test": "test-00000-of-00001.parquet"}
+    with pytest.raises(BadInput, match="column 'rating' is not in train-00000-of-00001.parquet"):
+        stage(project, "owner/bad")
+
+
+def test_a_class_only_in_the_test_file_is_refused(project):
+    folder = project.parent / "sources" / "rare"
+    folder.mkdir()
+    pd.DataFrame(rows(), columns=["body", "rating"]).to_csv(folder / "train.csv", index=False)
+    pd.DataFrame([(f"held out {t}", "odd" if i < 3 else r) for i, (t, r) in enumerate(rows(30))],
+                 columns=["body", "rating"]).to_csv(folder / "test.csv", index=False)
+    before = project_snapshot(project)
+    with pytest.raises(BadInput, match="class\\(es\\) \\['odd'\\] have no row in the train split \\(rows elsewhere: \\{'odd': 3\\}\\)"):
+        stage_task(TaskSpec(name="reviews", source=str(folder), text="body", label="rating"))
+    assert project_snapshot(project) == before
