@@ -46,3 +46,17 @@ def test_s3_remote_without_credentials_is_bad_input(dvc_repo, no_aws, monkeypatc
         check_remote_credentials()
     with pytest.raises(BadInput, match="S3 credentials are missing"):
         configure_remote()
+
+
+def test_remote_url_reads_dvcs_own_config(dvc_repo, monkeypatch):
+    """Whatever DVC accepts: quoted section names, spacing, the local file overriding the committed one."""
+    assert remote_url() is None  # no repository yet
+    ensure_repo()
+    (dvc_repo / ".dvc" / "config").write_text("[core]\n    remote = Storage\n['remote \"storage\"']\n    url  =  ../shared\n")
+    assert remote_url() == str(dvc_repo / "shared")
+    (dvc_repo / ".dvc" / "config.local").write_text('[core]\nremote = mine\n[remote "mine"]\nurl = s3://bucket/x\n')
+    assert remote_url() == "s3://bucket/x"
+    (dvc_repo / ".dvc" / "config.local").write_text("[core]\nno_such_option = 1\n")
+    with pytest.raises(BadInput, match="the DVC config of .* is invalid") as info:
+        remote_url()
+    assert "\n" not in str(info.value)

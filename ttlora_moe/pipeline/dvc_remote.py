@@ -9,11 +9,16 @@ this module writes; a missing bucket is created.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dvc.config import Config, ConfigError
+from dvc.config_schema import RelPath
+
+from ttlora_moe.errors import BadInput
 from ttlora_moe.pipeline.dvc import repo_root, run_dvc
 
 REMOTE_NAME = "storage"
@@ -75,49 +80,53 @@ def configure_remote(url: str | None = None, root: Path | None = None) -> dict[s
         check_credentials()
         bucket = url[len("s3://"):].split("/", 1)[0]
         info["bucket_created"] = ensure_bucket(bucket)
-    arg = url
+    local = url == explicit_remote_url()
     if "://" not in url:
         Path(url).mkdir(parents=True, exist_ok=True)
-        if Path(url).resolve().is_relative_to(root.resolve()):  # stored relative: the config stays valid in any clone
-            arg = os.path.relpath(Path(url).resolve(), root.resolve())
-    scope = ["--local"] if url == explicit_remote_url() else []
-    run_dvc(["remote", "add", *scope, "--default", "--force", REMOTE_NAME, arg], root)
-    info["config"] = ".dvc/config.local" if scope else ".dvc/config"
-    if url.startswith("s3://"):
-        endpoint = endpoint_url()
-        if endpoint:
-            run_dvc(["remote", "modify", "--local", REMOTE_NAME, "endpointurl", endpoint], root)
-            info["endpoint"] = endpoint
+    with _edit_config(root, "local" if local else "repo") as conf:
+        conf["remote"][REMOTE_NAME] = {"url": _config_path(url, root)}
+        conf["core"]["remote"] = REMOTE_NAME
+    info["config"] = ".dvc/config.local" if local else ".dvc/config"
+    endpoint = endpoint_url() if url.startswith("s3://") else None
+    if endpoint:
+        with _edit_config(root, "local") as conf:
+            conf["remote"].setdefault(REMOTE_NAME, {})["endpointurl"] = endpoint
+        info["endpoint"] = endpoint
     return info
 
 
 def remote_url(root: Path | None = None) -> str | None:
-    """The URL of the default remote, or None when there is no repository or no default remote.
+    """The URL of the default remote (a local path made absolute), or None without a repository or default remote.
 
-    Read from ``.dvc/config`` (then ``config.local``) rather than by running dvc: it is asked often.
+    Read with DVC's own config API (``.dvc/config``, then ``config.local``, over the user's and the system's).
     """
     root = Path(root or repo_root())
-    default, urls = None, {}
-    for name in ("config", "config.local"):  # the local file overrides the committed one
-        path = root / ".dvc" / name
-        if not path.exists():
-            continue
-        section_name = None
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            header = re.fullmatch(r"\[\s*'?(.*?)'?\s*\]", line)
-            if header:
-                section_name = header.group(1).replace('"', "").strip()
-                continue
-            key, _, value = (part.strip() for part in line.partition("="))
-            if section_name == "core" and key == "remote":
-                default = value
-            elif section_name and section_name.startswith("remote ") and key == "url":
-                urls[section_name[len("remote "):].strip()] = value
-    url = urls.get(default) if default else None
-    if url and "://" not in url and not Path(url).is_absolute():  # DVC keeps local paths relative to .dvc/
-        url = str((root / ".dvc" / url).resolve())
-    return url
+    if not (root / ".dvc").is_dir():
+        return None
+    try:
+        conf = Config(dvc_dir=str(root / ".dvc"))
+    except ConfigError as exc:
+        raise BadInput(f"the DVC config of {root} is invalid: {exc}", "fix .dvc/config (or .dvc/config.local)") from None
+    default = conf["core"].get("remote")
+    url = conf["remote"].get(default, {}).get("url") if default else None
+    return str(url) if url else None
+
+
+def _config_path(url: str, root: Path) -> str:
+    """A remote URL as DVC's config stores it: a folder inside the project relative to ``.dvc/`` (valid in any clone)."""
+    if "://" in url or not Path(url).resolve().is_relative_to(root.resolve()):
+        return url
+    return RelPath(str(Path(url).resolve()))
+
+
+@contextlib.contextmanager
+def _edit_config(root: Path, level: str) -> Iterator[dict[str, Any]]:
+    """Edit one level (``repo`` or ``local``) of the DVC config of ``root``; a bad config is BadInput."""
+    try:
+        with Config(dvc_dir=str(root / ".dvc")).edit(level) as conf:
+            yield conf
+    except ConfigError as exc:
+        raise BadInput(f"cannot write the DVC config of {root}: {exc}", "fix .dvc/config (or .dvc/config.local)") from None
 
 
 def effective_remote_url(root: Path | None = None) -> str:
