@@ -2,7 +2,7 @@
 
 ``y = W x + b + alpha · ΔW x`` with ``ΔW x`` computed by :func:`ttlora_moe.tt.tensor_train.tt_apply`
 (contraction, never the dense ``ΔW``) while training. A trained expert that only answers can be
-:meth:`~TTLoRALinear.merge`\ d: ``W + alpha · ΔW`` is built once and every forward without gradients
+merged (:meth:`~TTLoRALinear.merge`): ``W + alpha · ΔW`` is built once and every forward without gradients
 is one matmul, exactly the base model's cost (the adapter_speed benchmark measures both).
 """
 

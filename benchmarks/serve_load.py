@@ -1,0 +1,282 @@
+"""Serving under load: a real ``mlflow models serve`` of a registered bundle and of the base model alone.
+
+For each model the benchmark starts ``mlflow models serve -m models:/... --env-manager local`` (the
+command the README gives), waits for ``/ping``, warms it up, reads its idle resident memory (the
+server's whole process tree), then sends
+
+- a sequential phase: requests one at a time from one client, and
+- a concurrent phase: ``--requests`` requests of 1 to ``--max-rows`` mixed-task rows from
+  ``--clients`` concurrent clients,
+
+and reports errors, samples/s, p50 and p99 latency and peak RSS. The base model alone is the limit:
+a pyfunc that tokenises, runs the frozen base and pools, served the same way
+(:class:`ttlora_moe.pipeline.pyfunc.BasePyfunc`). Goals (issue 10): 0 errors, peak RSS at most 1.5x
+idle, the bundle at least 0.9x the base's samples/s, concurrent throughput at least the sequential.
+
+Without ``--model-uri`` the bundle is built here from experts with random TT cores (speed does not
+depend on training) and a router trained on ``--router-rows`` cached rows per task, with params.yaml's
+tt, router (routing mode) and serve settings, and registered in a temporary sqlite MLflow store.
+With ``--model-uri models:/ttlora-moe@champion`` (and ``MLFLOW_TRACKING_URI``) it loads that bundle.
+
+    python -m benchmarks.serve_load [--quick] [--tasks ...] [--requests N] [--clients N] [--max-rows N]
+        [--model-uri URI]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.common import markdown_table, write_results
+from benchmarks.moe_throughput import DEFAULT_TASKS, mixed_stream, random_expert
+from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
+from ttlora_moe.params import load_params, section
+from ttlora_moe.tt.config import TTLoRAConfig
+
+COLUMNS = ["model", "phase", "clients", "requests", "rows", "errors", "samples_per_s", "p50_ms", "p99_ms",
+           "idle_rss_mb", "peak_rss_mb", "peak_x_idle", "x_base"]
+QUICK_TASKS = ["toy"]
+
+
+# --- the models -----------------------------------------------------------------------------------
+
+def register_models(root: Path, params: dict[str, Any], tasks: list[str], router_rows: int) -> dict[str, str]:
+    """A bundle of random experts and the base-model pyfunc, registered in ``root/mlflow.db``; their model URIs."""
+    import mlflow
+
+    from ttlora_moe.moe.build import build_bundle
+    from ttlora_moe.pipeline.pyfunc import BasePyfunc, BundlePyfunc, log_pyfunc
+
+    ref = section(params, "base_model").get("ref", DEFAULT_BASE_MODEL)
+    pooling = section(params, "base_model").get("pooling")
+    tt = TTLoRAConfig.from_dict(section(params, "tt"))
+    max_length = int(section(params, "train").get("max_length", 128))
+    dirs = [random_expert(root / "experts" / t, load_base_model(ref, pooling), t, tt, max_length, seed=i + 1)
+            for i, t in enumerate(tasks)]
+    router = {**section(params, "router"), "train_per_task": router_rows,
+              "validation_per_task": max(20, router_rows // 5), "unlabelled_per_task": 0}
+    build_bundle(dirs, root / "bundle", params=params, router=router, progress=False)
+    base_spec = root / "base.json"
+    base_spec.write_text(json.dumps({"ref": ref, "pooling": pooling, "max_length": max_length,
+                                     "serve": section(params, "serve")}))
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    uris = {}
+    for name, cls, artifacts in (("base", BasePyfunc, {"base": str(base_spec)}),
+                                 ("bundle", BundlePyfunc, {"bundle": str(root / "bundle")})):
+        with mlflow.start_run(run_name=f"serve-load-{name}"):
+            info = log_pyfunc(name, cls, artifacts)
+        version = mlflow.register_model(info.model_uri, f"serve-load-{name}")
+        uris[name] = f"models:/serve-load-{name}/{version.version}"
+    mlflow.set_tracking_uri(None)
+    return uris
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_uri: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``mlflow models serve`` in its own session (so the whole tree can be measured and stopped)."""
+    bin_dir = Path(sys.executable).parent  # mlflow runs `uvicorn` from PATH
+    env = {**env, "PATH": os.pathsep.join([str(bin_dir), env.get("PATH", "")])}
+    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise RuntimeError(f"the server did not answer /ping in {timeout:.0f} s: {log.read_text()[-2000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL after 30 s."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and all its descendants, in MB."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+class PeakRss:
+    """Samples a process tree's RSS every ``interval`` seconds in a thread; ``peak`` is the highest seen."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss_mb(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- the load -------------------------------------------------------------------------------------
+
+def make_requests(rows: list[dict[str, Any]], count: int, max_rows: int, seed: int) -> list[list[dict[str, Any]]]:
+    """``count`` requests of 1 to ``max_rows`` rows drawn from the mixed-task ``rows``."""
+    rng = random.Random(seed)
+    return [[{"text": r["text"], "text_pair": r["text_pair"]} for r in rng.sample(rows, rng.randint(1, max_rows))]
+            for _ in range(count)]
+
+
+def post(port: int, records: list[dict[str, Any]]) -> tuple[float, bool]:
+    """(seconds, ok) of one request."""
+    body = json.dumps({"dataframe_records": records}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            ok = response.status == 200 and len(json.loads(response.read())["predictions"]) == len(records)
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        ok = False
+    return time.perf_counter() - start, ok
+
+
+def load(port: int, requests: list[list[dict[str, Any]]], clients: int) -> dict[str, Any]:
+    """Send ``requests`` from ``clients`` threads; errors, samples/s and latency percentiles."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        results = list(pool.map(lambda records: post(port, records), requests))
+    seconds = time.perf_counter() - start
+    latencies = sorted(s for s, _ in results)
+    rows = sum(len(r) for r in requests)
+    return {"clients": clients, "requests": len(requests), "rows": rows, "errors": sum(not ok for _, ok in results),
+            "samples_per_s": rows / seconds, "p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "seconds": seconds}
+
+
+def measure(name: str, uri: str, env: dict[str, str], requests: dict[str, list], clients: int, log: Path) -> list[dict]:
+    """Serve ``uri``, warm it up, then the sequential and the concurrent phase; one row per phase."""
+    port = free_port()
+    proc = start_server(uri, port, env, log)
+    try:
+        wait_healthy(proc, port, log)
+        for records in requests["warmup"]:
+            post(port, records)
+        time.sleep(1.0)
+        idle = tree_rss_mb(proc.pid)
+        rows = []
+        for phase, phase_clients in (("sequential", 1), ("concurrent", clients)):
+            with PeakRss(proc.pid) as peak:
+                result = load(port, requests[phase], phase_clients)
+            rows.append({"model": name, "phase": phase, **result, "idle_rss_mb": idle, "peak_rss_mb": peak.peak,
+                         "peak_x_idle": peak.peak / idle if idle else None})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        return rows
+    finally:
+        stop_server(proc)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one toy-size run: few requests, few clients")
+    parser.add_argument("--tasks", nargs="*", default=None, help=f"default {' '.join(DEFAULT_TASKS)}")
+    parser.add_argument("--requests", type=int, default=None, help="concurrent-phase requests (default 1000; quick 60)")
+    parser.add_argument("--sequential", type=int, default=None, help="sequential-phase requests (default 200; quick 20)")
+    parser.add_argument("--clients", type=int, default=None, help="concurrent clients (default 8; quick 4)")
+    parser.add_argument("--max-rows", type=int, default=32, help="rows per request: 1 to this")
+    parser.add_argument("--router-rows", type=int, default=None, help="router training rows per task (default 300)")
+    parser.add_argument("--model-uri", default=None, help="serve this registered bundle (MLFLOW_TRACKING_URI) instead")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    tasks = args.tasks or (QUICK_TASKS if quick else DEFAULT_TASKS)
+    counts = {"concurrent": args.requests or (60 if quick else 1000), "sequential": args.sequential or (20 if quick else 200)}
+    clients = args.clients or (4 if quick else 8)
+    params = load_params()
+    stream, _ = mixed_stream(tasks, 2000, params)
+    requests = {phase: make_requests(stream, n, args.max_rows, seed) for seed, (phase, n) in enumerate(counts.items())}
+    requests["warmup"] = make_requests(stream, 10, args.max_rows, seed=9)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        uris = register_models(root, params, tasks, args.router_rows or (40 if quick else 300))
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+        if args.model_uri:
+            uris["bundle"] = args.model_uri
+            env["MLFLOW_TRACKING_URI"] = os.environ.get("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+        rows = []
+        for name in ("base", "bundle"):
+            rows += measure(name, uris[name], env, requests, clients, root / f"{name}.log")
+    base_rate = {r["phase"]: r["samples_per_s"] for r in rows if r["model"] == "base"}
+    for row in rows:
+        row["x_base"] = row["samples_per_s"] / base_rate[row["phase"]]
+    bundle = {r["phase"]: r for r in rows if r["model"] == "bundle"}
+    goals = {"zero_errors": all(r["errors"] == 0 for r in rows),
+             "peak_rss_at_most_1_5x_idle": all(r["peak_x_idle"] <= 1.5 for r in rows),
+             "bundle_at_least_0_9x_base": bundle["concurrent"]["x_base"] >= 0.9,
+             "concurrent_at_least_sequential": all(
+                 next(r for r in rows if r["model"] == m and r["phase"] == "concurrent")["samples_per_s"]
+                 >= next(r for r in rows if r["model"] == m and r["phase"] == "sequential")["samples_per_s"]
+                 for m in ("base", "bundle"))}
+    seconds = round(time.perf_counter() - start, 1)
+    table = markdown_table(rows, COLUMNS) + (
+        f"\n\nTasks {', '.join(tasks)}; requests of 1 to {args.max_rows} mixed rows; "
+        f"goals: {', '.join(f'{k} {v}' for k, v in goals.items())}; run took {seconds:.0f} s.")
+    write_results("serve_load", {"rows": rows, "goals": goals, "tasks": tasks, "clients": clients,
+                                 "max_rows": args.max_rows, "seconds": seconds}, table)
+    return {"rows": rows, "goals": goals}
+
+
+if __name__ == "__main__":
+    main()
