@@ -6,7 +6,7 @@ takes every other task's latest registered version.
         --param text=review --param label=stars --param train=true
 
 The same from the command line: ``ttlora-moe tasks add reviews --source /data/reviews.csv --text review
---label stars --train``.
+--label stars --train``. Both register through :func:`ttlora_moe.pipeline.registration.register_task`.
 """
 
 from __future__ import annotations
@@ -20,25 +20,14 @@ from flows import check_services
 from flows.build_bundle import build_moe_bundle_flow
 from flows.train_expert import train_expert_flow
 from ttlora_moe.params import load_params
-from ttlora_moe.pipeline.dvc_remote import (
-    check_remote_credentials,
-    ensure_remote,
-    ensure_repo,
-)
-from ttlora_moe.pipeline.registration import commit_task
-from ttlora_moe.pipeline.task_validation import StagedTask, TaskSpec, stage_task
+from ttlora_moe.pipeline.registration import register_task
+from ttlora_moe.pipeline.task_validation import TaskSpec
 
 
-@task(cache_policy=NO_CACHE)
-def validate_dataset(spec: dict[str, Any], replace: bool, params: dict[str, Any]) -> StagedTask:
-    """Check name, source, columns, labels, classes and rows in a staging folder; nothing is written."""
-    return stage_task(TaskSpec(**spec), replace=replace, params=params)
-
-
-@task(cache_policy=NO_CACHE)
-def register_data(staged: StagedTask) -> dict[str, Any]:
-    """Write the card, track the raw data with DVC, prepare it (``dvc repro``) and push it (all or nothing)."""
-    return commit_task(staged)
+@task(cache_policy=NO_CACHE, task_run_name="register-{spec[name]}")
+def register(spec: dict[str, Any], replace: bool, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate the dataset, then write, track (``dvc add``, ``dvc repro``) and push it: all or nothing."""
+    return register_task(TaskSpec(**spec), replace=replace, params=params)
 
 
 @flow(name="register-task", flow_run_name="register-task-{name}", persist_result=True, result_serializer="json")
@@ -49,6 +38,7 @@ def register_task_flow(
     label: str,
     text_pair: str | None = None,
     label_names: list[str] | None = None,
+    unlabelled_values: list[str] | None = None,
     metric: str = "accuracy",
     description: str = "",
     replace: bool = False,
@@ -56,19 +46,22 @@ def register_task_flow(
     build_bundle: bool = True,
     profile: str | None = None,
 ) -> dict[str, Any]:
-    """Register a new task from ``source`` (a CSV/Parquet/JSONL file or folder, or a hub id)."""
+    """Register a new task from ``source`` (a CSV/Parquet/JSONL file or folder, or a hub id).
+
+    ``unlabelled_values``: raw label values that mean "no label" (their rows are dropped; '' = a
+    blank cell); any other value is a class.
+    """
     logger = get_run_logger()
     params = load_params(profile=profile)
-    check_remote_credentials()
     if train:
         check_services()
     spec = {"name": name, "source": source, "text": text, "text_pair": text_pair, "label": label,
-            "label_names": label_names, "metric": metric, "description": description}
-    ensure_repo()
-    ensure_remote()
-    staged = validate_dataset(spec, replace, params)
-    result: dict[str, Any] = {"registered": register_data(staged)}
+            "label_names": label_names, "unlabelled_values": list(unlabelled_values or []), "metric": metric,
+            "description": description}
+    result: dict[str, Any] = {"registered": register(spec, replace, params)}
     logger.info("task %s registered: %s", name, result["registered"]["rows"])
+    for note in result["registered"]["notes"]:
+        logger.info("%s: %s", name, note)
     if train:
         result["expert"] = train_expert_flow(task=name, profile=profile)
         if build_bundle:

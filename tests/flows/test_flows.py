@@ -179,19 +179,26 @@ def test_build_bundle_with_a_missing_pinned_version_fails_with_one_line(project)
 
 def test_register_task_from_csv_trains_only_the_new_expert(project, tmp_path):
     from flows.register_task import register_task_flow
+    from tests.pipeline.conftest import project_snapshot
 
     csv = tmp_path / "reviews.csv"
-    pd.DataFrame([{"review_text": f"dog {i} sat on mat {WORDS[i % 4]} red", "stars": ["low", "high"][i % 4 < 2]}
+    pd.DataFrame([{"review_text": f"dog {i} sat on mat {WORDS[i % 4]} red", "stars": "" if i % 50 == 7 else ["low", "high"][i % 4 < 2]}
                   for i in range(200)]).to_csv(csv, index=False)
     before = {t: versions(f"expert-{t}") for t in ("toy", "toy2")}
     bundles_before = versions("ttlora-moe")
 
+    # Bad input fails the flow with one line, before anything is written (validation comes first).
+    untouched = project_snapshot(project)
     with pytest.raises(BadInput, match="column 'review' is not in reviews.csv"):
         register_task_flow(name="reviews", source=str(csv), text="review", label="stars", train=True)
-    assert not (project / "data" / "tasks" / "reviews.yaml").exists()
+    with pytest.raises(BadInput, match="4 row\\(s\\) have an empty label in column 'stars'"):
+        register_task_flow(name="reviews", source=str(csv), text="review_text", label="stars", train=True)
+    assert project_snapshot(project) == untouched
 
-    result = register_task_flow(name="reviews", source=str(csv), text="review_text", label="stars", train=True)
+    result = register_task_flow(name="reviews", source=str(csv), text="review_text", label="stars",
+                                unlabelled_values=[""], train=True)
     assert result["registered"]["labels"] == ["high", "low"]
+    assert result["registered"]["notes"] == ["dropped 4 row(s) with a label named by --unlabelled-values"]
     assert (project / "data" / "raw" / "reviews.dvc").exists() and (project / "data" / "prepared" / "reviews").is_dir()
     assert "reviews" in yaml.safe_load((project / "params.yaml").read_text())["tasks"]
     assert "prepare@reviews" in (project / "dvc.lock").read_text()

@@ -13,25 +13,27 @@ from ttlora_moe.cli import bundle, experts, pipeline  # noqa: F401  (they regist
 from ttlora_moe.cli.app import app
 from ttlora_moe.errors import BadInput
 
+try:  # typer >= 0.20 bundles its own click; older typer uses the click package
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, mapping bad input to exit code 2 with one line on stderr."""
+    """Entry point: run the app; bad input and usage errors are one line on stderr and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="ttlora-moe", standalone_mode=False)  # typer.Exit(n) returns n
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except typer.Exit as exc:
-        return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         return 1
-    except Exception as exc:  # click's usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except ClickException as exc:
+        if isinstance(exc, NoArgsIsHelpError):  # a command group alone: its help says what to add
             exc.show(file=sys.stderr)
             return exc.exit_code
-        raise
-    return 0
-
+        where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+        print(f"error: {' '.join(exc.format_message().split())}{where}", file=sys.stderr)
+        return exc.exit_code
+    return code if isinstance(code, int) else 0

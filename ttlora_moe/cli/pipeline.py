@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -19,40 +20,47 @@ def tasks_add(
     label_names: Annotated[list[str] | None, typer.Option(
         "--label-names", help="Class names, repeated or comma-separated (index = class id when the labels are 0..k-1). "
                               "Default: the distinct label values.")] = None,
+    unlabelled_values: Annotated[list[str] | None, typer.Option(
+        "--unlabelled-values", help="Label values that mean 'no label' (their rows are dropped), repeated or "
+                                    "comma-separated; an empty value ('' or a trailing comma) is a blank cell. "
+                                    "Default: none; every other value is a class.")] = None,
     metric: Annotated[str, typer.Option(help="Headline metric: accuracy, f1 (binary) or mcc.")] = "accuracy",
     description: Annotated[str, typer.Option(help="One line for `tasks list` and the model card.")] = "",
     replace: Annotated[bool, typer.Option("--replace", help="Replace an already registered task's data.")] = False,
-    train: Annotated[bool, typer.Option("--train", help="Then train its expert and register a new bundle (Prefect + MLflow).")] = False,
+    train: Annotated[bool, typer.Option("--train", help="Then train its expert and register a new bundle (Prefect deployments + MLflow).")] = False,
+    bundle: Annotated[bool, typer.Option("--bundle/--no-bundle", help="With --train: also build a new bundle.")] = True,
+    deployment: Annotated[str, typer.Option(help="With --train: the deployments' name (train-expert/NAME, build-moe-bundle/NAME; see prefect.yaml).")] = "local",
     profile: Annotated[str | None, typer.Option(help="params.yaml profile for --train, e.g. demo.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Register a new task: validate the dataset, write its card, track its raw data with DVC, prepare it."""
     from ttlora_moe.pipeline.dvc_remote import check_remote_credentials
-    from ttlora_moe.pipeline.registration import add_task
-    from ttlora_moe.pipeline.services import check_mlflow, check_prefect
+    from ttlora_moe.pipeline.registration import register_task
     from ttlora_moe.pipeline.task_validation import TaskSpec
 
     names = [n.strip() for item in (label_names or []) for n in item.split(",") if n.strip()] or None
-    spec = TaskSpec(name=name, source=source, text=text, label=label, text_pair=text_pair,
-                             label_names=names, metric=metric, description=description)
+    unlabelled = [v.strip() for item in (unlabelled_values or []) for v in item.split(",")]
+    spec = TaskSpec(name=name, source=source, text=text, label=label, text_pair=text_pair, label_names=names,
+                    unlabelled_values=unlabelled, metric=metric, description=description)
     check_remote_credentials()
-    if train:  # fail before anything is written when the servers --train needs are down
-        check_mlflow()
-        check_prefect()
+    flows = [f"train-expert/{deployment}"] + ([f"build-moe-bundle/{deployment}"] if bundle else [])
+    if train:  # fail before anything is written when what --train needs is missing
+        _check_training_services(deployment, flows)
     with quiet_stdout(as_json):
-        result: dict[str, Any] = {"registered": add_task(spec, replace=replace)}
+        result: dict[str, Any] = {"registered": register_task(spec, replace=replace)}
         if train:
-            from flows.build_bundle import build_moe_bundle_flow
-            from flows.train_expert import train_expert_flow
-
-            result["expert"] = train_expert_flow(task=name, profile=profile)
-            result["bundle"] = build_moe_bundle_flow(versions={name: result["expert"]["version"]}, profile=profile)
+            print(f"task {name} registered; training its expert ({flows[0]})", file=sys.stderr)
+            result["expert"] = _run_deployment(flows[0], {"task": name, "profile": profile})
+            if bundle:
+                result["bundle"] = _run_deployment(flows[1], {"versions": {name: result["expert"]["version"]},
+                                                              "profile": profile})
 
     def render(r: dict[str, Any]) -> str:
         reg = r["registered"]
         rows = ", ".join(f"{k} {v}" for k, v in (reg.get("rows") or {}).items())
         lines = [f"task {reg['task']} {'replaced' if reg['replaced'] else 'registered'}: labels {', '.join(reg['labels'])}; {rows}",
                  f"card {reg['card']}; raw data tracked by {reg['pointer']} (commit it with git)"]
+        lines += [f"note: {note}" for note in reg["notes"]]
         if "expert" in r:
             lines.append(f"expert {r['expert']['model_uri']}: test accuracy {r['expert']['test_accuracy']:.4f}")
         if "bundle" in r:
@@ -61,6 +69,40 @@ def tasks_add(
         return "\n".join(lines)
 
     emit(result, as_json, render)
+
+
+def _check_training_services(deployment: str, deployments: list[str]) -> None:
+    """MLflow and Prefect answer and the deployments exist: one BadInput line otherwise."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from ttlora_moe.errors import BadInput
+    from ttlora_moe.pipeline.services import check_mlflow, check_prefect
+
+    if not deployment.strip() or "/" in deployment:
+        raise BadInput(f"--deployment {deployment!r} is not a deployment name",
+                       "give the name after the flow's in prefect.yaml, e.g. local (train-expert/local)")
+    check_mlflow()
+    check_prefect()
+    with get_client(sync_client=True) as client:
+        for name in deployments:
+            try:
+                client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                raise BadInput(f"deployment {name} does not exist on the Prefect server",
+                               "deploy the flows (prefect --no-prompt deploy --all, see prefect.yaml) or pass --deployment") from None
+
+
+def _run_deployment(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Run deployment ``name`` and wait for it; its result, or one `error:` line and exit code 1."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(name, parameters=parameters, timeout=None)
+    if not run.state or not run.state.is_completed():
+        state = f"{run.state.name}: {run.state.message}" if run.state else "in an unknown state"
+        print(f"error: flow run {run.name} of {name} ended {state}", file=sys.stderr)
+        raise typer.Exit(1)
+    return run.state.result()
 
 
 @app.command("promote")

@@ -1,9 +1,14 @@
-"""Register a new task: validate, write, track, push; all or nothing.
+"""Register a new task, the one way ``ttlora-moe tasks add`` and the ``register-task`` flow both use.
 
-New tasks (``ttlora-moe tasks add``, the ``register-task`` flow) are validated completely in a
-staging folder before anything is written (:func:`~ttlora_moe.pipeline.task_validation.stage_task`),
-then committed in one step that undoes itself on failure (:func:`commit_task`): card, raw data,
-params ``tasks`` list, ``dvc add``, ``dvc repro prepare@<task>``, ``dvc push``.
+:func:`register_task` goes VALIDATE -> WRITE -> TRACK -> PUSH, all or nothing:
+
+1. validate everything in a staging folder (:func:`~ttlora_moe.pipeline.task_validation.stage_task`);
+   the project is not touched;
+2. write: the DVC repository and remote when missing, the card, the raw data, the params ``tasks`` list;
+3. track: ``dvc add data/raw/<task>``, ``dvc repro prepare@<task>``;
+4. push: ``dvc push`` of the pointer and the stage.
+
+Any failure in 2-4 (or an interrupt) puts every file those steps touch back as it was.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,72 +40,94 @@ from ttlora_moe.pipeline.params_file import add_to_task_list
 from ttlora_moe.pipeline.task_validation import StagedTask, TaskSpec, stage_task
 
 
-def commit_task(staged: StagedTask, root: Path | None = None, push_data: bool = True) -> dict[str, Any]:
-    """Write the card, move the raw data in, list the task in params.yaml, ``dvc add``, ``dvc repro``
-    and ``dvc push``. All or nothing: on any failure the project is put back as it was."""
-    root = Path(root or repo_root())
-    name = staged.card.name
-    card_path = tasks_dir() / f"{name}.yaml"
-    raw = raw_dir(name, root)
-    pointer = raw.with_name(f"{name}.dvc")
-    params_file = params_path()
-    backups: dict[Path, Path] = {}
-    created: list[Path] = []
+def register_task(spec: TaskSpec, replace: bool = False, push_data: bool = True, root: Path | None = None,
+                  params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate ``spec``'s dataset, then write its card and raw data, track and prepare it with DVC and push it.
 
-    def backup(path: Path) -> None:
-        if path.exists():
-            keep = staged.staging / "backup" / f"{len(backups)}-{path.name}"
-            keep.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_dir():
-                shutil.copytree(path, keep)
-            else:
-                shutil.copy2(path, keep)
-            backups[path] = keep
-        else:
-            created.append(path)
-
-    for path in (card_path, raw, pointer, params_file, prepared_dir(name, root), root / "dvc.lock"):
-        backup(path)
-    try:
-        save_task_card(staged.card)
-        if raw.exists():
-            shutil.rmtree(raw)
-        os.replace(staged.raw, raw)
-        add_to_task_list(name, params_file)
-        track_raw(name, root)
-        prepared = repro_prepare(name, root)
-        if push_data:
-            push([str(pointer.relative_to(root)), stage_name(name)], root)
-    except BaseException:
-        for path in created:
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        for path, keep in backups.items():
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-                shutil.copytree(keep, path)
-            else:
-                shutil.copy2(keep, path)
-        raise
-    finally:
-        staged.discard()
-    return {"task": name, "card": str(card_path), "raw": str(raw), "pointer": str(pointer),
-            "replaced": staged.replace, "labels": staged.card.label_names, "files": staged.card.files,
-            "rows": staged.meta.get("rows"), **prepared}
-
-
-def add_task(spec: TaskSpec, replace: bool = False, root: Path | None = None, push_data: bool = True) -> dict[str, Any]:
-    """Validate and register a new task under DVC (what ``ttlora-moe tasks add`` does without ``--train``)."""
+    ``params`` (default: params.yaml) supplies the ``prepare`` section the validation prepares with.
+    Raises one BadInput line, with the project exactly as it was, when anything is wrong.
+    """
     root = Path(root or repo_root())
     check_remote_credentials(root)
-    staged = stage_task(spec, replace=replace, root=root)  # nothing is written before the data is valid
+    staged = stage_task(spec, replace=replace, params=params, root=root)
+    name = staged.card.name
     try:
-        ensure_repo(root)
-        ensure_remote(root)
-    except BaseException:
+        with restored_on_failure(_touched(name, root), staged.staging / "backup"):
+            prepared = _commit(staged, root, push_data)
+    finally:
         staged.discard()
+    return {"task": name, "card": str(tasks_dir() / f"{name}.yaml"), "raw": str(raw_dir(name, root)),
+            "pointer": str(raw_dir(name, root).with_name(f"{name}.dvc")), "replaced": staged.replace,
+            "labels": staged.card.label_names, "files": staged.card.files, "rows": staged.meta.get("rows"),
+            "notes": staged.notes, **prepared}
+
+
+def _commit(staged: StagedTask, root: Path, push_data: bool) -> dict[str, Any]:
+    """WRITE, TRACK and PUSH a staged task (the caller restores the project if this raises)."""
+    name = staged.card.name
+    ensure_repo(root)
+    ensure_remote(root)
+    save_task_card(staged.card)
+    raw = raw_dir(name, root)
+    if raw.exists():
+        shutil.rmtree(raw)
+    os.replace(staged.raw, raw)
+    add_to_task_list(name, params_path())
+    pointer = track_raw(name, root)
+    prepared = repro_prepare(name, root)
+    if push_data:
+        push([str(pointer.relative_to(root)), stage_name(name)], root)
+    return prepared
+
+
+def _touched(name: str, root: Path) -> list[Path]:
+    """Every path the commit of task ``name`` may create or change (DVC's cache and temp files aside)."""
+    dvc_dir = root / ".dvc"
+    paths = [tasks_dir() / f"{name}.yaml", raw_dir(name, root), raw_dir(name, root).with_name(f"{name}.dvc"),
+             params_path(), prepared_dir(name, root), root / "dvc.lock", root / "data" / "raw" / ".gitignore",
+             root / "data" / "prepared" / ".gitignore", root / ".dvcignore",
+             *([dvc_dir / "config", dvc_dir / "config.local"] if dvc_dir.is_dir() else [dvc_dir]),
+             *([root / ".git" / "index"] if (root / ".git").is_dir() else [])]  # dvc init stages its files
+    return [_outermost_missing(path, root) for path in paths]
+
+
+def _outermost_missing(path: Path, root: Path) -> Path:
+    """``path``, or its outermost missing ancestor below ``root`` (so a folder the commit makes goes too)."""
+    while not path.parent.exists() and path.parent != root and root in path.parent.parents:
+        path = path.parent
+    return path
+
+
+@contextlib.contextmanager
+def restored_on_failure(paths: list[Path], keep: Path) -> Iterator[None]:
+    """Copy ``paths`` into ``keep``; if the block raises, put each back as it was (removing those that were absent)."""
+    saved: dict[Path, Path | None] = {}
+    for i, path in enumerate(paths):
+        saved[path] = None
+        if path.exists() or path.is_symlink():
+            saved[path] = keep / f"{i}-{path.name}"
+            _copy(path, saved[path])
+    try:
+        yield
+    except BaseException:
+        for path, copy in saved.items():
+            _remove(path)
+            if copy is not None:
+                _copy(copy, path)
         raise
-    return commit_task(staged, root, push_data=push_data)
+
+
+def _copy(source: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, dest, symlinks=True)
+    else:
+        shutil.copy2(source, dest, follow_symlinks=False)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

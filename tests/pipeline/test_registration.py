@@ -1,0 +1,87 @@
+"""Registering a task in a git + DVC repository: one path (validate, write, track, push), and a failure at
+any step after validation leaves the project byte-for-byte as it was."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.pipeline.conftest import project_snapshot
+from ttlora_moe.errors import BadInput
+from ttlora_moe.pipeline import registration
+from ttlora_moe.pipeline.dvc_remote import configure_remote, ensure_repo, remote_url
+from ttlora_moe.pipeline.dvc_tracking import import_task
+from ttlora_moe.pipeline.registration import register_task
+from ttlora_moe.pipeline.task_validation import TaskSpec
+
+WORDS = ["good", "great", "bad", "awful"]
+
+
+def reviews(folder, name: str = "reviews.csv", offset: int = 0):
+    """A CSV task with its own column names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    pd.DataFrame([{"body": f"the movie {offset + i} was {WORDS[i % 4]}", "rating": ["neg", "pos"][i % 4 < 2]}
+                  for i in range(120)]).to_csv(path, index=False)
+    return TaskSpec(name="reviews", source=str(path), text="body", label="rating")
+
+
+@pytest.fixture
+def tracked_repo(dvc_repo):
+    """The DVC repository with its remote and the toy task imported, prepared and pushed (dvc.lock exists)."""
+    ensure_repo()
+    configure_remote()
+    import_task("toy")
+    return dvc_repo
+
+
+def fail_after(step, error: BaseException):
+    """``step``, then ``error``: the failure comes once the step has really written what it writes."""
+    def failing(*args, **kwargs):
+        step(*args, **kwargs)
+        raise error
+    return failing
+
+
+def test_register_task_from_scratch(dvc_repo):
+    """A repository without DVC yet: validation first, then DVC set up, the task written, tracked, pushed."""
+    result = register_task(reviews(dvc_repo.parent / "sources"))
+    assert result["task"] == "reviews" and result["labels"] == ["neg", "pos"] and result["notes"] == []
+    assert remote_url() == str(dvc_repo / ".dvc-remote") and any((dvc_repo / ".dvc-remote").rglob("*"))
+    assert yaml.safe_load((dvc_repo / "params.yaml").read_text())["tasks"] == ["toy", "reviews"]
+    assert (dvc_repo / "params.yaml").read_text().startswith("# Every hyperparameter (a comment that must survive edits).")
+    assert (dvc_repo / "data" / "raw" / "reviews.dvc").exists() and (dvc_repo / "data" / "tasks" / "reviews.yaml").exists()
+    assert "prepare@reviews" in (dvc_repo / "dvc.lock").read_text()
+    assert result["data_md5"] and (dvc_repo / "data" / "prepared" / "reviews" / "train.parquet").exists()
+    assert not list((dvc_repo / "data" / "raw").glob(".staging-*"))
+
+
+@pytest.mark.parametrize("step, error", [
+    ("track_raw", KeyboardInterrupt()),
+    ("repro_prepare", BadInput("simulated repro failure")),
+    ("push", BadInput("simulated push failure")),
+])
+def test_a_failure_after_validation_puts_the_project_back(tracked_repo, monkeypatch, step, error):
+    before = project_snapshot(tracked_repo)
+    monkeypatch.setattr(registration, step, fail_after(getattr(registration, step), error))
+    with pytest.raises(type(error)):
+        register_task(reviews(tracked_repo.parent / "sources"))
+    assert project_snapshot(tracked_repo) == before
+
+
+def test_a_failure_in_a_repository_without_dvc_removes_what_dvc_init_made(dvc_repo, monkeypatch):
+    before = project_snapshot(dvc_repo)
+    monkeypatch.setattr(registration, "push", fail_after(registration.push, BadInput("simulated push failure")))
+    with pytest.raises(BadInput, match="simulated push failure"):
+        register_task(reviews(dvc_repo.parent / "sources"))
+    assert project_snapshot(dvc_repo) == before and not (dvc_repo / ".dvc").exists()
+
+
+def test_a_failed_replacement_keeps_the_registered_task(tracked_repo, monkeypatch):
+    register_task(reviews(tracked_repo.parent / "sources"))
+    before = project_snapshot(tracked_repo)
+    monkeypatch.setattr(registration, "push", fail_after(registration.push, BadInput("simulated push failure")))
+    with pytest.raises(BadInput):
+        register_task(reviews(tracked_repo.parent / "other", offset=500), replace=True)
+    assert project_snapshot(tracked_repo) == before
