@@ -61,7 +61,7 @@ def register_models(root: Path, params: dict[str, Any], tasks: list[str], router
     import mlflow
 
     from ttlora_moe.moe.build import build_bundle
-    from ttlora_moe.pipeline.pyfunc import BasePyfunc, BundlePyfunc, log_pyfunc
+    from ttlora_moe.pipeline.pyfunc import BasePyfunc, BundlePyfunc, bundle_artifacts, log_pyfunc
 
     ref = section(params, "base_model").get("ref", DEFAULT_BASE_MODEL)
     pooling = section(params, "base_model").get("pooling")
@@ -78,7 +78,7 @@ def register_models(root: Path, params: dict[str, Any], tasks: list[str], router
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
     uris = {}
     for name, cls, artifacts in (("base", BasePyfunc, {"base": str(base_spec)}),
-                                 ("bundle", BundlePyfunc, {"bundle": str(root / "bundle")})):
+                                 ("bundle", BundlePyfunc, bundle_artifacts(root / "bundle"))):
         with mlflow.start_run(run_name=f"serve-load-{name}"):
             info = log_pyfunc(name, cls, artifacts)
         version = mlflow.register_model(info.model_uri, f"serve-load-{name}")

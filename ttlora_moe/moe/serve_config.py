@@ -26,6 +26,8 @@ class ServeConfig(Section):
     max_pending_rows: int = option(4096, "Micro-batching: rows that may wait; more callers wait for room.")
     max_rows: int = option(1024, "Rows per request; more is HTTP 400.")
     max_chars: int = option(20_000, "Characters of text + text_pair per row; more is HTTP 400.")
+    log_base_model: bool = option(True, "Register the bundle with its base model's files, so serving needs no "
+                                        "package or hub (a hub id is never copied: serving resolves it).")
 
     def __post_init__(self) -> None:
         if self.adapter_path not in ADAPTER_PATHS:

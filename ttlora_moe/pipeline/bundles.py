@@ -30,7 +30,7 @@ from ttlora_moe.pipeline.models import (
     model_versions,
     register_version,
 )
-from ttlora_moe.pipeline.pyfunc import BundlePyfunc, log_pyfunc
+from ttlora_moe.pipeline.pyfunc import BundlePyfunc, bundle_artifacts, log_pyfunc
 from ttlora_moe.pipeline.tracking import finite_metrics, flatten, metric_objects
 from ttlora_moe.provenance import code_version
 
@@ -116,7 +116,7 @@ def register_bundle(
             for file in sorted(eval_copy.iterdir()):
                 c.log_artifact(run_id, str(file), "evaluation")
             with mlflow.start_run(run_id=run_id):
-                info = log_pyfunc("bundle", BundlePyfunc, {"bundle": str(bundle_dir), "evaluation": str(eval_copy)})
+                info = log_pyfunc("bundle", BundlePyfunc, {**bundle_artifacts(bundle_dir), "evaluation": str(eval_copy)})
         version = register_version(info.model_uri, BUNDLE_MODEL, {**tags, "run_id": run_id},
                             description="TT-LoRA experts + task router: " + ", ".join(
                                 f"{e['task']} v{e['version']}" for e in experts))

@@ -1,7 +1,11 @@
 """The MLflow pyfunc wrappers of an expert and of a bundle ("models from code", no pickle).
 
 MLflow stores a three-line Python file that builds the wrapper; weights stay in safetensors and
-load through the project's own loaders.
+load through the project's own loaders. A logged model is self-contained: it carries this package's
+code (``code_paths``), pins requirements that resolve from the package index (never this project,
+which is not published), and a bundle carries its base model's files unless the base is a hub id
+(``serve.log_base_model``), so ``mlflow models serve`` works with MLflow's default environment
+manager and ``mlflow models generate-dockerfile`` / ``build-docker`` have all they need.
 """
 
 from __future__ import annotations
@@ -16,15 +20,22 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
-from ttlora_moe import __version__
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import META_FILE, read_expert_meta
 from ttlora_moe.moe.serve_config import ServeConfig
 from ttlora_moe.pipeline.micro_batching import MicroBatcher
 from ttlora_moe.pipeline.requests import RequestLimits, request_rows
 
-# What a served model needs besides the Python it is served from (`--env-manager local`).
-PIP_REQUIREMENTS = [f"ttlora-moe=={__version__}", "torch", "transformers>=5,<6", "safetensors", "pandas"]
+# The distributions the pyfunc code imports (the package itself travels as code_paths).
+REQUIRED_DISTRIBUTIONS = ("torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy", "pyarrow",
+                          "pyyaml", "scikit-learn", "tqdm")
+
+
+def pip_requirements() -> list[str]:
+    """Every distribution the served code imports, pinned to the version installed here (all on PyPI)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in REQUIRED_DISTRIBUTIONS]
 
 
 _MODEL_CODE = """\
@@ -104,9 +115,13 @@ class BundlePyfunc(_BatchedPyfunc):
     def load_context(self, context) -> None:
         from ttlora_moe.moe.bundle import load_bundle, load_moe, serve_config
 
+        from ttlora_moe.experts.base_model import load_base_model
+
         bundle = load_bundle(Path(context.artifacts["bundle"]))  # verifies every checksum
         config = serve_config(bundle)
-        moe = load_moe(bundle, serve=config)
+        logged = context.artifacts.get("base_model")  # the base model's own files, when logged with the bundle
+        base = load_base_model(logged, bundle.manifest["base_model"].get("pooling")) if logged else None
+        moe = load_moe(bundle, base=base, serve=config)
         self.serve(lambda rows: moe.predict(rows, batch_size=config.batch_size), config)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -153,13 +168,30 @@ class BasePyfunc(_BatchedPyfunc):
 
 
 def log_pyfunc(name: str, cls: type, artifacts: dict[str, str]):
-    """Log a models-from-code pyfunc in the active run; return MLflow's ModelInfo."""
+    """Log a models-from-code pyfunc in the active run, with this package as its code; return MLflow's ModelInfo."""
+    package = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example.*")  # the signature says it all
         code = Path(tmp) / f"{name.replace('-', '_')}_model.py"
         code.write_text(_MODEL_CODE.format(cls=cls.__name__))
         return mlflow.pyfunc.log_model(name=name, python_model=str(code), artifacts=artifacts,
-                                       pip_requirements=PIP_REQUIREMENTS, signature=_signature())
+                                       code_paths=[str(package)], pip_requirements=pip_requirements(),
+                                       signature=_signature())
+
+
+def bundle_artifacts(bundle_dir: Path) -> dict[str, str]:
+    """What a bundle's pyfunc carries: the bundle, and its base model's files unless ``serve.log_base_model``
+    is off or the base is a hub id (then the serving environment resolves the reference)."""
+    from ttlora_moe.experts.base_model import local_model_dir
+    from ttlora_moe.files import read_json
+
+    manifest = read_json(Path(bundle_dir) / "manifest.json")
+    artifacts = {"bundle": str(bundle_dir)}
+    if ServeConfig.from_dict(manifest.get("serve")).log_base_model:
+        folder = local_model_dir(manifest["base_model"]["ref"])
+        if isinstance(folder, Path):
+            artifacts["base_model"] = str(folder)
+    return artifacts
 
 
 def find_expert_dir(root: Path) -> Path:
