@@ -112,7 +112,7 @@ def load_expert(directory: Path, base: BaseModel | None = None) -> Expert:
     with torch.no_grad():
         classifier.head.weight.copy_(head["head.weight"])
         classifier.head.bias.copy_(head["head.bias"])
-    classifier.eval()
+    classifier.to(next(base.model.parameters()).device).eval()  # the head joins the base on its device
     return Expert(directory, meta, classifier)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ttlora_moe.devices import resolve_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.files import sha256_file
 from ttlora_moe.paths import cache_dir
@@ -125,10 +126,13 @@ def fingerprint(ref: str) -> str:
     return digest.hexdigest()
 
 
-def load_base_model(ref: str = DEFAULT_BASE_MODEL, pooling: str | None = None, dtype: torch.dtype = torch.float32) -> BaseModel:
-    """Load ``ref`` as a frozen ``AutoModel`` in eval mode, with its tokenizer (pad token set)."""
+def load_base_model(ref: str = DEFAULT_BASE_MODEL, pooling: str | None = None, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device | None = None) -> BaseModel:
+    """Load ``ref`` as a frozen ``AutoModel`` in eval mode, with its tokenizer (pad token set), on ``device``
+    (:func:`ttlora_moe.devices.resolve_device`; ``None``: the CPU, where it loads)."""
     from transformers import AutoModel, AutoTokenizer
 
+    target = resolve_device(device) if device is not None else None  # an absent device fails before loading
     folder = local_model_dir(ref)
     try:
         model = AutoModel.from_pretrained(str(folder), dtype=dtype)
@@ -146,6 +150,8 @@ def load_base_model(ref: str = DEFAULT_BASE_MODEL, pooling: str | None = None, d
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if target is not None:
+        model.to(target)
     model_type = str(model.config.model_type)
     return BaseModel(ref, model, tokenizer, pooling or default_pooling(model_type), fingerprint(ref))
 

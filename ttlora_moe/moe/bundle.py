@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ttlora_moe.devices import resolve_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import META_FILE, WEIGHTS_FILE, read_expert_meta
 from ttlora_moe.experts.base_model import BaseModel, load_base_model
@@ -158,7 +159,7 @@ def load_moe(bundle: Bundle | Path, base: BaseModel | None = None, device: str |
                        f"{recorded['ref']!r} resolves to {base.fingerprint[:12]} here",
                        "install the base model the bundle was built for")
     if device is not None:
-        base.model.to(device)
+        base.model.to(resolve_device(device))
     router, router_meta = load_router(bundle.path)
     if router_meta.get("experts") != bundle.tasks:
         raise BadInput(f"{bundle.path / ROUTER_META} routes to {router_meta.get('experts')}, the manifest lists "

@@ -20,6 +20,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
+from ttlora_moe.devices import serving_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import META_FILE, read_expert_meta
 from ttlora_moe.moe.serve_config import ServeConfig
@@ -91,7 +92,7 @@ class ExpertPyfunc(_BatchedPyfunc):
 
         directory = find_expert_dir(Path(context.artifacts["expert"]))
         meta = read_expert_meta(directory)
-        base = load_base_model(meta["base_model"]["ref"], meta.get("pooling"))
+        base = load_base_model(meta["base_model"]["ref"], meta.get("pooling"), device=serving_device())
         expert = load_expert(directory, base)
         merge_adapters(expert.model.base)  # frozen: one matmul per adapted layer
         collate = Collator(base.tokenizer, int(meta.get("max_length", 128)))
@@ -120,8 +121,9 @@ class BundlePyfunc(_BatchedPyfunc):
         bundle = load_bundle(Path(context.artifacts["bundle"]))  # verifies every checksum
         config = serve_config(bundle)
         logged = context.artifacts.get("base_model")  # the base model's own files, when logged with the bundle
-        base = load_base_model(logged, bundle.manifest["base_model"].get("pooling")) if logged else None
-        moe = load_moe(bundle, base=base, serve=config)
+        pooling = bundle.manifest["base_model"].get("pooling")
+        base = load_base_model(logged, pooling, device=serving_device()) if logged else None
+        moe = load_moe(bundle, base=base, device=serving_device(), serve=config)
         self.serve(lambda rows: moe.predict(rows, batch_size=config.batch_size), config)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -148,16 +150,18 @@ class BasePyfunc(_BatchedPyfunc):
         from ttlora_moe.experts.base_model import load_base_model, pool
 
         spec = json.loads(Path(context.artifacts["base"]).read_text())
-        base = load_base_model(spec["ref"], spec.get("pooling"))
+        base = load_base_model(spec["ref"], spec.get("pooling"), device=serving_device())
         config = ServeConfig.from_dict(spec.get("serve"))
+        device = next(base.model.parameters()).device
 
         def answer(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
             out = []
             for start in range(0, len(rows), config.batch_size):
                 batch = tokenize(base.tokenizer, rows[start : start + config.batch_size], int(spec["max_length"]))
+                ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
                 with torch.inference_mode():
-                    hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                    pooled = pool(hidden.last_hidden_state, batch["attention_mask"], base.pooling)
+                    hidden = base.model(input_ids=ids, attention_mask=mask)
+                    pooled = pool(hidden.last_hidden_state, mask, base.pooling)
                 out += [{"norm": float(v)} for v in pooled.norm(dim=-1).tolist()]
             return out
 
