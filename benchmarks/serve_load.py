@@ -61,6 +61,7 @@ def register_models(root: Path, params: dict[str, Any], tasks: list[str], router
     import mlflow
 
     from ttlora_moe.moe.build import build_bundle
+    from ttlora_moe.pipeline.mlflow_client import experiment_id
     from ttlora_moe.pipeline.pyfunc import BasePyfunc, BundlePyfunc, bundle_artifacts, log_pyfunc
 
     ref = section(params, "base_model").get("ref", DEFAULT_BASE_MODEL)
@@ -76,10 +77,11 @@ def register_models(root: Path, params: dict[str, Any], tasks: list[str], router
     base_spec.write_text(json.dumps({"ref": ref, "pooling": pooling, "max_length": max_length,
                                      "serve": section(params, "serve")}))
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    experiment = experiment_id("serve-load")
     uris = {}
     for name, cls, artifacts in (("base", BasePyfunc, {"base": str(base_spec)}),
                                  ("bundle", BundlePyfunc, bundle_artifacts(root / "bundle"))):
-        with mlflow.start_run(run_name=f"serve-load-{name}"):
+        with mlflow.start_run(experiment_id=experiment, run_name=f"serve-load-{name}"):
             info = log_pyfunc(name, cls, artifacts)
         version = mlflow.register_model(info.model_uri, f"serve-load-{name}")
         uris[name] = f"models:/serve-load-{name}/{version.version}"

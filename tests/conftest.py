@@ -23,6 +23,8 @@ import yaml
 REAL_HOME = Path.home().resolve()
 HOME_CACHE = REAL_HOME / ".cache" / "ttlora-moe"  # the library's default cache_dir()
 _HOME_CACHE_EXISTED = HOME_CACHE.exists()
+STRAY_MLRUNS = Path.cwd() / "mlruns"  # where MLflow puts artifacts of a sqlite store that names no artifact root
+_STRAY_MLRUNS_EXISTED = STRAY_MLRUNS.exists()
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="ttlora-moe-tests-home-"))
 HOME_CACHES = {  # variable -> its folder in SESSION_HOME; each replaces a default under $HOME
     "TTLORA_CACHE": "ttlora-moe", "HF_HOME": "huggingface", "MPLCONFIGDIR": "matplotlib", "TORCH_HOME": "torch",
@@ -86,6 +88,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
 def pytest_sessionfinish(session) -> None:
     if not _HOME_CACHE_EXISTED and HOME_CACHE.exists():  # also catches a subprocess the audit hook cannot see
         HOME_WRITES.append(f"created {HOME_CACHE}")
+    if not _STRAY_MLRUNS_EXISTED and STRAY_MLRUNS.exists():
+        HOME_WRITES.append(f"created {STRAY_MLRUNS} (an MLflow experiment without an artifact location in the test's tmp dir)")
     if HOME_WRITES and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     shutil.rmtree(SESSION_HOME, ignore_errors=True)
