@@ -64,3 +64,30 @@ def test_dvc_errors_are_one_line(dvc_repo):
     ensure_repo()
     with pytest.raises(BadInput, match="missing or empty"):
         track_raw("toy")
+
+
+def test_a_worker_without_a_mirror_gets_exactly_the_tasks_bytes_from_the_remote(dvc_repo, tmp_path, monkeypatch):
+    from ttlora_moe.data.cards import load_task_card
+    from ttlora_moe.pipeline.dvc_tracking import ensure_raw
+
+    ensure_repo()
+    configure_remote()
+    import_task("toy")
+    raw = dvc_repo / "data" / "raw" / "toy"
+    pushed = md5s(raw)
+    card = load_task_card("toy")
+    assert ensure_raw(card) == "present"
+    shutil.rmtree(raw)
+    shutil.rmtree(dvc_repo / ".dvc" / "cache")
+    assert ensure_raw(card) == "mirror"  # a mirror is set: ensure_prepared imports from it
+    monkeypatch.delenv("TTLORA_DATA_MIRROR")
+
+    assert ensure_raw(card) == "pulled" and md5s(raw) == pushed  # dvc pull data/raw/toy.dvc into the checkout
+    monkeypatch.setenv("TTLORA_DATA_DIR", str(tmp_path / "worker-data"))  # a data folder of the worker's own
+    assert ensure_raw(card) == "pulled" and md5s(tmp_path / "worker-data" / "raw" / "toy") == pushed
+    assert ensure_raw(card) == "present"
+
+    (dvc_repo / "data" / "raw" / "toy.dvc").unlink()
+    shutil.rmtree(tmp_path / "worker-data")
+    with pytest.raises(BadInput, match="no DVC pointer .* and no data mirror is set"):
+        ensure_raw(card)

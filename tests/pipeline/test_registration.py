@@ -85,3 +85,85 @@ def test_a_failed_replacement_keeps_the_registered_task(tracked_repo, monkeypatc
     with pytest.raises(BadInput):
         register_task(reviews(tracked_repo.parent / "other", offset=500), replace=True)
     assert project_snapshot(tracked_repo) == before
+
+
+# --- the task goes to git, so a worker that clones the branch can train it -----------------------
+
+def git(root, *args) -> str:
+    import subprocess
+
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def refs(root) -> dict[str, str]:
+    """Every branch of a repository and its commit."""
+    lines = git(root, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads").splitlines()
+    return dict(line.split() for line in lines)
+
+
+@pytest.fixture
+def published_repo(tracked_repo, tmp_path):
+    """The tracked repository with one commit on ``main`` and a bare ``origin`` that has it."""
+    git(tracked_repo, "checkout", "-q", "-b", "main")
+    git(tracked_repo, "add", "-A")
+    git(tracked_repo, "commit", "-qm", "project")
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    git(tracked_repo, "remote", "add", "origin", str(origin))
+    git(tracked_repo, "push", "-q", "origin", "main")
+    return tracked_repo, origin
+
+
+VERSIONED = {"data/tasks/reviews.yaml", "data/raw/reviews.dvc", "params.yaml", "dvc.lock"}
+
+
+def test_register_task_commits_the_task_on_the_checked_out_branch_and_pushes_it(published_repo):
+    root, origin = published_repo
+    before = git(root, "rev-parse", "HEAD")
+    result = register_task(reviews(root.parent / "sources"))
+    head = git(root, "rev-parse", "HEAD")
+    assert result["git"] == {"branch": "main", "commit": head, "pushed_to": "origin"} and head != before
+    assert result["card"] == "data/tasks/reviews.yaml" and result["pointer"] == "data/raw/reviews.dvc"
+    changed = set(git(root, "diff-tree", "--no-commit-id", "--name-only", "-r", head).splitlines())
+    assert VERSIONED <= changed <= VERSIONED | {"data/raw/.gitignore"}  # DVC's ignore entry for data/raw/reviews
+    assert git(origin, "rev-parse", "main") == head  # any clone of the branch now has the task
+    assert git(root, "status", "--porcelain", "--", *VERSIONED) == ""  # committed, index in step
+    assert "reviews" in yaml.safe_load(git(origin, "show", "main:params.yaml"))["tasks"]
+
+
+def test_register_task_on_a_named_branch_leaves_the_checkout_alone(published_repo):
+    root, origin = published_repo
+    main = git(root, "rev-parse", "main")
+    result = register_task(reviews(root.parent / "sources"), git_branch="tasks/reviews")
+    assert git(root, "symbolic-ref", "--short", "HEAD") == "main" and git(root, "rev-parse", "main") == main
+    sha = result["git"]["commit"]
+    assert git(root, "rev-parse", "tasks/reviews") == sha and git(root, "rev-parse", f"{sha}^") == main
+    assert git(origin, "rev-parse", "tasks/reviews") == sha
+    assert (root / "data" / "tasks" / "reviews.yaml").exists()  # the checkout keeps the files, uncommitted on main
+
+
+def test_a_rejected_git_push_puts_the_project_and_the_branch_back(published_repo):
+    root, origin = published_repo
+    hook = origin / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'no pushes today' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    before, branches = project_snapshot(root), refs(root)
+    with pytest.raises(BadInput, match="git push of branch main to origin failed"):
+        register_task(reviews(root.parent / "sources"))
+    assert project_snapshot(root) == before and refs(root) == branches
+
+
+def test_an_interrupt_after_the_commit_removes_a_new_branch(published_repo, monkeypatch):
+    root, _ = published_repo
+    before, branches = project_snapshot(root), refs(root)
+    monkeypatch.setattr(registration.git_repo, "push", fail_after(registration.git_repo.push, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        register_task(reviews(root.parent / "sources"), git_branch="tasks/reviews")
+    assert project_snapshot(root) == before and refs(root) == branches
+
+
+def test_a_detached_head_needs_a_branch_name(published_repo):
+    root, _ = published_repo
+    git(root, "checkout", "-q", "--detach")
+    with pytest.raises(BadInput, match="detached HEAD.*--git-branch"):
+        register_task(reviews(root.parent / "sources"))

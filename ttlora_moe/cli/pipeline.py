@@ -27,6 +27,10 @@ def tasks_add(
     metric: Annotated[str, typer.Option(help="Headline metric: accuracy, f1 (binary) or mcc.")] = "accuracy",
     description: Annotated[str, typer.Option(help="One line for `tasks list` and the model card.")] = "",
     replace: Annotated[bool, typer.Option("--replace", help="Replace an already registered task's data.")] = False,
+    git_branch: Annotated[str | None, typer.Option(
+        "--git-branch", help="Git branch to commit the task's card, DVC pointer, params.yaml and dvc.lock to (pushed "
+                             "when the repository has a remote, so any worker can clone and train it). Default: the "
+                             "checked-out branch.")] = None,
     train: Annotated[bool, typer.Option("--train", help="Then train its expert and register a new bundle (Prefect deployments + MLflow).")] = False,
     bundle: Annotated[bool, typer.Option("--bundle/--no-bundle", help="With --train: also build a new bundle.")] = True,
     deployment: Annotated[str, typer.Option(help="With --train: the deployments' name (train-expert/NAME, build-moe-bundle/NAME; see prefect.yaml).")] = "local",
@@ -47,7 +51,7 @@ def tasks_add(
     if train:  # fail before anything is written when what --train needs is missing
         _check_training_services(deployment, flows)
     with quiet_stdout(as_json):
-        result: dict[str, Any] = {"registered": register_task(spec, replace=replace)}
+        result: dict[str, Any] = {"registered": register_task(spec, replace=replace, git_branch=git_branch)}
         if train:
             print(f"task {name} registered; training its expert ({flows[0]})", file=sys.stderr)
             result["expert"] = _run_deployment(flows[0], {"task": name, "profile": profile})
@@ -58,8 +62,12 @@ def tasks_add(
     def render(r: dict[str, Any]) -> str:
         reg = r["registered"]
         rows = ", ".join(f"{k} {v}" for k, v in (reg.get("rows") or {}).items())
+        git = reg.get("git") or {}
+        committed = (f"committed to branch {git['branch']} ({git['commit'][:12]})" if git.get("commit")
+                     else f"unchanged on branch {git['branch']}" if git else "not in a git repository: commit it yourself")
+        pushed = f", pushed to {git['pushed_to']}" if git.get("pushed_to") else ""
         lines = [f"task {reg['task']} {'replaced' if reg['replaced'] else 'registered'}: labels {', '.join(reg['labels'])}; {rows}",
-                 f"card {reg['card']}; raw data tracked by {reg['pointer']} (commit it with git)"]
+                 f"card {reg['card']}; raw data tracked by {reg['pointer']}; {committed}{pushed}"]
         lines += [f"note: {note}" for note in reg["notes"]]
         if "expert" in r:
             lines.append(f"expert {r['expert']['model_uri']}: test accuracy {r['expert']['test_accuracy']:.4f}")

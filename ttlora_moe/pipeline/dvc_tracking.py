@@ -3,23 +3,26 @@
 The project root is a DVC repository (``.dvc/`` next to ``.git``). ``data/raw/<task>/`` is tracked
 with ``dvc add`` (the ``data/raw/<task>.dvc`` pointer goes to git, the bytes to the DVC remote);
 ``dvc.yaml``'s ``prepare`` stage (``foreach`` over ``tasks`` in params.yaml) writes
-``data/prepared/<task>/``.
+``data/prepared/<task>/``. A worker without a data mirror gets exactly one task's raw bytes from the
+DVC remote (:func:`ensure_raw`).
 
 ``python -m ttlora_moe.pipeline.dvc_tracking setup | import TASK...`` is what ``make demo`` runs.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ttlora_moe.data.cards import load_task_card
+from ttlora_moe.data.cards import TaskCard, load_task_card
 from ttlora_moe.data.prepared import prepared_md5
 from ttlora_moe.data.raw import import_raw, raw_complete
 from ttlora_moe.errors import BadInput
+from ttlora_moe.files import atomic_dir
 from ttlora_moe.params import load_params
-from ttlora_moe.paths import params_path
+from ttlora_moe.paths import data_root, params_path
 from ttlora_moe.pipeline.dvc import repo_root, run_dvc
 from ttlora_moe.pipeline.dvc_remote import (
     check_remote_credentials,
@@ -44,7 +47,7 @@ def track_raw(task: str, root: Path | None = None) -> Path:
     if not folder.is_dir() or not any(folder.iterdir()):
         raise BadInput(f"{folder} is missing or empty", f"import the raw data of {task!r} first")
     run_dvc(["add", "-q", str(folder.relative_to(root))], root, what=f"dvc add of {task}'s raw data")
-    return folder.with_name(f"{task}.dvc")
+    return pointer_path(task, root)
 
 
 def stage_name(task: str) -> str:
@@ -64,6 +67,52 @@ def push(targets: list[str] | None = None, root: Path | None = None) -> str:
 def pull(targets: list[str] | None = None, root: Path | None = None) -> str:
     """``dvc pull`` of ``targets`` (all when None)."""
     return run_dvc(["pull", "-q", *(targets or [])], root, what="dvc pull")
+
+
+def pointer_path(task: str, root: Path | None = None) -> Path:
+    """``data/raw/<task>.dvc``: the DVC pointer of the task's raw data (committed to git)."""
+    return raw_dir(task, root).with_name(f"{task}.dvc")
+
+
+def ensure_raw(card: TaskCard, root: Path | None = None) -> str:
+    """The raw data of ``card``'s task in ``data_root()/raw/<task>``; how it got there.
+
+    ``"present"``: already complete. ``"mirror"``: a data mirror is set (``TTLORA_DATA_MIRROR``), so
+    :func:`~ttlora_moe.data.prepare.ensure_prepared` imports from it. ``"pulled"``: no mirror, so the
+    bytes the task's committed pointer names come from the DVC remote (:func:`fetch_raw`).
+    """
+    if raw_complete(card, data_root() / "raw" / card.name):
+        return "present"
+    if os.environ.get("TTLORA_DATA_MIRROR"):
+        return "mirror"
+    fetch_raw(card.name, root)
+    return "pulled"
+
+
+def fetch_raw(task: str, root: Path | None = None) -> Path:
+    """Exactly ``task``'s raw data from the DVC remote into ``data_root()/raw/<task>``.
+
+    The remote is the one :func:`~ttlora_moe.pipeline.dvc_remote.ensure_remote` settles (the
+    environment's ``TTLORA_DVC_REMOTE``/``TTLORA_S3`` first). Into the checkout's own ``data/raw``:
+    ``dvc pull data/raw/<task>.dvc``; into another data folder (``TTLORA_DATA_DIR``): ``dvc get`` of
+    the same path, written atomically.
+    """
+    root = Path(root or repo_root())
+    pointer = pointer_path(task, root)
+    if not pointer.exists():
+        raise BadInput(f"task {task!r} has no DVC pointer {pointer} and no data mirror is set",
+                       "register it with `ttlora-moe tasks add` (it commits the pointer), or set TTLORA_DATA_MIRROR")
+    check_remote_credentials(root)
+    ensure_remote(root)
+    dest = data_root() / "raw" / task
+    if dest.resolve() == raw_dir(task, root).resolve():
+        pull([str(pointer.relative_to(root))], root)
+        return dest
+    with atomic_dir(dest) as tmp:
+        tmp.rmdir()  # `dvc get` makes its output folder itself
+        run_dvc(["get", "-q", str(root), str(raw_dir(task, root).relative_to(root)), "-o", str(tmp)], root,
+                what=f"dvc get of {task}'s raw data")
+    return dest
 
 
 def repro_prepare(task: str, root: Path | None = None, force: bool = False) -> dict[str, Any]:

@@ -1,14 +1,18 @@
 """Register a new task, the one way ``ttlora-moe tasks add`` and the ``register-task`` flow both use.
 
-:func:`register_task` goes VALIDATE -> WRITE -> TRACK -> PUSH, all or nothing:
+:func:`register_task` goes VALIDATE -> WRITE -> TRACK -> PUSH -> COMMIT, all or nothing:
 
 1. validate everything in a staging folder (:func:`~ttlora_moe.pipeline.task_validation.stage_task`);
    the project is not touched;
 2. write: the DVC repository and remote when missing, the card, the raw data, the params ``tasks`` list;
 3. track: ``dvc add data/raw/<task>``, ``dvc repro prepare@<task>``;
-4. push: ``dvc push`` of the pointer and the stage.
+4. push: ``dvc push`` of the pointer and the stage;
+5. commit: the card, the pointer, params.yaml and dvc.lock (and what ``dvc init`` made) on a git
+   branch (default: the checked-out one), pushed when the repository has a remote. Then a worker
+   that clones the branch finds the task and pulls its data from the DVC remote.
 
-Any failure in 2-4 (or an interrupt) puts every file those steps touch back as it was.
+Any failure in 2-5 (or an interrupt) puts every file those steps touch, and the branch, back as
+they were. Data already pushed to the DVC remote stays there: content-addressed, unreferenced.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ttlora_moe.data.cards import save_task_card
+from ttlora_moe.errors import BadInput
 from ttlora_moe.paths import params_path, tasks_dir
+from ttlora_moe.pipeline import git_repo
 from ttlora_moe.pipeline.dvc import repo_root
 from ttlora_moe.pipeline.dvc_remote import (
     check_remote_credentials,
@@ -29,6 +35,7 @@ from ttlora_moe.pipeline.dvc_remote import (
     ensure_repo,
 )
 from ttlora_moe.pipeline.dvc_tracking import (
+    pointer_path,
     prepared_dir,
     push,
     raw_dir,
@@ -40,29 +47,42 @@ from ttlora_moe.pipeline.params_file import add_to_task_list
 from ttlora_moe.pipeline.task_validation import StagedTask, TaskSpec, stage_task
 
 
-def register_task(spec: TaskSpec, replace: bool = False, push_data: bool = True, root: Path | None = None,
-                  params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate ``spec``'s dataset, then write its card and raw data, track and prepare it with DVC and push it.
+def register_task(spec: TaskSpec, replace: bool = False, publish: bool = True, root: Path | None = None,
+                  params: dict[str, Any] | None = None, git_branch: str | None = None) -> dict[str, Any]:
+    """Validate ``spec``'s dataset, then write its card and raw data, track and prepare it with DVC, push the
+    data, and commit the task to git on ``git_branch`` (default: the checked-out branch), pushed to the
+    branch's remote when there is one (``publish=False``: neither the data nor the commit is pushed).
 
     ``params`` (default: params.yaml) supplies the ``prepare`` section the validation prepares with.
-    Raises one BadInput line, with the project exactly as it was, when anything is wrong.
+    Raises one BadInput line, with the project and its branches exactly as they were, when anything is
+    wrong. Paths in the result are relative to the project root (``root``).
     """
     root = Path(root or repo_root())
     check_remote_credentials(root)
+    use_git = git_repo.is_repo(root)
+    if not use_git and git_branch:
+        raise BadInput(f"{root} is not a git repository: no branch {git_branch!r} to commit the task to",
+                       "run `git init` there, or leave out --git-branch")
+    branch = (git_branch or git_repo.current_branch(root)) if use_git else None
     staged = stage_task(spec, replace=replace, params=params, root=root)
     name = staged.card.name
     try:
         with restored_on_failure(_touched(name, root), staged.staging / "backup"):
-            prepared = _commit(staged, root, push_data)
+            prepared = _track(staged, root, publish)
+            commit = _commit_to_git(name, root, branch, publish) if branch else None
     finally:
         staged.discard()
-    return {"task": name, "card": str(tasks_dir() / f"{name}.yaml"), "raw": str(raw_dir(name, root)),
-            "pointer": str(raw_dir(name, root).with_name(f"{name}.dvc")), "replaced": staged.replace,
-            "labels": staged.card.label_names, "files": staged.card.files, "rows": staged.meta.get("rows"),
-            "notes": staged.notes, **prepared}
+
+    def rel(path: Path) -> str:
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+    return {"task": name, "card": rel(_card(name)), "raw": rel(raw_dir(name, root)), "pointer": rel(pointer_path(name, root)),
+            "replaced": staged.replace, "labels": staged.card.label_names, "files": staged.card.files,
+            "rows": staged.meta.get("rows"), "notes": staged.notes, "data_md5": prepared["data_md5"],
+            "prepared": rel(Path(prepared["prepared"])), "git": commit.to_dict() if commit else None}
 
 
-def _commit(staged: StagedTask, root: Path, push_data: bool) -> dict[str, Any]:
+def _track(staged: StagedTask, root: Path, publish: bool) -> dict[str, Any]:
     """WRITE, TRACK and PUSH a staged task (the caller restores the project if this raises)."""
     name = staged.card.name
     ensure_repo(root)
@@ -75,15 +95,34 @@ def _commit(staged: StagedTask, root: Path, push_data: bool) -> dict[str, Any]:
     add_to_task_list(name, params_path())
     pointer = track_raw(name, root)
     prepared = repro_prepare(name, root)
-    if push_data:
+    if publish:
         push([str(pointer.relative_to(root)), stage_name(name)], root)
     return prepared
+
+
+def _commit_to_git(name: str, root: Path, branch: str, publish: bool) -> git_repo.Commit:
+    """COMMIT what a worker needs to train task ``name`` on ``branch`` and push it (undone if the push fails)."""
+    with git_repo.committed(_versioned(name, root), f"Register task {name} (ttlora-moe tasks add)", branch, root) as commit:
+        if publish and commit.sha:
+            git_repo.push(commit, root)
+    return commit
+
+
+def _card(name: str) -> Path:
+    return tasks_dir() / f"{name}.yaml"
+
+
+def _versioned(name: str, root: Path) -> list[Path]:
+    """The files of task ``name`` that go to git: card, DVC pointer, params, dvc.lock, and what ``dvc init`` wrote."""
+    return [_card(name), pointer_path(name, root), params_path(), root / "dvc.lock", root / ".dvcignore",
+            root / ".dvc" / "config", root / ".dvc" / ".gitignore", root / "data" / "raw" / ".gitignore",
+            root / "data" / "prepared" / ".gitignore"]
 
 
 def _touched(name: str, root: Path) -> list[Path]:
     """Every path the commit of task ``name`` may create or change (DVC's cache and temp files aside)."""
     dvc_dir = root / ".dvc"
-    paths = [tasks_dir() / f"{name}.yaml", raw_dir(name, root), raw_dir(name, root).with_name(f"{name}.dvc"),
+    paths = [_card(name), raw_dir(name, root), pointer_path(name, root),
              params_path(), prepared_dir(name, root), root / "dvc.lock", root / "data" / "raw" / ".gitignore",
              root / "data" / "prepared" / ".gitignore", root / ".dvcignore",
              *([dvc_dir / "config", dvc_dir / "config.local"] if dvc_dir.is_dir() else [dvc_dir]),
