@@ -210,3 +210,44 @@ SHORT_MIXED_ROWS = [
     {"text": "bad", "text_pair": None},
     {"text": "premise true", "text_pair": "hypothesis false maybe"},
 ]
+
+
+# --- a toy multiple-choice task ---------------------------------------------------------------------
+
+CHOICE_WORDS = ["cat", "dog", "mat", "red", "blue", "green", "happy", "sad"]
+
+
+def choice_frame(n: int, options: int = 4, offset: int = 0) -> pd.DataFrame:
+    """Multiple-choice rows: ``context``, ``question``, answers ``answer0..`` and the ``label`` (the
+    position of the answer naming the context's word); also the answers as a struct column ``choices``."""
+    rows = []
+    for i in range(offset, offset + n):
+        word = CHOICE_WORDS[i % len(CHOICE_WORDS)]
+        others = [w for w in CHOICE_WORDS if w != word]
+        label = (i + i // len(CHOICE_WORDS)) % options
+        answers = [f"the {word}" if k == label else f"the {others[(i + k) % len(others)]}" for k in range(options)]
+        rows.append({"context": f"premise {i} the {word} sat on the mat", "question": "what sat on the mat",
+                     **{f"answer{k}": a for k, a in enumerate(answers)},
+                     "choices": {"label": [chr(65 + k) for k in range(options)], "text": answers}, "label": label})
+    return pd.DataFrame(rows)
+
+
+def choice_card(**kw) -> TaskCard:
+    """The card of :func:`choice_frame` data with four options in columns (``choices=...`` for others)."""
+    base = {"name": "quiz", "source": "quiz", "kind": "multiple_choice", "text": "{context} {question}",
+            "text_pair": None, "choices": [f"answer{k}" for k in range(4)], "label": "label",
+            "label_names": list("ABCD"), "label_values": [0, 1, 2, 3], "metric": "accuracy",
+            "files": {"train": "train.parquet", "test": "validation.parquet"}}
+    return TaskCard(**{**base, **kw})
+
+
+def add_choice_task(project: Path, rows: int = 240) -> None:
+    """The toy multiple-choice task ``quiz`` (four options) next to the project fixture's ``toy``."""
+    folder = project / "mirror" / "quiz"
+    folder.mkdir(parents=True)
+    choice_frame(rows).to_parquet(folder / "train.parquet")
+    choice_frame(40, offset=10_000).to_parquet(folder / "validation.parquet")
+    card = choice_card()
+    (project / "tasks" / "quiz.yaml").write_text(yaml.safe_dump({
+        "source": card.source, "kind": card.kind, "files": card.files, "text": card.text, "choices": card.choices,
+        "label": card.label, "label_names": card.label_names, "label_values": card.label_values}))

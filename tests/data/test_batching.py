@@ -1,11 +1,17 @@
-"""Batching rows into padded token tensors, and tokenising mixed single texts and pairs with segment ids."""
+"""Batching rows into padded token tensors, and tokenising mixed single texts and pairs with segment ids;
+every option of a multiple-choice row reaches the tokens."""
 
 from __future__ import annotations
 
+import pandas as pd
+import pytest
 import torch
 
-from tests.toys import SHORT_MIXED_ROWS
+from tests.toys import SHORT_MIXED_ROWS, choice_card, choice_frame
 from ttlora_moe.data.batching import Collator, tokenize
+from ttlora_moe.data.cards import load_task_card
+from ttlora_moe.data.choices import choice_inputs
+from ttlora_moe.data.clean import card_inputs
 
 
 def test_collator_pads_to_the_batch_and_truncates(tiny_bert):
@@ -41,3 +47,53 @@ def test_tokenize_matches_the_experts_collator_and_marks_segments(tiny_bert_base
     assert (seg[0] == 1).sum() == 0 and (seg[0] == 0).sum() == 4  # 4 words, CLS/SEP are -1
     assert (seg[1] == 0).sum() == 4 and (seg[1] == 1).sum() == 6
     assert (seg[batch["attention_mask"] == 0] == -1).all()
+
+
+def _contains(sequence: list[int], part: list[int]) -> bool:
+    return any(sequence[i : i + len(part)] == part for i in range(len(sequence) - len(part) + 1))
+
+
+def _options_kept(tokenizer, inputs, options: list[list[str]], max_length: int) -> list[bool]:
+    """Per row: whether every option's tokens are in the text_pair segment of the tokenized input."""
+    rows = [{"text": t, "text_pair": p} for t, p in zip(inputs["text"], inputs["text_pair"])]
+    batch = tokenize(tokenizer, rows, max_length)
+    kept = []
+    for ids, seg, row_options in zip(batch["input_ids"].tolist(), batch["segment_ids"].tolist(), options):
+        pair = [i for i, s in zip(ids, seg) if s == 1]
+        kept.append(all(_contains(pair, tokenizer(o, add_special_tokens=False)["input_ids"]) for o in row_options))
+    return kept
+
+
+def test_every_option_of_a_multiple_choice_row_is_in_the_tokenized_input(tiny_bert):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    frame = choice_frame(12)
+    inputs = choice_inputs(choice_card(), frame, "toy")
+    options = [[row[f"answer{k}"] for k in range(4)] for _, row in frame.iterrows()]
+    assert all(_options_kept(tokenizer, inputs, options, 64))
+    batch = Collator(tokenizer, 64)([{"text": t, "text_pair": p, "label": 0} for t, p in zip(inputs["text"], inputs["text_pair"])])
+    first = batch["input_ids"][0][batch["attention_mask"][0] == 1].tolist()
+    context = tokenizer(frame.loc[0, "context"], add_special_tokens=False)["input_ids"]
+    assert _contains(first, context) and all(_contains(first, tokenizer(o, add_special_tokens=False)["input_ids"])
+                                             for o in options[0])
+
+
+@pytest.mark.parametrize("task, max_length", [("csqa", 128), ("winogrande_l", 128), ("socialiqa", 128), ("cosmosqa", 256)])
+def test_real_options_survive_truncation_with_the_default_base_model(mirror, task, max_length):
+    if mirror is None:
+        pytest.skip("no dataset mirror (TTLORA_DATA_MIRROR or ../shared/datasets)")
+    from transformers import AutoTokenizer
+
+    from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, resolve_reference
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_reference(DEFAULT_BASE_MODEL)))
+    card = load_task_card(task)
+    frame = pd.read_parquet(mirror / card.source / "validation.parquet").head(400)
+    inputs = card_inputs(card, frame, task)
+    if isinstance(card.choices, list):
+        options = frame[card.choices].values.tolist()
+    else:
+        options = [list(c["text"]) for c in frame["choices"]]
+    kept = _options_kept(tokenizer, inputs, options, max_length)
+    assert all(kept), f"{task}: {len(kept) - sum(kept)} of {len(kept)} rows lose an option at {max_length} tokens"

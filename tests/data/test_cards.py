@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.toys import choice_card
 from ttlora_moe.data.cards import (
     LEGACY_UNLABELLED,
     TaskCard,
@@ -16,6 +17,7 @@ from ttlora_moe.data.cards import (
     save_task_card,
     validate_task_name,
 )
+from ttlora_moe.data.choices import MULTIPLE_CHOICE, choice_columns
 from ttlora_moe.errors import BadInput
 from ttlora_moe.paths import tasks_dir
 
@@ -114,7 +116,8 @@ def test_shipped_cards_match_the_real_mirror(mirror):
     if mirror is None:
         pytest.skip("no dataset mirror (TTLORA_DATA_MIRROR or ../shared/datasets)")
     names = list_tasks()
-    assert {"mnli", "cola", "rte", "sst2", "qnli", "qqp", "mrpc", "boolq", "sick", "cb"} <= set(names)
+    assert {"mnli", "cola", "rte", "sst2", "qnli", "qqp", "mrpc", "boolq", "sick", "cb",
+            "csqa", "winogrande_l", "socialiqa", "cosmosqa", "scitail"} <= set(names)
     for name in names:
         c = load_task_card(name)
         for role, pattern in c.files.items():
@@ -122,9 +125,42 @@ def test_shipped_cards_match_the_real_mirror(mirror):
             assert files, f"{name}: no {role} file {pattern}"
             frame = pd.read_parquet(files[0])
             columns = set(frame.columns)
-            assert {c.text, c.label, *([c.text_pair] if c.text_pair else [])} <= columns, (name, columns)
+            inputs = choice_columns(c) if c.kind == MULTIPLE_CHOICE else [c.text, *([c.text_pair] if c.text_pair else [])]
+            assert {c.label, *inputs} <= columns, (name, columns)
             if role == "unlabelled":  # labels, if any, are ignored
                 continue
             raw_labels = {v for v in frame[c.label].tolist() if v not in c.unlabelled_values}
             assert raw_labels == set(c.label_values) or role == "test" and raw_labels <= set(c.label_values), name
             assert "unlabelled_values" in (tasks_dir() / f"{name}.yaml").read_text(), f"{name}: say what it drops"
+
+
+def test_multiple_choice_cards_round_trip_and_classification_cards_keep_their_keys(tmp_path):
+    path = save_task_card(choice_card(choices="choices.text"), tmp_path)
+    assert "kind: multiple_choice" in path.read_text()
+    loaded = load_task_card("quiz", tmp_path)
+    assert loaded == choice_card(choices="choices.text") and loaded.num_labels == 4 and loaded.has_pair
+    assert "kind" not in save_task_card(card(), tmp_path).read_text()  # `tasks add` writes what it always wrote
+    assert not card().has_pair and card(text_pair="other").has_pair
+
+
+MC = "source: q\nkind: multiple_choice\nlabel: y\nlabel_values: [0, 1]\nfiles: {train: t.parquet}\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (MC + "text: '{q}'\nlabel_names: [A, B]\n", "choices must be a list of option columns or one list column, got None"),
+    (MC + "text: '{q}'\nlabel_names: [A, B]\nchoices: [a]\n", "at least two distinct option columns"),
+    (MC + "text: '{q}'\nlabel_names: [A, B]\nchoices: [a, a]\n", "at least two distinct option columns"),
+    (MC + "text: '{q}'\nlabel_names: [A, B]\nchoices: 'c.'\n", "one list column, got 'c.'"),
+    (MC + "text: '{q}'\nlabel_names: [first, second]\nchoices: [a, b]\n", "label_names \\['first', 'second'\\] must be the option letters"),
+    (MC + "text: '{q}'\nlabel_names: [A, B]\nchoices: [a, b, c]\n", "must be the option letters \\['A', 'B', 'C'\\]"),
+    (MC + "text: q\nlabel_names: [A, B]\nchoices: [a, b]\n", "text template 'q' names no column"),
+    (MC + "text: '{q}'\ntext_pair: p\nlabel_names: [A, B]\nchoices: [a, b]\n", "sets text_pair 'p'"),
+    (MC.replace("multiple_choice", "ranking") + "text: q\nlabel_names: [A, B]\n", "has kind 'ranking'"),
+    (MC.replace("kind: multiple_choice\n", "") + "text: q\nlabel_names: [A, B]\nchoices: [a, b]\n",
+     "lists choices but is not multiple choice"),
+])
+def test_malformed_multiple_choice_cards_are_one_line_errors(tmp_path, text, message):
+    (tmp_path / "toy.yaml").write_text(text)
+    with pytest.raises(BadInput, match=message) as info:
+        load_task_card("toy", tmp_path)
+    assert "\n" not in str(info.value)

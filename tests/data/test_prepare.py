@@ -7,11 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.toys import PREPARE_PARAMS, toy_card, write_toy
+from tests.toys import PREPARE_PARAMS, choice_card, choice_frame, toy_card, write_toy
 from ttlora_moe.data.cards import (
     load_task_card,
     save_task_card,
 )
+from ttlora_moe.data.choices import options_text
 from ttlora_moe.data.prepare import main, prepare_all, prepare_params, prepare_task
 from ttlora_moe.data.prepared import PREPARED_COLUMNS, load_split, prepared_md5
 from ttlora_moe.data.raw import import_raw
@@ -258,3 +259,71 @@ def test_real_sst2_and_cb_prepare(mirror, tmp_path):
     assert sorted(meta["raw_files"]) == ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet",
                                          "validation-00000-of-00001.parquet"]
     assert meta["rows"]["unlabelled"] == 1821  # GLUE's 1,821 hidden-label test sentences: router inputs only
+
+
+def test_multiple_choice_prepare_is_deterministic_and_shows_every_option(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    train, test = choice_frame(80), choice_frame(16, offset=1000)
+    train.to_parquet(raw / "train.parquet")
+    test.to_parquet(raw / "validation.parquet")
+    for name, card in (("columns", choice_card()), ("struct", choice_card(choices="choices.text"))):
+        first = prepare_task(card, raw, tmp_path / name, PREPARE_PARAMS)
+        again = prepare_task(card, raw, tmp_path / f"{name}-again", PREPARE_PARAMS)
+        assert first["md5"] == again["md5"] and first["rows"] == {"train": 64, "validation": 16, "test": 16}
+        assert first["labels"]["test"] == {"A": 4, "B": 4, "C": 4, "D": 4}
+        assert_disjoint(tmp_path / name)
+    assert first["md5"] == prepare_task(choice_card(), raw, tmp_path / "c2", PREPARE_PARAMS)["md5"]  # same rows either way
+    raws = {row["context"]: row for _, row in pd.concat([train, test]).iterrows()}
+    for split in SPLITS:
+        for r in load_split(tmp_path / "columns", split):
+            source = raws[r["text"].removesuffix(" what sat on the mat")]
+            assert r["text_pair"] == " ".join(f"({m}) {source[f'answer{k}']}" for k, m in enumerate("ABCD"))
+            assert r["label"] == source["label"]
+
+
+def test_multiple_choice_unlabelled_file_gives_option_rows(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    choice_frame(80).to_parquet(raw / "train.parquet")
+    choice_frame(16, offset=1000).to_parquet(raw / "validation.parquet")
+    choice_frame(12, offset=2000).assign(label=-1).to_parquet(raw / "test.parquet")
+    card = choice_card(files={"train": "train.parquet", "test": "validation.parquet", "unlabelled": "test.parquet"})
+    meta = prepare_task(card, raw, tmp_path / "out", PREPARE_PARAMS)
+    table = pd.read_parquet(tmp_path / "out" / "unlabelled.parquet")
+    assert meta["rows"]["unlabelled"] == len(table) == 12 and table["text_pair"].str.startswith("(A) the ").all()
+
+
+NEW_CARDS = {  # task: (options, label names, rows after prepare with the default params)
+    "csqa": (5, list("ABCDE"), {"train": 8766, "validation": 975, "test": 1221, "unlabelled": 1140}),
+    "winogrande_l": (2, list("AB"), {"train": 9208, "validation": 1024, "test": 1267, "unlabelled": 1767}),
+    "socialiqa": (3, list("ABC"), {"train": 31386, "validation": 2000, "test": 1935}),
+    "cosmosqa": (4, list("ABCD"), {"train": 2149, "validation": 239, "test": 597, "unlabelled": 2000}),
+    "scitail": (None, ["neutral", "entailment"], {"train": 1913, "validation": 213, "test": 1304}),
+}
+
+
+@pytest.mark.parametrize("task", sorted(NEW_CARDS))
+def test_real_new_cards_prepare_and_show_every_option(mirror, tmp_path, task):
+    if mirror is None:
+        pytest.skip("no dataset mirror (TTLORA_DATA_MIRROR or ../shared/datasets)")
+    options, names, rows = NEW_CARDS[task]
+    card = load_task_card(task)
+    meta = prepare_task(card, mirror / card.source, tmp_path / task, {})
+    assert meta["rows"] == rows and meta["label_names"] == names
+    assert_disjoint(tmp_path / task)
+    prepared = [r for s in SPLITS for r in load_split(tmp_path / task, s)]
+    if options is None:  # scitail: the plain sentences, never the parse trees
+        assert not any(r["text"].startswith("(") or r["text_pair"].startswith("(") for r in prepared)
+        return
+    assert all(r["text_pair"].count(") ") >= options for r in prepared)
+    raw = pd.concat([pd.read_parquet(mirror / card.source / card.files[role])
+                     for role in ("train", "test", "labelled") if role in card.files])
+    if task == "csqa":  # all five choices reach the model, in the order answerKey counts them
+        assert all(list(c["label"]) == list("ABCDE") for c in raw["choices"])
+        wanted = {(q, options_text(list(c["text"]))) for q, c in zip(raw["question"], raw["choices"])}
+    elif task == "winogrande_l":  # option2 reaches the model too
+        wanted = {(s, f"(A) {a} (B) {b}") for s, a, b in zip(raw["sentence"], raw["option1"], raw["option2"])}
+    else:
+        return
+    assert {(r["text"], r["text_pair"]) for r in prepared} <= wanted

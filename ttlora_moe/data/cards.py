@@ -16,10 +16,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ttlora_moe.data.choices import MULTIPLE_CHOICE, check_choice_card
 from ttlora_moe.errors import BadInput
 from ttlora_moe.paths import tasks_dir
 
 METRICS = ("accuracy", "f1", "mcc")
+CLASSIFICATION = "classification"
+KINDS = (CLASSIFICATION, MULTIPLE_CHOICE)
 # What a card without ``unlabelled_values`` drops: GLUE's hidden-label marker and blank labels
 # (cards written before the field existed; ``tasks add`` always writes the field).
 LEGACY_UNLABELLED = (-1, "", "nan", "none", "null")
@@ -36,8 +39,8 @@ class TaskCard:
 
     name: str                   # identifier: names the card file, the prepared folder and the expert
     source: str                 # folder under the data mirror, a local path, or a hub id ("owner/name[:config]")
-    text: str                   # input text column
-    text_pair: str | None       # second text column of a pair task, else None
+    text: str                   # input text column; multiple_choice: a template of columns, "{context} {question}"
+    text_pair: str | None       # second text column of a pair task, else None (multiple_choice: None, the options)
     label: str                  # raw label column
     label_names: list[str]      # human names; index = class id
     label_values: list[Any]     # raw values in the data (ints, strings or bools), aligned with label_names
@@ -47,10 +50,18 @@ class TaskCard:
     files: dict[str, str] = field(default_factory=dict)  # role (train | test | labelled | unlabelled) -> glob in the source
     notes: str = ""             # data quirks, copied into the prepared meta.json
     description: str = ""       # one line for `ttlora-moe tasks list` and the model card
+    kind: str = CLASSIFICATION  # classification | multiple_choice (see ttlora_moe/data/choices.py)
+    # multiple_choice: the option columns ([answerA, answerB]) or one list column ("choices.text": a struct's field)
+    choices: list[str] | str | None = None
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def has_pair(self) -> bool:
+        """Whether every input is a pair (a pair task, or multiple choice: the options are the pair)."""
+        return self.text_pair is not None or self.kind == MULTIPLE_CHOICE
 
     def validate(self) -> None:
         """Raise :class:`BadInput` when the card is inconsistent."""
@@ -93,6 +104,12 @@ class TaskCard:
                            f"map 'train' (and 'test') or 'labelled' to file patterns in the source folder (roles: {', '.join(FILE_ROLES)})")
         if "train" in self.files and "labelled" in self.files:
             raise BadInput(f"{where} has both a 'train' and a 'labelled' file", "use 'labelled' only when there is no train file")
+        if self.kind not in KINDS:
+            raise BadInput(f"{where} has kind {self.kind!r}", f"use one of {', '.join(KINDS)}")
+        if self.kind == MULTIPLE_CHOICE:
+            check_choice_card(self)
+        elif self.choices is not None:
+            raise BadInput(f"{where} lists choices but is not multiple choice", f"set kind: {MULTIPLE_CHOICE} or remove choices")
 
 
 def normalise(value: Any) -> str:
@@ -189,14 +206,17 @@ def load_task_card(name: str, directory: Path | None = None) -> TaskCard:
 
 
 def save_task_card(card: TaskCard, directory: Path | None = None) -> Path:
-    """Write ``<directory>/<name>.yaml`` atomically."""
+    """Write ``<directory>/<name>.yaml`` atomically (a classification card without the kind and choices keys)."""
     card.validate()
     directory = Path(directory or tasks_dir())
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{card.name}.yaml"
+    data = asdict(card)
+    if card.kind == CLASSIFICATION:
+        del data["kind"], data["choices"]
     with tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".{card.name}.", suffix=".tmp", delete=False) as fh:
         try:
-            yaml.safe_dump(asdict(card), fh, sort_keys=False, allow_unicode=True)
+            yaml.safe_dump(data, fh, sort_keys=False, allow_unicode=True)
         except BaseException:
             fh.close()
             os.unlink(fh.name)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ttlora_moe.data.cards import TaskCard, load_task_card
-from ttlora_moe.data.clean import to_rows
+from ttlora_moe.data.clean import blank_inputs, card_inputs, to_rows
 from ttlora_moe.data.prepared import (
     PREPARED_COLUMNS,
     SCHEMA,
@@ -81,18 +81,8 @@ def _unlabelled_inputs(card: TaskCard, df: pd.DataFrame, splits: dict[str, pd.Da
     Labels are ignored (GLUE test files hide them); the router only needs to know which task an
     input belongs to. Inputs already in train, validation or test are dropped (held-out hygiene).
     """
-    columns = [c for c in (card.text, card.text_pair) if c]
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise BadInput(f"column(s) {missing} of task {card.name!r} are not in its unlabelled file {card.files['unlabelled']!r}",
-                       "fix the task card")
-    out = pd.DataFrame({"text": df[card.text].astype("string"),
-                        "text_pair": (df[card.text_pair].astype("string") if card.text_pair
-                                      else pd.Series(pd.NA, index=df.index, dtype="string"))})
-    keep = pd.Series(True, index=out.index)
-    for column in ["text", "text_pair"] if card.text_pair else ["text"]:
-        keep &= out[column].notna() & (out[column].str.strip() != "")
-    out = out[keep.astype(bool)].drop_duplicates().reset_index(drop=True)
+    out = card_inputs(card, df, f"its unlabelled file {card.files['unlabelled']!r}")
+    out = out[~blank_inputs(card, out)].drop_duplicates().reset_index(drop=True)
     seen = set().union(*(set(input_key(s)) for s in splits.values()))
     out = shuffle(out[~input_key(out).isin(seen)].reset_index(drop=True), p["seed"] + 2)
     return out.iloc[: p["unlabelled_max_rows"] or len(out)].reset_index(drop=True)
