@@ -1,9 +1,10 @@
-"""The training loop: learning, best weights, resume after a kill."""
+"""The training loop: learning, best weights by the task's own metric, early stopping, resume after a kill."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from tests.toys import Collate, make_classifier, toy_rows
 from ttlora_moe.errors import BadInput
@@ -50,15 +51,17 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(tiny_bert
         torch.testing.assert_close(p, q, msg=name)
 
 
-def test_a_checkpoint_of_another_run_is_ignored(tiny_bert, tmp_path):
+@pytest.mark.parametrize("fingerprint, metric", [("b", "accuracy"), ("a", "mcc")])
+def test_a_checkpoint_of_another_run_is_ignored(tiny_bert, tmp_path, fingerprint, metric):
+    """Another fingerprint, or the same run selecting by another metric, starts afresh."""
     config = TrainConfig(**{**CONFIG, "epochs": 1})
     base, model = make_classifier(tiny_bert)
     train(model, toy_rows(32, 1), toy_rows(16, 2), Collate(base.tokenizer), config, "accuracy",
           checkpoint_dir=tmp_path, fingerprint="a", progress=False)
     base, model = make_classifier(tiny_bert)
-    result = train(model, toy_rows(32, 1), toy_rows(16, 2), Collate(base.tokenizer), config, "accuracy",
-                   checkpoint_dir=tmp_path, fingerprint="b", progress=False)
-    assert result.resumed_from_step == 0
+    result = train(model, toy_rows(32, 1), toy_rows(16, 2), Collate(base.tokenizer), config, metric,
+                   checkpoint_dir=tmp_path, fingerprint=fingerprint, progress=False)
+    assert result.resumed_from_step == 0 and result.selection["metric"] == metric
 
 
 def test_early_stopping_stops_and_a_resumed_stopped_run_trains_no_further(tiny_bert, tmp_path):
@@ -98,3 +101,65 @@ def test_a_torn_checkpoint_starts_a_fresh_run(tiny_bert, tmp_path, torn):
 def test_a_typo_in_head_mode_is_bad_input():
     with pytest.raises(BadInput, match="unknown train.head_mode 'froze'.*trainable, frozen"):
         TrainConfig.from_dict({"head_mode": "froze"})
+
+
+# Validation: 7 rows of class 0, 3 of class 1. Each model state is a table of validation logits.
+VAL_LABELS = [0] * 7 + [1] * 3
+MAJORITY = [[2.0, 0.0]] * 10  # all class 0: accuracy 0.7, MCC 0
+# 4 of 7 zeros and 2 of 3 ones right: accuracy 0.6 (lower) but MCC 0.22 (higher)
+INFORMED = [[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 3 + [[0.0, 1.0]] * 2 + [[1.0, 0.0]]
+CONFIDENT = [[3 * a, 3 * b] if i < 4 or 6 < i < 9 else [a, b] for i, (a, b) in enumerate(INFORMED)]  # same MCC, lower loss
+
+
+class ScriptedModel(nn.Module):
+    """A 'model' whose state after training step s is ``schedule[s - 1]``: its parameter is the state's index.
+
+    Inputs are row indices; the logits of row i are ``tables[state][i]``, so each validation pass sees
+    exactly the predictions the test chose. lr 0 keeps the parameter where the schedule put it.
+    """
+
+    def __init__(self, schedule: list[int], tables: list[list[list[float]]]):
+        super().__init__()
+        self.state = nn.Parameter(torch.zeros(1))
+        self.schedule, self.steps = schedule, 0
+        self.register_buffer("tables", torch.tensor(tables))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                self.state.fill_(self.schedule[self.steps])
+            self.steps += 1
+        return self.tables[int(self.state.item())][input_ids[:, 0]] + 0 * self.state
+
+
+def index_collate(rows):
+    ids = torch.tensor([[r["index"]] for r in rows])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([r["label"] for r in rows])}
+
+
+def run_scripted(schedule: list[int], metric: str, patience: int = 2):
+    rows = [{"index": i, "text": str(i), "label": y} for i, y in enumerate(VAL_LABELS)]
+    model = ScriptedModel(schedule, [MAJORITY, INFORMED, CONFIDENT])
+    config = TrainConfig(epochs=len(schedule), batch_size=len(rows), lr=0.0, head_lr=0.0, evals_per_epoch=1,
+                         patience=patience, warmup_ratio=0.0)
+    return model, train(model, rows, rows, index_collate, config, metric, progress=False)
+
+
+def test_selection_and_early_stopping_follow_the_task_metric_with_loss_breaking_ties():
+    schedule = [0, 1, 2, 0, 0, 0, 0, 0]  # majority, informed, informed but more confident, then majority
+    model, result = run_scripted(schedule, "mcc")
+    # MCC: 0, 0.22, 0.22 with lower loss (a tie broken by loss: an improvement), then two worse passes stop it
+    assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5] and result.steps == 5
+    assert result.best_step == 3 and model.state.item() == 2.0  # the confident informed state is the one kept
+    assert [round(h["val_accuracy"], 2) for h in result.history] == [0.7, 0.6, 0.6, 0.7, 0.7]
+    assert result.selection["metric"] == "mcc" and result.best_score == pytest.approx(result.history[2]["val_mcc"])
+    assert result.selection["best"] == pytest.approx(5 / 525**0.5)
+    assert result.selection["best_loss"] == pytest.approx(result.history[2]["val_loss"])
+    assert result.history[2]["val_loss"] < result.history[1]["val_loss"]
+
+    # The same run selected by accuracy keeps the majority state and stops two passes after it.
+    model, result = run_scripted(schedule, "accuracy")
+    assert result.best_step == 1 and model.state.item() == 0.0 and result.steps == 3
+    assert result.selection == {"metric": "accuracy", "best": pytest.approx(0.7), "best_step": 1,
+                                "best_loss": pytest.approx(result.history[0]["val_loss"])}
+

@@ -105,8 +105,10 @@ def train_expert(
     meta = {
         "task": task,
         "kind": adapter,
+        "task_kind": card.kind,
         "label_names": card.label_names,
         "metric": card.metric,
+        "selection": result.selection,
         "base_model": {"ref": ref, "fingerprint": base.fingerprint, "model_type": base.model_type,
                        "hidden_size": base.hidden_size},
         "tt": tt_config.to_dict(),
@@ -133,6 +135,7 @@ def train_expert(
         "test_accuracy": test["accuracy"],
         "test_metrics": test,
         "validation_accuracy": validation["accuracy"],
+        "selection": result.selection,
         "trainable_params": trainable,
         "head_params": head_params,
         "lora_r16_params": meta["lora_r16_params"],

@@ -1,5 +1,8 @@
 """The training loop: AdamW, evaluation on validation, early stopping, best weights, resume.
 
+Model selection is metric-true: the kept weights and early stopping follow the task's own metric on
+validation (MCC for CoLA, F1 for QQP and MRPC, accuracy otherwise), ties broken by lower loss.
+
 Reproducible: batch order comes from a generator seeded by ``(seed, epoch)`` and the global RNG is
 reseeded from ``(seed, step)`` before each step (dropout), so a run that is killed and resumed
 from its last checkpoint takes exactly the steps an uninterrupted run would have taken.
@@ -30,7 +33,7 @@ from ttlora_moe.experts.checkpoint import (
     save_checkpoint,
 )
 from ttlora_moe.experts.classifier import HEAD_MODES
-from ttlora_moe.experts.metrics import task_metrics
+from ttlora_moe.experts.metrics import headline, task_metrics
 from ttlora_moe.files import remove_dir
 
 
@@ -67,13 +70,14 @@ class TrainConfig(Section):
 class TrainResult:
     """What a finished run reports."""
 
-    best_score: float
+    best_score: float  # the selection metric of the kept weights on validation
     best_step: int
     steps: int
     history: list[dict[str, float]]
     resumed_from_step: int
     seconds: float
     samples_seen: int
+    selection: dict[str, Any]  # {"metric", "best", "best_loss", "best_step"}: how the kept weights were chosen
 
 
 def _autocast(enabled: bool, device: torch.device):
@@ -151,8 +155,10 @@ def train(
 ) -> TrainResult:
     """Train the parameters of ``model`` that require grad; leave the best ones loaded.
 
-    The selection score is validation accuracy (ties broken by lower validation loss). With a
-    ``checkpoint_dir`` the run saves every ``checkpoint_every`` steps and resumes from there.
+    The selection score is the task's ``metric`` on validation (:func:`headline`: f1, mcc, else
+    accuracy), ties broken by lower validation loss; early stopping counts the validation passes
+    that do not improve it. With a ``checkpoint_dir`` the run saves every ``checkpoint_every`` steps
+    and resumes from there (a checkpoint that selected by another metric is another run).
     """
     if not train_rows:
         raise BadInput("the training split is empty", "check the task's prepared data")
@@ -172,12 +178,12 @@ def train(
     }
     device = next(iter(params.values())).device
 
-    step, best_score, best_step, bad_evals = 0, (-1.0, -math.inf), 0, 0
+    step, best_score, best_step, bad_evals = 0, (-math.inf, -math.inf), 0, 0
     history: list[dict[str, float]] = []
     best_state = {n: p.detach().clone() for n, p in params.items()}
     resumed_from, stopped = 0, False
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
-    if saved and saved[1].get("fingerprint") == fingerprint:
+    if saved and saved[1].get("fingerprint") == fingerprint and saved[1].get("selection_metric") == metric:
         tensors, meta = saved
         with torch.no_grad():
             for n, p in params.items():
@@ -200,7 +206,7 @@ def train(
         meta = {
             "fingerprint": fingerprint, "step": step, "best_step": best_step, "bad_evals": bad_evals,
             "best_score": list(best_score), "history": history, "optimizer": opt_meta,
-            "scheduler": scheduler.state_dict(), "stopped": stopped,
+            "scheduler": scheduler.state_dict(), "stopped": stopped, "selection_metric": metric,
         }
         save_checkpoint(checkpoint_dir, tensors, meta)
 
@@ -243,8 +249,8 @@ def train(
                 running_loss, running_correct, running_seen = 0.0, 0, 0
                 if on_eval:
                     on_eval(record)
-                bar.write(f"step {step}: val_accuracy {scores['accuracy']:.4f} val_loss {scores['loss']:.4f}", file=sys.stderr)
-                score = (scores["accuracy"], -scores["loss"])
+                score = (headline(scores, metric), -scores["loss"])
+                bar.write(f"step {step}: val_{metric} {score[0]:.4f} val_loss {scores['loss']:.4f}", file=sys.stderr)
                 if score > best_score:
                     best_score, best_step, bad_evals = score, step, 0
                     best_state = {n: p.detach().clone() for n, p in params.items()}
@@ -262,8 +268,9 @@ def train(
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(best_state[n])
+    selection = {"metric": metric, "best": best_score[0], "best_loss": -best_score[1], "best_step": best_step}
     return TrainResult(best_score[0], best_step, step, history, resumed_from, time.perf_counter() - start_time,
-                       samples_seen)
+                       samples_seen, selection)
 
 
 def clear_checkpoint(checkpoint_dir: Path) -> None:
