@@ -1,7 +1,8 @@
 """Flow ``build-moe-bundle``: registered experts -> router -> evaluation -> gates -> ``ttlora-moe`` version.
 
-Experts come from the registry: every registered ``expert-<task>`` (or ``tasks``) at its latest
-version, at an ``alias``, or at ``versions`` pinned per task. The new ``ttlora-moe`` version's tags
+Experts come from the registry (downloaded, never a local folder): every registered
+``expert-<task>`` (or ``tasks``) at its latest version, at an ``alias``, or at ``versions`` pinned
+per task; the result is the registered ``ttlora-moe`` version. The new ``ttlora-moe`` version's tags
 pin each expert version; alias ``candidate`` moves to it only if the gates pass (thresholds
 ``bundle.min_router_accuracy`` and ``bundle.max_retention_drop`` in params.yaml). Promotion to
 ``champion`` is a person's decision (MLflow UI or ``ttlora-moe promote VERSION``). A bundle of the
@@ -13,7 +14,7 @@ same expert versions, params and code is built once: asking again returns the re
 
 from __future__ import annotations
 
-import datetime as dt
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows import check_services, work_dir
+from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.params import load_params
 from ttlora_moe.pipeline import gates as gate_checks
 from ttlora_moe.pipeline import models
@@ -31,7 +33,10 @@ from ttlora_moe.pipeline.bundles import (
     find_bundle,
     register_bundle,
 )
+from ttlora_moe.pipeline.dvc_tracking import ensure_raw
 from ttlora_moe.pipeline.mlflow_client import tracking_uri
+
+LOCAL_KEYS = ("bundle", "output", "plots")  # where a build wrote its files: on the machine that built it only
 
 
 @task(cache_policy=NO_CACHE)
@@ -40,40 +45,34 @@ def choose_experts(tasks: list[str] | None, versions: dict[str, int] | None, ali
     return models.select_experts(tasks, versions, alias)
 
 
-@task(cache_policy=NO_CACHE)
-def download_experts(experts: list[dict[str, Any]], dest: str) -> list[dict[str, Any]]:
-    """Download the chosen expert versions from the registry."""
-    return models.download_experts(experts, Path(dest))
+@task(cache_policy=NO_CACHE, task_run_name="bundle-{key}")
+def bundle(chosen: list[dict[str, Any]], params: dict[str, Any], key: str) -> dict[str, Any]:
+    """Download the chosen expert versions from the registry, train the router on cached base-model
+    features, evaluate on the experts' mixed test sets, check the gates and register the bundle.
 
-
-@task(cache_policy=NO_CACHE)
-def build(experts: list[dict[str, Any]], output: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Train the router on cached base-model features and write the bundle directory."""
+    All of it happens in one temporary working folder that does not outlive this task: what leaves
+    it is the registered version and its evaluation.
+    """
     from ttlora_moe.moe.build import build_bundle
-
-    return build_bundle([Path(e["dir"]) for e in experts], Path(output), params=params,
-                        versions={e["task"]: str(e["version"]) for e in experts}, progress=False)
-
-
-@task(cache_policy=NO_CACHE)
-def evaluate(bundle_dir: str, output: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate on the experts' mixed test sets: evaluation.json, plots, and the gates of ``bundle`` params."""
     from ttlora_moe.moe.evaluate import evaluate_bundle
 
-    return evaluate_bundle(Path(bundle_dir), params=params, output=Path(output), progress=False)
-
-
-@task(cache_policy=NO_CACHE)
-def check_gates(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """The evaluation's gates (router accuracy, retention; thresholds from params.yaml ``bundle``)."""
-    return gate_checks.check_gates(evaluation)
-
-
-@task(cache_policy=NO_CACHE)
-def register(bundle_dir: str, evaluation: dict[str, Any], gates: dict[str, Any], experts: list[dict[str, Any]],
-             evaluation_dir: str, params: dict[str, Any], key: str) -> dict[str, Any]:
-    """Register the bundle as a new ``ttlora-moe`` version (alias ``candidate`` if the gates pass)."""
-    return register_bundle(Path(bundle_dir), evaluation, gates, experts, Path(evaluation_dir), params, key)
+    logger = get_run_logger()
+    for expert in chosen:  # the router trains and the bundle is evaluated on the tasks' data: pull what is missing
+        ensure_raw(load_task_card(expert["task"]))
+    with tempfile.TemporaryDirectory(prefix="bundle-", dir=work_dir("bundles")) as tmp:
+        root = Path(tmp)
+        experts = models.download_experts(chosen, root / "experts")
+        built = build_bundle([Path(e["dir"]) for e in experts], root / "bundle", params=params,
+                             versions={e["task"]: str(e["version"]) for e in experts}, progress=False)
+        sec = built["seconds"]
+        logger.info("bundle of %d experts built in %.1f s: router trained in %.1f s on features of %d inputs "
+                    "(%d from the cache, %d computed in %.1f s)", len(experts), sec["total"], sec["router"],
+                    built["cache_hits"] + built["cache_misses"], built["cache_hits"], built["cache_misses"],
+                    sec["features"])
+        evaluation = evaluate_bundle(root / "bundle", params=params, output=root / "evaluation", progress=False)
+        gates = gate_checks.check_gates(evaluation)
+        result = register_bundle(root / "bundle", evaluation, gates, experts, root / "evaluation", params, key)
+    return {**result, "evaluation": evaluation}
 
 
 @flow(name="build-moe-bundle", flow_run_name="build-moe-bundle", persist_result=True, result_serializer="json")
@@ -94,16 +93,8 @@ def build_moe_bundle_flow(tasks: list[str] | None = None, versions: dict[str, in
         logger.info("ttlora-moe version %s already bundles %s with these params and code: nothing to do", existing,
                     ", ".join(f"{e['task']} v{e['version']}" for e in chosen))
         return unchanged(existing)
-    root = work_dir("bundles", dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
-    experts = download_experts(chosen, str(root / "experts"))
-    built = build(experts, str(root / "bundle"), params)
-    sec = built["seconds"]
-    logger.info("bundle of %d experts built in %.1f s: router trained in %.1f s on features of %d inputs "
-                "(%d from the cache, %d computed in %.1f s)", len(experts), sec["total"], sec["router"],
-                built["cache_hits"] + built["cache_misses"], built["cache_hits"], built["cache_misses"], sec["features"])
-    evaluation = evaluate(str(root / "bundle"), str(root / "evaluation"), params)
-    gates = check_gates(evaluation)
-    result = register(str(root / "bundle"), evaluation, gates, experts, str(root / "evaluation"), params, key)
+    result = bundle(chosen, params, key)
+    evaluation, gates = result.pop("evaluation"), result["gates"]
     if gates["passed"]:
         logger.info("%s version %s: gates passed, alias candidate", result["model"], result["version"])
     else:
@@ -125,7 +116,7 @@ def unchanged(version: int) -> dict[str, Any]:
 
 
 def _headline(evaluation: dict[str, Any]) -> dict[str, Any]:
-    return {"evaluation": {k: v for k, v in evaluation.items() if not isinstance(v, (dict, list))},
+    return {"evaluation": {k: v for k, v in evaluation.items() if not isinstance(v, (dict, list)) and k not in LOCAL_KEYS},
             "per_task": {t: {k: v for k, v in row.items() if not isinstance(v, (dict, list))}
                          for t, row in (evaluation.get("per_task") or {}).items()}}
 

@@ -2,6 +2,11 @@
 optionally with its expert and a new bundle. Existing experts are never retrained: the new bundle
 takes every other task's latest registered version.
 
+The data goes to the DVC remote and the card, pointer, params.yaml and dvc.lock are committed to the
+git branch ``git_branch`` (default: the branch the flow run's checkout is on) and pushed, so every
+worker can train the task. ``source`` must be readable where the flow runs: a hub id, or a path on
+that worker (for a ``remote`` deployment: a path inside its checkout or a mounted volume).
+
     prefect deployment run register-task/local --param name=reviews --param source=/data/reviews.csv \
         --param text=review --param label=stars --param train=true
 
@@ -25,9 +30,9 @@ from ttlora_moe.pipeline.task_validation import TaskSpec
 
 
 @task(cache_policy=NO_CACHE, task_run_name="register-{spec[name]}")
-def register(spec: dict[str, Any], replace: bool, params: dict[str, Any]) -> dict[str, Any]:
-    """Validate the dataset, then write, track (``dvc add``, ``dvc repro``) and push it: all or nothing."""
-    return register_task(TaskSpec(**spec), replace=replace, params=params)
+def register(spec: dict[str, Any], replace: bool, params: dict[str, Any], git_branch: str | None) -> dict[str, Any]:
+    """Validate the dataset, then write, track (``dvc add``, ``dvc repro``), push and commit it: all or nothing."""
+    return register_task(TaskSpec(**spec), replace=replace, params=params, git_branch=git_branch)
 
 
 @flow(name="register-task", flow_run_name="register-task-{name}", persist_result=True, result_serializer="json")
@@ -45,6 +50,7 @@ def register_task_flow(
     train: bool = False,
     build_bundle: bool = True,
     profile: str | None = None,
+    git_branch: str | None = None,
 ) -> dict[str, Any]:
     """Register a new task from ``source`` (a CSV/Parquet/JSONL file or folder, or a hub id).
 
@@ -58,8 +64,10 @@ def register_task_flow(
     spec = {"name": name, "source": source, "text": text, "text_pair": text_pair, "label": label,
             "label_names": label_names, "unlabelled_values": list(unlabelled_values or []), "metric": metric,
             "description": description}
-    result: dict[str, Any] = {"registered": register(spec, replace, params)}
-    logger.info("task %s registered: %s", name, result["registered"]["rows"])
+    result: dict[str, Any] = {"registered": register(spec, replace, params, git_branch)}
+    git = result["registered"]["git"] or {}
+    logger.info("task %s registered: %s; git branch %s at %s%s", name, result["registered"]["rows"], git.get("branch"),
+                git.get("commit"), f", pushed to {git['pushed_to']}" if git.get("pushed_to") else "")
     for note in result["registered"]["notes"]:
         logger.info("%s: %s", name, note)
     if train:

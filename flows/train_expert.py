@@ -1,11 +1,20 @@
 """Flow ``train-expert``: prepared data -> TT-LoRA expert -> MLflow run -> ``expert-<task>`` version
 -> the task's router features cached (so a bundle with this expert only trains the router).
 
+The data comes from the worker's data mirror or, on a worker without one, from the DVC remote
+(exactly the task's committed pointer, :func:`~ttlora_moe.pipeline.dvc_tracking.ensure_raw`); the
+expert goes to the MLflow registry. Nothing else leaves the flow run: its result is the registered
+version (``model_uri``), and the working copy of the expert stays inside the training task.
+
 Training and registration form one cached task, keyed on exactly what determines the expert: the
 task, the md5 of its prepared data, the ``train``/``tt``/``base_model`` params (with the base
 model's fingerprint), the code version (package + git commit) and the MLflow registry it goes to.
 Re-running with the same inputs returns the registered version without training again (Prefect
-persists the JSON result under ``PREFECT_HOME/storage``); ``force=True`` retrains.
+persists the JSON result in its result storage); ``force=True`` retrains. While it trains, the task
+holds one slot of the Prefect global concurrency limit ``gpu`` when one exists (``prefect gcl create
+gpu --limit M``: M experts train at once, however many workers run them). The MLflow run records
+the worker that trained it (tag ``ttlora.worker``: ``TTLORA_WORKER_NAME``, else the host name) and
+the flow run (``prefect.flow_run_id``).
 
     prefect deployment run train-expert/local --param task=sst2
 """
@@ -19,8 +28,10 @@ from typing import Any
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
 
-from flows import check_services, work_dir
+from flows import check_services, work_dir, worker_name
 from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.data.prepare import ensure_prepared
 from ttlora_moe.data.prepared import prepared_md5
@@ -29,17 +40,24 @@ from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, fingerprint
 from ttlora_moe.experts.job import train_expert
 from ttlora_moe.moe.router_data import cache_task_features
 from ttlora_moe.params import load_params, section
-from ttlora_moe.pipeline.mlflow_client import tracking_uri
+from ttlora_moe.pipeline.dvc_tracking import ensure_raw
+from ttlora_moe.pipeline.mlflow_client import client, tracking_uri
 from ttlora_moe.pipeline.models import has_version
 from ttlora_moe.pipeline.tracking import expert_run
 from ttlora_moe.provenance import code_version
 
 
+TRAINING_SLOTS = "gpu"  # the Prefect global concurrency limit a training run holds one slot of (when it exists)
+
+
 @task(cache_policy=NO_CACHE, task_run_name="prepare-{task_name}")
-def prepare_data(task_name: str, params: dict[str, Any]) -> dict[str, str]:
-    """The task's prepared splits (prepared from its raw data if missing) and their md5."""
-    prepared = ensure_prepared(load_task_card(task_name), params)
-    return {"dir": str(prepared), "data_md5": prepared_md5(prepared)}
+def prepare_data(task_name: str, params: dict[str, Any]) -> str:
+    """The md5 of the task's prepared splits, pulled (no mirror) or imported (mirror) and prepared when missing."""
+    card = load_task_card(task_name)
+    how = ensure_raw(card)
+    get_run_logger().info("%s: raw data %s", task_name, {"pulled": "pulled from the DVC remote",
+                                                         "mirror": "from the data mirror"}.get(how, "present"))
+    return prepared_md5(ensure_prepared(card, params))
 
 
 def expert_config(params: dict[str, Any]) -> dict[str, Any]:
@@ -53,13 +71,17 @@ def expert_config(params: dict[str, Any]) -> dict[str, Any]:
 @task(cache_policy=INPUTS, persist_result=True, result_serializer="json", task_run_name="train-and-register-{task_name}")
 def train_and_register(task_name: str, data_md5: str, config: dict[str, Any], code: dict[str, Any],
                        registry_uri: str) -> dict[str, Any]:
-    """Train the expert in an MLflow run and register it as a new ``expert-<task>`` version."""
+    """Train the expert in an MLflow run and register it as a new ``expert-<task>`` version (a registry
+    reference is returned; the local working copy is not)."""
     key = hashlib.sha256(json.dumps([data_md5, config, code], sort_keys=True).encode()).hexdigest()[:12]
     output = work_dir("experts") / f"{task_name}-{key}"
     params = {"train": config["train"], "tt": config["tt"], "base_model": config["base_model"]}
-    with expert_run(task_name, params, run_name=f"{task_name}-{key}") as run:
+    with concurrency(TRAINING_SLOTS, occupy=1), expert_run(task_name, params, run_name=f"{task_name}-{key}") as run:
+        client().set_tag(run.run_id, "ttlora.worker", worker_name())
+        client().set_tag(run.run_id, "prefect.flow_run_id", str(flow_run.get_id()))
         summary = train_expert(task_name, output, params=params, progress=False, on_eval=run.log_eval)
-        return run.register(summary)
+        registered = run.register(summary)
+    return {k: v for k, v in registered.items() if k != "artifact"}
 
 
 @task(cache_policy=NO_CACHE, task_run_name="router-features-{task_name}")
@@ -82,8 +104,8 @@ def train_expert_flow(task: str, profile: str | None = None, overrides: dict[str
         torch.set_num_threads(threads)
     params = load_params(profile=profile, overrides=overrides)
     check_services()
-    data = prepare_data(task, params)
-    inputs = (task, data["data_md5"], expert_config(params), code_version(), tracking_uri())
+    data_md5 = prepare_data(task, params)
+    inputs = (task, data_md5, expert_config(params), code_version(), tracking_uri())
     result = train_and_register.with_options(refresh_cache=force)(*inputs)
     if not has_version(result["model"], result["version"]):  # the cache outlived its registry
         logger.warning("%s version %s is gone from the registry: training again", result["model"], result["version"])

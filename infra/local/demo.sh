@@ -4,7 +4,7 @@
 #   1. infra/local/stack.sh up: Prefect server + process worker + MLflow server on 127.0.0.1 (.run/)
 #   2. DVC: init + default remote (idempotent; .dvc-remote/, or S3 with TTLORA_S3=1), then the six
 #      default tasks' raw data from the mirror under DVC: dvc add, dvc repro prepare@<task>, dvc push
-#   3. prefect deploy --all (prefect.yaml: four deployments on the process pool)
+#   3. prefect deploy --name local (prefect.yaml: the four `local` deployments on the process pool)
 #   4. prefect deployment run train-all-experts/local --param profile=demo --watch: one
 #      train-expert/local flow run per task (2 at a time), then build-moe-bundle
 #   5. the bundle's evaluation table and the UI URLs
@@ -46,7 +46,7 @@ say "data under DVC: ${TASKS[*]}"
 python -m ttlora_moe.pipeline.dvc_tracking import "${TASKS[@]}"
 
 say "deploying the flows (prefect.yaml) to pool $TTLORA_WORK_POOL"
-prefect --no-prompt deploy --all >"$TTLORA_RUN_DIR/logs/deploy.log" 2>&1 \
+prefect --no-prompt deploy --name local >"$TTLORA_RUN_DIR/logs/deploy.log" 2>&1 \
     || { tail -n 20 "$TTLORA_RUN_DIR/logs/deploy.log" >&2; echo "demo: error: prefect deploy failed (log: $TTLORA_RUN_DIR/logs/deploy.log)" >&2; exit 1; }
 prefect deployment ls 2>/dev/null | grep -E "local" >&2 || true
 

@@ -80,12 +80,17 @@ def versions(name: str) -> list[int]:
     return sorted(int(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'"))
 
 
-def test_train_expert_is_cached_on_data_params_and_code(project):
+def test_train_expert_is_cached_on_data_params_and_code(project, monkeypatch):
+    from mlflow import MlflowClient
+
     from flows.train_expert import train_expert_flow
     from ttlora_moe.moe.feature_cache import features_dir
 
+    monkeypatch.setenv("TTLORA_WORKER_NAME", "worker-x")
     first = train_expert_flow(task="toy")
     assert first["version"] == 1 and first["model_uri"] == "models:/expert-toy/1"
+    assert "artifact" not in first  # a registry version, not a folder on this machine
+    assert MlflowClient().get_run(first["run_id"]).data.tags["ttlora.worker"] == "worker-x"
     assert list(features_dir().rglob("*.safetensors")), "the router features of the task were not cached"
     again = train_expert_flow(task="toy")  # same data md5, params and code: no training, same version
     assert again["version"] == 1 and again["run_id"] == first["run_id"] and versions("expert-toy") == [1]
@@ -207,3 +212,47 @@ def test_register_task_from_csv_trains_only_the_new_expert(project, tmp_path):
     bundle = result["bundle"]
     assert bundle["version"] == max(bundles_before) + 1
     assert bundle["experts"] == {"reviews": 1, "toy": max(before["toy"]), "toy2": max(before["toy2"])}
+
+
+@pytest.fixture
+def gpu_limit():
+    """``set(n)``: the Prefect global concurrency limit ``gpu`` at ``n`` slots (removed after the test)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+
+    with get_client(sync_client=True) as client:
+        def set_limit(n: int) -> None:
+            try:
+                client.update_global_concurrency_limit("gpu", GlobalConcurrencyLimitUpdate(limit=n))
+            except Exception:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=n))
+
+        yield set_limit
+        client.delete_global_concurrency_limit_by_name("gpu")
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_the_gpu_limit_decides_how_many_experts_train_at_once(project, monkeypatch, gpu_limit, slots):
+    """N experts share M GPUs: two train-expert runs at once train one after the other with ``gpu`` at 1
+    slot, side by side with 2 (each training is held open long enough to overlap if it may)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import flows.train_expert as module
+
+    intervals, real = [], module.train_expert
+
+    def timed(*args, **kwargs):
+        start = time.monotonic()
+        try:
+            time.sleep(1.5)
+            return real(*args, **kwargs)
+        finally:
+            intervals.append((start, time.monotonic()))
+
+    monkeypatch.setattr(module, "train_expert", timed)
+    gpu_limit(slots)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda t: module.train_expert_flow(task=t, force=True), ["toy", "toy2"]))
+    assert [r["model"] for r in results] == ["expert-toy", "expert-toy2"]
+    (_, first_end), (second_start, _) = sorted(intervals)
+    assert (first_end <= second_start) == (slots == 1)

@@ -98,7 +98,7 @@ def _check_training_services(deployment: str, deployments: list[str]) -> None:
                 client.read_deployment_by_name(name)
             except ObjectNotFound:
                 raise BadInput(f"deployment {name} does not exist on the Prefect server",
-                               "deploy the flows (prefect --no-prompt deploy --all, see prefect.yaml) or pass --deployment") from None
+                               "deploy the flows (prefect --no-prompt deploy --name local, or --name remote; see prefect.yaml) or pass --deployment") from None
 
 
 def _run_deployment(name: str, parameters: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ DVC remote (:func:`ensure_raw`).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,11 @@ def ensure_raw(card: TaskCard, root: Path | None = None) -> str:
 def fetch_raw(task: str, root: Path | None = None) -> Path:
     """Exactly ``task``'s raw data from the DVC remote into ``data_root()/raw/<task>``.
 
-    The remote is the one :func:`~ttlora_moe.pipeline.dvc_remote.ensure_remote` settles (the
-    environment's ``TTLORA_DVC_REMOTE``/``TTLORA_S3`` first). Into the checkout's own ``data/raw``:
-    ``dvc pull data/raw/<task>.dvc``; into another data folder (``TTLORA_DATA_DIR``): ``dvc get`` of
-    the same path, written atomically.
+    ``dvc pull data/raw/<task>.dvc`` into the checkout (the remote is the one
+    :func:`~ttlora_moe.pipeline.dvc_remote.ensure_remote` settles: the environment's
+    ``TTLORA_DVC_REMOTE``/``TTLORA_S3`` first), then, for a data folder of the worker's own
+    (``TTLORA_DATA_DIR``), a copy there, written atomically. (``dvc get`` would skip the checkout but
+    cannot see outputs that the project's ``/data/raw/*`` gitignore rule hides.)
     """
     root = Path(root or repo_root())
     pointer = pointer_path(task, root)
@@ -104,14 +106,11 @@ def fetch_raw(task: str, root: Path | None = None) -> Path:
                        "register it with `ttlora-moe tasks add` (it commits the pointer), or set TTLORA_DATA_MIRROR")
     check_remote_credentials(root)
     ensure_remote(root)
-    dest = data_root() / "raw" / task
-    if dest.resolve() == raw_dir(task, root).resolve():
-        pull([str(pointer.relative_to(root))], root)
-        return dest
-    with atomic_dir(dest) as tmp:
-        tmp.rmdir()  # `dvc get` makes its output folder itself
-        run_dvc(["get", "-q", str(root), str(raw_dir(task, root).relative_to(root)), "-o", str(tmp)], root,
-                what=f"dvc get of {task}'s raw data")
+    pull([str(pointer.relative_to(root))], root)
+    pulled, dest = raw_dir(task, root), data_root() / "raw" / task
+    if dest.resolve() != pulled.resolve():
+        with atomic_dir(dest) as tmp:
+            shutil.copytree(pulled, tmp, dirs_exist_ok=True)
     return dest
 
 
