@@ -5,7 +5,10 @@
 #
 # The CSV is built from the mirror's BoolQ training file with renamed columns and string labels:
 #   query, context, verdict (yes/no)  ->  task `yesno` (a pair task: query + context)
-# Settings: TTLORA_ADD_TASK (yesno), TTLORA_ADD_TASK_ROWS (3000), TTLORA_DEMO_PROFILE (demo).
+# The task is committed to the side branch demo/<task> (TTLORA_ADD_TASK_BRANCH), not to the checked-out
+# one; like every registration it is pushed when the repository has a remote `origin`.
+# Settings: TTLORA_ADD_TASK (yesno), TTLORA_ADD_TASK_ROWS (3000), TTLORA_DEMO_PROFILE (demo),
+# TTLORA_ADD_TASK_BRANCH (demo/<task>).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -16,6 +19,7 @@ RUN=${TTLORA_RUN_DIR:-$ROOT/.run}
 TASK=${TTLORA_ADD_TASK:-yesno}
 ROWS=${TTLORA_ADD_TASK_ROWS:-3000}
 PROFILE=${TTLORA_DEMO_PROFILE:-demo}
+BRANCH=${TTLORA_ADD_TASK_BRANCH:-demo/$TASK}
 export TTLORA_DATA_MIRROR=${TTLORA_DATA_MIRROR:-$(cd "$ROOT/.." && pwd)/shared/datasets}
 die() { echo "demo-add-task: error: $1" >&2; exit "${2:-1}"; }
 
@@ -41,7 +45,7 @@ versions() {  # the latest version of every expert-* model, one "name version" p
 before=$(versions)
 ttlora-moe tasks add "$TASK" --source "$CSV" --text query --text-pair context --label verdict \
     --label-names no,yes --description "yes/no questions about a passage (CSV import)" --replace \
-    --train --profile "$PROFILE"
+    --git-branch "$BRANCH" --train --profile "$PROFILE"
 after=$(versions)
 unchanged=$(comm -12 <(echo "$before") <(echo "$after") | wc -l)
 echo "expert versions before: $(echo "$before" | tr '\n' ' ')" >&2
