@@ -162,8 +162,15 @@ def test_an_interrupt_after_the_commit_removes_a_new_branch(published_repo, monk
     assert project_snapshot(root) == before and refs(root) == branches
 
 
-def test_a_detached_head_needs_a_branch_name(published_repo):
+@pytest.mark.parametrize("detach, branch, error", [
+    (True, None, "detached HEAD.*--git-branch"),
+    (False, "no..dots", "'no..dots' is not a valid git branch name"),
+])
+def test_no_branch_to_commit_to_is_refused_before_anything_is_written(published_repo, detach, branch, error):
     root, _ = published_repo
-    git(root, "checkout", "-q", "--detach")
-    with pytest.raises(BadInput, match="detached HEAD.*--git-branch"):
-        register_task(reviews(root.parent / "sources"))
+    if detach:
+        git(root, "checkout", "-q", "--detach")
+    before, branches = project_snapshot(root), refs(root)
+    with pytest.raises(BadInput, match=error):
+        register_task(reviews(root.parent / "sources"), git_branch=branch)
+    assert project_snapshot(root) == before and refs(root) == branches

@@ -66,21 +66,27 @@ def current_branch(root: Path) -> str:
     return branch
 
 
+def target_branch(root: Path, name: str | None = None) -> str:
+    """The branch to commit to: ``name`` (one BadInput line if git would refuse it), else the checked-out one."""
+    if name is None:
+        return current_branch(root)
+    if not git(["check-ref-format", "--branch", name], root, check=False):
+        raise BadInput(f"{name!r} is not a valid git branch name", "pass --git-branch a name like tasks/reviews")
+    return name
+
+
 def tip(branch: str, root: Path) -> str | None:
     """The commit ``branch`` points at, or None when it does not exist (or has no commit yet)."""
     return git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}"], root, check=False) or None
 
 
-def commit_paths(paths: list[Path], message: str, branch: str | None = None, root: Path | None = None) -> Commit:
+def commit_paths(paths: list[Path], message: str, branch: str, root: Path) -> Commit:
     """Commit the working-tree content of ``paths`` (inside ``root``; ignored ones skipped) on top of ``branch``.
 
-    ``branch`` defaults to the checked-out one; a missing branch starts at HEAD. When it is the
-    checked-out branch, the index entries of ``paths`` follow the commit (so they show no change).
+    A missing branch starts at HEAD. When ``branch`` is the checked-out one, the index entries of
+    ``paths`` follow the commit (so they show no change).
     """
-    root = Path(root or Path.cwd())
     checked_out = git(["symbolic-ref", "--quiet", "--short", "HEAD"], root, check=False)
-    branch = branch or current_branch(root)
-    git(["check-ref-format", "--branch", branch], root)
     previous = tip(branch, root)
     parent = previous or git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], root, check=False) or None
     with tempfile.TemporaryDirectory(prefix="ttlora-git-") as tmp:
@@ -155,7 +161,7 @@ def push(commit: Commit, root: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def committed(paths: list[Path], message: str, branch: str | None, root: Path) -> Iterator[Commit]:
+def committed(paths: list[Path], message: str, branch: str, root: Path) -> Iterator[Commit]:
     """:func:`commit_paths`, undone (:func:`undo`) if the block raises."""
     commit = commit_paths(paths, message, branch, root)
     try:

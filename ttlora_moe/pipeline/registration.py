@@ -63,7 +63,7 @@ def register_task(spec: TaskSpec, replace: bool = False, publish: bool = True, r
     if not use_git and git_branch:
         raise BadInput(f"{root} is not a git repository: no branch {git_branch!r} to commit the task to",
                        "run `git init` there, or leave out --git-branch")
-    branch = (git_branch or git_repo.current_branch(root)) if use_git else None
+    branch = git_repo.target_branch(root, git_branch) if use_git else None
     staged = stage_task(spec, replace=replace, params=params, root=root)
     name = staged.card.name
     try:
