@@ -64,6 +64,13 @@ def test_dvc_errors_are_one_line(dvc_repo):
     ensure_repo()
     with pytest.raises(BadInput, match="missing or empty"):
         track_raw("toy")
+    configure_remote()
+    import_task("toy")
+    for folder in (dvc_repo / ".dvc-remote", dvc_repo / ".dvc" / "cache", dvc_repo / "data" / "raw" / "toy"):
+        shutil.rmtree(folder)
+    with pytest.raises(BadInput) as error:  # DVC's own reason, not its "Having any troubles?" footer
+        pull(["data/raw/toy.dvc"])
+    assert "dvc pull failed: failed to pull data from the cloud" in str(error.value), error.value
 
 
 def test_a_worker_without_a_mirror_gets_exactly_the_tasks_bytes_from_the_remote(dvc_repo, tmp_path, monkeypatch):

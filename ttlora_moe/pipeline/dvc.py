@@ -44,7 +44,11 @@ def _env() -> dict[str, str]:
 
 
 def run_dvc(args: list[str], root: Path | None = None, what: str | None = None) -> str:
-    """Run ``dvc ARGS`` in ``root``; return stdout, or raise one BadInput line on failure."""
+    """Run ``dvc ARGS`` in ``root``; return stdout, or raise one BadInput line on failure.
+
+    Never pass ``-q``: DVC's quiet mode drops its ``ERROR:`` line too, the line the failure reports
+    (the output is captured anyway).
+    """
     root = Path(root or project_dir())
     try:
         done = subprocess.run(dvc_command() + args, cwd=root, env=_env(), capture_output=True, text=True,

@@ -36,7 +36,7 @@ def ensure_repo(root: Path | None = None) -> bool:
     root = Path(root or repo_root())
     created = False
     if not (root / ".dvc").is_dir():
-        run_dvc(["init", "-q"] + ([] if (root / ".git").exists() else ["--no-scm"]), root)
+        run_dvc(["init"] + ([] if (root / ".git").exists() else ["--no-scm"]), root)
         created = True
     ignore = root / ".dvcignore"
     lines = ignore.read_text().splitlines() if ignore.exists() else []

@@ -47,7 +47,7 @@ def track_raw(task: str, root: Path | None = None) -> Path:
     folder = raw_dir(task, root)
     if not folder.is_dir() or not any(folder.iterdir()):
         raise BadInput(f"{folder} is missing or empty", f"import the raw data of {task!r} first")
-    run_dvc(["add", "-q", str(folder.relative_to(root))], root, what=f"dvc add of {task}'s raw data")
+    run_dvc(["add", str(folder.relative_to(root))], root, what=f"dvc add of {task}'s raw data")
     return pointer_path(task, root)
 
 
@@ -62,12 +62,12 @@ def push(targets: list[str] | None = None, root: Path | None = None) -> str:
     Targets are named explicitly because DVC 3 does not find ``data/raw/*.dvc`` pointers that a
     ``.gitignore`` glob over ``data/raw/`` would also match.
     """
-    return run_dvc(["push", "-q", *(targets or [])], root, what="dvc push")
+    return run_dvc(["push", *(targets or [])], root, what="dvc push")
 
 
 def pull(targets: list[str] | None = None, root: Path | None = None) -> str:
     """``dvc pull`` of ``targets`` (all when None)."""
-    return run_dvc(["pull", "-q", *(targets or [])], root, what="dvc pull")
+    return run_dvc(["pull", *(targets or [])], root, what="dvc pull")
 
 
 def pointer_path(task: str, root: Path | None = None) -> Path:
@@ -117,7 +117,7 @@ def fetch_raw(task: str, root: Path | None = None) -> Path:
 def repro_prepare(task: str, root: Path | None = None, force: bool = False) -> dict[str, Any]:
     """``dvc repro prepare@<task>``: (re)write ``data/prepared/<task>`` when its inputs changed."""
     root = Path(root or repo_root())
-    run_dvc(["repro", "-q", *(["--force"] if force else []), stage_name(task)], root,
+    run_dvc(["repro", *(["--force"] if force else []), stage_name(task)], root,
             what=f"dvc repro {stage_name(task)}")
     folder = prepared_dir(task, root)
     return {"task": task, "prepared": str(folder), "data_md5": prepared_md5(folder)}
