@@ -47,8 +47,14 @@ def train_one(task_name: str, profile: str | None, use_deployments: bool, deploy
     """Train one expert: as a flow run of the deployment, or as a subflow in this process."""
     if not use_deployments:
         return train_expert_flow(task=task_name, profile=profile, threads=threads)
-    run = run_deployment(deployment, parameters={"task": task_name, "profile": profile, "threads": threads}, timeout=None,
-                         flow_run_name=f"train-expert-{task_name}")
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        run = run_deployment(deployment, parameters={"task": task_name, "profile": profile, "threads": threads},
+                             timeout=None, flow_run_name=f"train-expert-{task_name}")
+    except ObjectNotFound:
+        raise BadInput(f"deployment {deployment} does not exist on the Prefect server",
+                       "deploy the flows (prefect --no-prompt deploy --name local, or --name remote)") from None
     if not run.state or not run.state.is_completed():
         state = run.state.name if run.state else "unknown"
         raise RuntimeError(f"flow run {run.name} of {deployment} ended {state}: {run.state.message if run.state else ''}")
@@ -110,8 +116,11 @@ def train_all_experts_flow(
 def _failure_line(state) -> str:
     try:
         state.result()
-    except Exception as exc:  # the task's own exception, e.g. BadInput
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except BadInput as exc:  # already says what is wrong
+        return str(exc).splitlines()[0]
+    except Exception as exc:  # the task's own exception; one without a message (or "None") by its type
+        message = (str(exc).splitlines() or [""])[0]
+        return message if message and message != "None" else type(exc).__name__
     return state.message or state.name
 
 

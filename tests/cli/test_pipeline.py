@@ -308,7 +308,9 @@ class FakePrefect:
     def __init__(self, monkeypatch, deployments: set[str], results: dict[str, dict], completed: bool = True):
         import prefect.client.orchestration
         import prefect.deployments
+        import prefect.deployments.flow_runs
 
+        # (monkeypatch reads prefect.deployments.run_deployment, a lazy attribute), it would keep the fake for good
         from ttlora_moe.pipeline import services
 
         self.deployments, self.results, self.completed, self.runs = deployments, results, completed, []
@@ -432,7 +434,8 @@ def test_promote(repo, capsys):
     code, out, err = run_cli(capsys, "promote", str(good), "--json")
     assert code == 0, err
     assert json.loads(out) == {"model": "ttlora-moe", "alias": "champion", "version": int(good), "previous": None,
-                               "gates_passed": True, "forced": False, "model_uri": "models:/ttlora-moe@champion"}
+                               "gates_passed": True, "forced": False, "model_uri": "models:/ttlora-moe@champion",
+                               "comparison": []}  # nothing promoted before it
     code, out, err = run_cli(capsys, "promote", str(bad))
     assert code == 2 and out == ""
     assert f"version {bad} failed its gates (router_test_accuracy 0.610 < 0.950)" in err and "--force" in err

@@ -15,6 +15,8 @@ import pytest
 from tests.conftest import S3_ENV
 from tests.distributed.conftest import BUCKET, TASKS, Cluster, git
 
+pytestmark = pytest.mark.distributed
+
 
 def strings(value: Any) -> Iterator[str]:
     """Every string in a JSON-like value, keys included."""
@@ -50,7 +52,14 @@ def orchestrator(cluster: Cluster, tmp_path, monkeypatch) -> Iterator[Path]:
     monkeypatch.chdir(checkout)  # the base model reference models/tiny-bert is a path in the checkout
     mlflow.set_tracking_uri(cluster.mlflow_url)
     with temporary_settings({PREFECT_API_URL: cluster.api_url}):
-        yield checkout
+        try:
+            yield checkout
+        finally:  # this process's events and logs reach the server before the cluster stops: none left to retry at exit
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            EventsWorker.drain_all(timeout=60)
+            APILogWorker.drain_all(timeout=60)
     mlflow.set_tracking_uri(None)
 
 
@@ -61,8 +70,12 @@ def test_experts_train_on_both_workers_and_the_bundle_comes_from_the_registry(cl
     from flows.train_all_experts import train_all_experts_flow
 
     assert all(r["git"]["pushed_to"] == "origin" for r in cluster.registered.values())  # registered from clone A
-    summary = train_all_experts_flow(tasks=list(TASKS), concurrency=3, retries=0, use_deployments=True,
-                                     deployment="train-expert/remote", threads_per_expert=1)
+    try:
+        summary = train_all_experts_flow(tasks=list(TASKS), concurrency=3, retries=0, use_deployments=True,
+                                         deployment="train-expert/remote", threads_per_expert=1)
+    except Exception as exc:  # what the workers saw says why
+        tails = "\n".join(f"--- {name} ---\n{worker.tail(60)}" for name, worker in cluster.workers.items())
+        raise AssertionError(f"train-all-experts failed: {exc}\n{tails}") from exc
     assert summary["failed"] == {} and set(summary["trained"]) == set(TASKS), summary
 
     client, head = MlflowClient(), git(cluster.origin, "rev-parse", "main")
