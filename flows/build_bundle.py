@@ -3,8 +3,9 @@
 Experts come from the registry (downloaded, never a local folder): every registered
 ``expert-<task>`` (or ``tasks``) at its latest version, at an ``alias``, or at ``versions`` pinned
 per task; the result is the registered ``ttlora-moe`` version. The new ``ttlora-moe`` version's tags
-pin each expert version; alias ``candidate`` moves to it only if the gates pass (thresholds
-``bundle.min_router_accuracy`` and ``bundle.max_retention_drop`` in params.yaml). Promotion to
+pin each expert version; alias ``candidate`` moves to it only if the gates pass (params.yaml
+``bundle``: router accuracy, out-of-scope AUROC, per-task floors, and no task worse than the
+``champion`` on the same rows; see ttlora_moe/moe/gates.py). Promotion to
 ``champion`` is a person's decision (MLflow UI or ``ttlora-moe promote VERSION``). A bundle of the
 same expert versions, params and code is built once: asking again returns the registered version.
 
@@ -24,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import check_services, work_dir
 from ttlora_moe.data.cards import load_task_card
+from ttlora_moe.files import write_json
 from ttlora_moe.params import load_params
 from ttlora_moe.pipeline import gates as gate_checks
 from ttlora_moe.pipeline import models
@@ -33,6 +35,7 @@ from ttlora_moe.pipeline.bundles import (
     find_bundle,
     register_bundle,
 )
+from ttlora_moe.pipeline.champion import compare_with_champion, comparison_markdown
 from ttlora_moe.pipeline.dvc_tracking import ensure_raw
 from ttlora_moe.pipeline.mlflow_client import tracking_uri
 
@@ -54,7 +57,9 @@ def bundle(chosen: list[dict[str, Any]], params: dict[str, Any], key: str) -> di
     it is the registered version and its evaluation.
     """
     from ttlora_moe.moe.build import build_bundle
+    from ttlora_moe.moe.bundle import bundle_params
     from ttlora_moe.moe.evaluate import evaluate_bundle
+    from ttlora_moe.params import section
 
     logger = get_run_logger()
     for expert in chosen:  # the router trains and the bundle is evaluated on the tasks' data: pull what is missing
@@ -70,6 +75,8 @@ def bundle(chosen: list[dict[str, Any]], params: dict[str, Any], key: str) -> di
                     built["cache_hits"] + built["cache_misses"], built["cache_hits"], built["cache_misses"],
                     sec["features"])
         evaluation = evaluate_bundle(root / "bundle", params=params, output=root / "evaluation", progress=False)
+        evaluation = compare_with_champion(evaluation, bundle_params(section(params, "bundle")))
+        write_json(root / "evaluation" / "evaluation.json", evaluation)
         gates = gate_checks.check_gates(evaluation)
         result = register_bundle(root / "bundle", evaluation, gates, experts, root / "evaluation", params, key)
     return {**result, "evaluation": evaluation}
@@ -125,11 +132,19 @@ def evaluation_table(evaluation: dict[str, Any], gates: dict[str, Any], result: 
     """A markdown table of the bundle's evaluation, one row per task."""
     lines = [f"**{result['model']} version {result['version']}**: router accuracy "
              f"{_fmt(evaluation.get('router_accuracy'))}, gates {'passed' if gates['passed'] else 'FAILED: ' + gate_checks.describe_failed_gates(gates)}",
-             "", "| task | expert version | metric | router accuracy | expert alone | in bundle | drop |",
+             "", "| task | expert version | metric | router accuracy | expert alone | in bundle | head-only baseline |",
              "|---|---|---|---|---|---|---|"]
     for task_name, row in sorted((evaluation.get("per_task") or {}).items()):
         lines.append(f"| {task_name} | {result['experts'].get(task_name, '')} | {row.get('metric', '')} | {_fmt(row.get('router_accuracy'))} | "
-                     f"{_fmt(row.get('expert_metric'))} | {_fmt(row.get('bundle_metric'))} | {_fmt(row.get('retention_drop'))} |")
+                     f"{_fmt(row.get('expert_metric'))} | {_fmt(row.get('bundle_metric'))} | {_fmt(row.get('baseline_metric'))} |")
+    oos = evaluation.get("out_of_scope") or {}
+    if oos.get("task"):
+        lines += ["", f"Out of scope ({oos['task']}, {oos['rows']} rows): abstained {_fmt(oos.get('abstain_rate'))}, "
+                      f"AUROC {_fmt(oos.get('auroc'))}; in-scope abstain rate {_fmt(evaluation.get('abstain_in_scope'))}"]
+    champion = evaluation.get("champion")
+    if champion:
+        lines += ["", f"Against the champion (version {champion['version']}), on the same rows:", "",
+                  comparison_markdown(champion["rows"], result["version"], champion["version"])]
     return "\n".join(lines)
 
 

@@ -53,7 +53,7 @@ def project(tmp_path_factory, tiny_bert, prefect_harness):
     params = {"tasks": ["toy", "toy2"], "base_model": {"ref": tiny_bert}, "tt": {"rank": 2, "alpha": 4.0},
               "prepare": {"min_rows": 5, "validation_max_rows": 60},
               "train": {"epochs": 1, "batch_size": 16, "lr": 0.02, "max_train_samples": 96, "evals_per_epoch": 1},
-              "router": {"max_epochs": 10}, "bundle": {"test_per_task": 40, "min_router_accuracy": 0.5},
+              "router": {"max_epochs": 10}, "bundle": {"test_per_task": 40, "min_router_accuracy": 0.5, "floor_margin": 1.0},  # toy experts vs baselines: tests/moe
               "quick": {"train": {"max_train_samples": 64}}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
@@ -218,7 +218,10 @@ def test_register_task_from_csv_trains_only_the_new_expert(project, tmp_path):
 def gpu_limit():
     """``set(n)``: the Prefect global concurrency limit ``gpu`` at ``n`` slots (removed after the test)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
 
     with get_client(sync_client=True) as client:
         def set_limit(n: int) -> None:
@@ -234,17 +237,24 @@ def gpu_limit():
 @pytest.mark.parametrize("slots", [1, 2])
 def test_the_gpu_limit_decides_how_many_experts_train_at_once(project, monkeypatch, gpu_limit, slots):
     """N experts share M GPUs: two train-expert runs at once train one after the other with ``gpu`` at 1
-    slot, side by side with 2 (each training is held open long enough to overlap if it may)."""
+    slot, side by side with 2. The first training holds its slot until the second one starts training
+    (no timing luck: with 2 slots they must overlap) or 3 s pass (with 1 slot the second cannot start)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import flows.train_expert as module
 
-    intervals, real = [], module.train_expert
+    intervals, real, entered, lock = [], module.train_expert, [], threading.Lock()
 
     def timed(*args, **kwargs):
         start = time.monotonic()
+        with lock:
+            entered.append(start)
+            first = len(entered) == 1
         try:
-            time.sleep(1.5)
+            if first:  # hold the slot until the second run enters training, if the limit lets it
+                deadline = start + (120 if slots == 2 else 3)
+                while len(entered) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
             return real(*args, **kwargs)
         finally:
             intervals.append((start, time.monotonic()))

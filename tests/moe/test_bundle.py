@@ -32,9 +32,10 @@ def test_bundle_predicts_routes_and_abstains(moe_bundle):
         assert (alone["task"], alone["label"]) == (a["task"], a["label"])
         assert alone["probabilities"] == pytest.approx(a["probabilities"], abs=1e-5)
         assert alone["router_confidence"] == pytest.approx(a["router_confidence"], abs=1e-5)
-    moe.router.threshold.fill_(1.01)  # nothing is confident enough: every input abstains
+    moe.router.detector.threshold.fill_(-1e9)  # everything is out of scope: every input abstains
     for a in moe.predict(rows[:3]):
         assert a["abstained"] and a["task"] is None and a["label"] is None and a["probabilities"] is None
+        assert a["abstain_reason"] == "out_of_scope" and a["out_of_scope_score"] > -1e9
         assert set(a["router_probabilities"]) == {"senti", "nli", "quest"}
 
 

@@ -42,12 +42,19 @@ def test_evaluate_bundle_reports_routing_retention_and_abstain(moe_env, moe_bund
     for task, v in report["per_task"].items():
         assert {"router_accuracy", "bundle_metric", "expert_metric", "abstain_rate"} <= set(v)
         assert v["routed_agreement"] == 1.0 and v["routed_max_probability_diff"] < 1e-4  # same math as alone
-        assert v["routed_bundle_metric"] == pytest.approx(v["routed_expert_metric"])
+        assert v["rows_key"].endswith(":16:0") and 0 <= v["baseline_metric"] <= 1  # head-only on the same rows
     counts = report["confusion"]["counts"]
     assert [sum(r) for r in counts] == [16, 16, 16] and len(counts[0]) == 4
     assert report["out_of_scope"]["task"] == "extra" and report["out_of_scope"]["rows"] == 12
     assert 0 <= report["abstain_out_of_scope"] <= 1 and 0 <= report["abstain_in_scope"] <= 1
-    assert report["gates"]["retention_on_routed_rows"]["passed"]
+    oos = report["out_of_scope"]
+    assert 0 <= oos["auroc"] <= 1 and 0 <= oos["fpr_at_95_tpr"] <= 1
+    assert report["mixed_metric"] == pytest.approx(sum(v["bundle_metric"] for v in report["per_task"].values()) / 3)
+    gates = report["gates"]  # measured against thresholds and baselines, never against itself
+    assert set(gates) == {"router_test_accuracy", "out_of_scope_auroc"} | {f"floor.{t}" for t in report["tasks"]}
+    for task, v in report["per_task"].items():
+        assert gates[f"floor.{task}"] == {"value": v["bundle_metric"], "min": v["baseline_metric"],
+                                          "passed": v["bundle_metric"] >= v["baseline_metric"]}
     for png in ("confusion.png", "per_task.png"):
         assert (b / "evaluation" / png).read_bytes()[:4] == b"\x89PNG"
     assert read_json(b / "evaluation" / "evaluation.json")["mixed_accuracy"] == report["mixed_accuracy"]

@@ -40,14 +40,18 @@ def test_router_learns_calibrates_and_abstains(kind):
     router, report = train_router(tx, ty, vx, vy, ["a", "b", "c"], config, progress=False)
     assert report.validation_balanced_accuracy > 0.9 and min(report.validation_per_task.values()) > 0.85
     assert 0.03 <= report.validation_abstain_rate <= 0.07
-    assert report.threshold > 0 and report.temperature > 0
-    index, confidence, probs = router.route(vx)
+    assert report.threshold == float(router.detector.threshold) and report.temperature > 0
+    index, confidence, probs, score = router.route(vx)
     assert torch.allclose(probs.sum(-1), torch.ones(len(vx)))
-    assert ((index == -1) == (confidence < report.threshold)).all()
+    assert ((index == -1) == (score > report.threshold)).all()
+    # points far from every blob are out of scope, however confident the router is about them
+    far, _ = _blobs(30, seed=3)
+    far_index, far_confidence, _, far_score = router.route(far * 6)
+    assert (far_index == -1).float().mean() > 0.9 and far_score.min() > score.max()
     # a router left in training mode (dropout on) never routes with dropout: it answers as in eval mode, or refuses
     router.train()
     with contextlib.suppress(RuntimeError):
-        again, again_confidence, _ = router.route(vx)
+        again, again_confidence, _, _ = router.route(vx)
         assert torch.equal(index, again) and torch.equal(confidence, again_confidence)
 
 
@@ -78,7 +82,9 @@ def test_router_files_round_trip_and_bad_files(tmp_path):
     save_router(tmp_path, router, {"experts": ["a", "b", "c"]})
     loaded, meta = load_router(tmp_path)
     assert meta["experts"] == ["a", "b", "c"] and meta["temperature"] == pytest.approx(report.temperature)
-    assert torch.equal(loaded.route(tx)[0], router.route(tx)[0])
+    assert meta["out_of_scope"]["method"] == "combined"
+    for got, want in zip(loaded.route(tx), router.route(tx)):
+        assert torch.equal(got, want)
     with pytest.raises(BadInput, match=r"unknown router key\(s\) \[.kinds.\]"):
         RouterConfig.from_dict({"kinds": "mlp"})
     with pytest.raises(BadInput, match="unknown router kind"):

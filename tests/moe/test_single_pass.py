@@ -77,9 +77,9 @@ def test_single_pass_equals_route_then_adapted_pass(tiny_bert, experts):
     router = spread_router(plain, spec, len(experts))
     moe = build(tiny_bert, experts, router, FeatureSpec(), k)
     batch = tokenize(plain.tokenizer, MIXED_ROWS, 32)
-    index, confidence, probs, logits = moe.single_pass(batch)
+    index, confidence, probs, _, logits = moe.single_pass(batch)
 
-    want_index, want_conf, want_probs = router.route(batch_features(plain, batch, spec))
+    want_index, want_conf, want_probs, _ = router.route(batch_features(plain, batch, spec))
     assert torch.equal(index, want_index) and len(set(index.tolist())) >= 2  # a mixed batch
     assert torch.allclose(confidence, want_conf, atol=1e-5) and torch.allclose(probs, want_probs, atol=1e-5)
     alone = [load_expert(d, load_base_model(tiny_bert)) for d in experts]

@@ -128,12 +128,15 @@ def promote(
     check_mlflow()
     with quiet_stdout(as_json):
         from ttlora_moe.pipeline.bundles import promote as promote_version
+        from ttlora_moe.pipeline.champion import comparison_markdown
 
         result = promote_version(int(version), force=force)
 
     def render(r: dict[str, Any]) -> str:
         was = f" (was version {r['previous']})" if r["previous"] else ""
         forced = "; gates had FAILED, promoted with --force" if r["forced"] else ""
-        return f"{r['model']}@{r['alias']} -> version {r['version']}{was}{forced}\nserve it: mlflow models serve -m {r['model_uri']} --env-manager local"
+        table = comparison_markdown(r["comparison"], r["version"], r["previous"])
+        return (f"{r['model']}@{r['alias']} -> version {r['version']}{was}{forced}\n" + (table + "\n" if table else "")
+                + f"serve it: mlflow models serve -m {r['model_uri']} --env-manager local")
 
     emit(result, as_json, render)

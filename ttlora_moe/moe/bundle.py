@@ -38,7 +38,10 @@ BUNDLE_FORMAT = "ttlora-moe/bundle@1"
 MANIFEST = "manifest.json"
 DEFAULT_BUNDLE: dict[str, Any] = {
     "min_router_accuracy": 0.95,   # gate: router accuracy (validation at build, test at evaluate)
-    "max_retention_drop": 0.01,    # gate: bundle metric vs expert alone on correctly routed rows
+    "min_out_of_scope_auroc": 0.7,  # gate: how well abstention separates the out-of-scope task's rows from in-scope ones
+    "floors": {},                  # gate: per task, the least metric the bundle may reach; a task without one must beat
+    "floor_margin": 0.0,           # ... its head-only baseline on the same rows, less this margin
+    "max_task_drop": 0.01,         # gate: a task (and the mixed metric) may fall at most this far below the champion
     "test_per_task": 500,          # evaluate: seeded rows per task from each test split
     "out_of_scope_task": "mrpc",   # evaluate: preferred task not in the bundle (None, in the bundle or without a card: first prepared one it lacks)
     "out_of_scope_rows": 300,      # evaluate: rows of it

@@ -4,12 +4,15 @@ Measures, on a seeded sample of every task's **test** split (never seen by exper
 
 - router accuracy (arg-max expert == the input's task) per task and overall, and the routing
   confusion matrix (true task x chosen expert, plus an "abstain" column);
-- the task metric inside the bundle next to the same expert run alone (``load_expert``) on the same
-  rows. Inside the bundle an input routed to another expert or abstained counts as a wrong
-  prediction, so ``expert_metric - bundle_metric`` is what routing costs; on the correctly routed
-  rows alone the two must agree (``routed_bundle_metric`` vs ``routed_expert_metric``);
-- mixed accuracy (task and label both right) over all rows;
-- the abstain rate on in-scope inputs and on inputs of a task that is not in the bundle.
+- the task metric inside the bundle (a misrouted or abstained input counts as wrong) next to the same
+  expert run alone (``load_expert``) and the task's head-only baseline (:mod:`ttlora_moe.moe.baselines`)
+  on the same rows; ``expert_metric - bundle_metric`` is what routing costs, ``bundle_metric -
+  baseline_metric`` what the expert buys;
+- mixed accuracy (task and label both right) over all rows, and the mixed metric (the mean of the
+  tasks' own metrics);
+- out of scope: the abstain rate on in-scope inputs and on inputs of a task the bundle does not serve,
+  and how well the out-of-scope score separates the two (AUROC, FPR at 95% TPR);
+- the gates of :mod:`ttlora_moe.moe.gates` (without a champion: the pipeline adds that comparison).
 
 Writes ``evaluation.json``, ``confusion.png`` and ``per_task.png`` (default: ``<bundle>/evaluation/``)
 and records the metrics and gates in the bundle's manifest.
@@ -17,16 +20,29 @@ and records the metrics and gates in the bundle's manifest.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
+import torch
+
+from ttlora_moe.devices import params_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.metrics import headline, task_metrics
 from ttlora_moe.files import atomic_dir, write_json
-from ttlora_moe.moe.bundle import bundle_params, load_bundle, load_moe, record_metrics
+from ttlora_moe.moe.bundle import (
+    Bundle,
+    bundle_params,
+    load_bundle,
+    load_moe,
+    record_metrics,
+)
+from ttlora_moe.moe.detection import auroc, fpr_at_tpr
 from ttlora_moe.moe.feature_cache import sample_indices
+from ttlora_moe.moe.gates import gates_of
 
 
 def wrong_label(label: int, num_labels: int) -> int:
@@ -57,6 +73,70 @@ def evaluation_rows(num_rows: int, cap: int | None, seed: int) -> list[int]:
     return sorted(sample_indices(num_rows, cap, seed))
 
 
+def _test_rows(task: str, params: dict[str, Any], cap: int, seed: int) -> tuple[Path, list[int], list[dict[str, Any]], str]:
+    """(prepared folder, scored row indices, those rows, a key naming exactly these rows) of a task's test split."""
+    from ttlora_moe.data.cards import load_task_card
+    from ttlora_moe.data.prepare import ensure_prepared
+    from ttlora_moe.data.prepared import load_split, prepared_md5
+
+    prepared = ensure_prepared(load_task_card(task), params)
+    test = load_split(prepared, "test")
+    indices = evaluation_rows(len(test), cap, seed)
+    return prepared, indices, [test[i] for i in indices], f"{prepared_md5(prepared)}:{cap}:{seed}"
+
+
+def _oos_score(answer: dict[str, Any]) -> float:
+    score = answer.get("out_of_scope_score")
+    return math.inf if score is None else float(score)  # an empty input is as far out of scope as it gets
+
+
+def _expert_alone(bundle: Bundle, e: int, task: str, rows: list[dict[str, Any]], batch_size: int,
+                  max_length: int, progress: bool, device: torch.device) -> list[list[float]]:
+    """The expert's own class probabilities on ``rows``, loaded alone on a fresh base."""
+    from ttlora_moe.data.batching import Collator
+    from ttlora_moe.experts.artifact import load_expert
+    from ttlora_moe.experts.base_model import load_base_model
+    from ttlora_moe.experts.training import predict
+
+    meta = bundle.expert_meta[e]
+    base = load_base_model(meta["base_model"]["ref"], meta.get("pooling"), device=device)
+    expert = load_expert(bundle.expert_dir(task), base)
+    collate = Collator(base.tokenizer, int(meta.get("max_length", max_length)))
+    _, probs = predict(expert.model, rows, collate, batch_size=batch_size, progress=progress, desc=f"{task} alone")
+    return probs.tolist()
+
+
+def _task_report(e: int, task: str, rows: list[dict[str, Any]], answers: list[dict[str, Any]],
+                 meta: dict[str, Any], alone: list[list[float]] | None) -> dict[str, Any]:
+    """Routing and the task metric of one task's rows inside the bundle (and alone, when given)."""
+    labels = [int(r["label"]) for r in rows]
+    metric = meta.get("metric", "accuracy")
+    ok_route = [a["expert_index"] == e for a in answers]
+    bundle_preds = [a["label_id"] if ok else wrong_label(y, len(meta["label_names"]))
+                    for a, ok, y in zip(answers, ok_route, labels)]
+    bundle_m = task_metrics(labels, bundle_preds, metric)
+    report = {
+        "rows": len(rows), "metric": metric,
+        "router_accuracy": sum(a["router_choice"] == task for a in answers) / max(1, len(rows)),
+        "abstain_rate": sum(a["abstained"] for a in answers) / max(1, len(rows)),
+        "bundle_metric": headline(bundle_m, metric), "bundle": bundle_m,
+        "mixed_correct": sum(int(p == y and ok) for p, y, ok in zip(bundle_preds, labels, ok_route)),
+        "expert_recorded_test": (meta.get("metrics") or {}).get("test"),
+    }
+    if alone is not None:
+        alone_preds = [max(range(len(p)), key=p.__getitem__) for p in alone]
+        alone_m = task_metrics(labels, alone_preds, metric)
+        routed = [k for k, ok in enumerate(ok_route) if ok]
+        names = meta["label_names"]
+        report.update(expert_metric=headline(alone_m, metric), expert_alone=alone_m,
+                      retention_drop=headline(alone_m, metric) - headline(bundle_m, metric), routed_rows=len(routed),
+                      # the bundle's answer on a correctly routed row is the expert's own (the same math)
+                      routed_agreement=(sum(bundle_preds[k] == alone_preds[k] for k in routed) / len(routed)) if routed else None,
+                      routed_max_probability_diff=max((abs(answers[k]["probabilities"][n] - alone[k][j])
+                                                       for k in routed for j, n in enumerate(names)), default=0.0))
+    return report
+
+
 def evaluate_bundle(
     bundle_dir: Path,
     *,
@@ -67,149 +147,68 @@ def evaluate_bundle(
     output: Path | None = None,
     record: bool = True,
     progress: bool = True,
+    experts_alone: bool = True,
+    baselines: bool = True,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``bundle_dir``; write the report and plots; return the report (JSON-able)."""
-    from ttlora_moe.data.batching import Collator
-    from ttlora_moe.data.cards import load_task_card
-    from ttlora_moe.data.prepare import ensure_prepared
-    from ttlora_moe.data.prepared import load_split
-    from ttlora_moe.experts.artifact import load_expert
-    from ttlora_moe.experts.base_model import load_base_model
-    from ttlora_moe.experts.training import predict
+    """Evaluate ``bundle_dir``; write the report and plots; return the report (JSON-able).
+
+    ``experts_alone`` and ``baselines`` can be switched off when only the bundle's own numbers are
+    needed (e.g. re-evaluating the champion on a candidate's rows). Models run on ``device``
+    (default params.yaml ``device``).
+    """
+    from ttlora_moe.moe.baselines import head_only_baseline
     from ttlora_moe.moe.plots import confusion_png, per_task_png
     from ttlora_moe.params import load_params, section
 
     start = time.perf_counter()
     params = load_params() if params is None else params
     bp = bundle_params(section(params, "bundle") if bundle is None else bundle)
-    cap = int(test_per_task or bp["test_per_task"])
-    seed = int(bp["eval_seed"])
+    cap, seed, batch_size = int(test_per_task or bp["test_per_task"]), int(bp["eval_seed"]), int(bp["batch_size"])
     b = load_bundle(Path(bundle_dir))
     tasks = b.tasks
-    moe = load_moe(b)
-    num_experts = len(tasks)
-
-    rows: list[dict[str, Any]] = []
-    truth: list[int] = []
-    for e, task in enumerate(tasks):
-        test = load_split(ensure_prepared(load_task_card(task), params), "test")
-        picked = [test[i] for i in evaluation_rows(len(test), cap, seed)]
-        rows += picked
-        truth += [e] * len(picked)
-    t0 = time.perf_counter()
-    answers = moe.predict(rows, batch_size=int(bp["batch_size"]), progress=progress)
-    bundle_seconds = time.perf_counter() - t0
-
-    names = list(tasks)
-    routed = [names.index(a["router_choice"]) for a in answers]
-    confusion = [[0] * (num_experts + 1) for _ in tasks]
-    for t, r, a in zip(truth, routed, answers):
-        confusion[t][num_experts if a["abstained"] else r] += 1
+    target = params_device(params, device)
+    moe = load_moe(b, device=target)
 
     per_task: dict[str, dict[str, Any]] = {}
-    mixed_correct = 0
-    expert_seconds = 0.0
+    confusion: list[list[int]] = []
+    in_scores: list[float] = []
+    seconds = {"bundle_predict": 0.0, "experts_alone": 0.0, "baselines": 0.0}
     for e, task in enumerate(tasks):
-        idx = [i for i, t in enumerate(truth) if t == e]
-        task_rows = [rows[i] for i in idx]
-        labels = [int(r["label"]) for r in task_rows]
-        meta = b.expert_meta[e]
-        metric = meta.get("metric", "accuracy")
-        c = len(meta["label_names"])
-        ok_route = [answers[i]["expert_index"] == e for i in idx]
-        bundle_preds = [answers[i]["label_id"] if ok else wrong_label(y, c) for i, ok, y in zip(idx, ok_route, labels)]
-        mixed_correct += sum(int(p == y and ok) for p, y, ok in zip(bundle_preds, labels, ok_route))
-
+        prepared, indices, rows, rows_key = _test_rows(task, params, cap, seed)
         t0 = time.perf_counter()
-        alone_base = load_base_model(meta["base_model"]["ref"], meta.get("pooling"))
-        expert = load_expert(b.expert_dir(task), alone_base)
-        collate = Collator(alone_base.tokenizer, int(meta.get("max_length", moe.max_length)))
-        _, probs = predict(expert.model, task_rows, collate,
-                           batch_size=int(bp["batch_size"]), progress=progress, desc=f"{task} alone")
-        expert_seconds += time.perf_counter() - t0
-        alone_preds = probs.argmax(-1).tolist()
-        del expert, alone_base
+        answers = moe.predict(rows, batch_size=batch_size, progress=progress)
+        seconds["bundle_predict"] += time.perf_counter() - t0
+        confusion.append([sum(a["router_choice"] == name and not a["abstained"] for a in answers) for name in tasks]
+                         + [sum(a["abstained"] for a in answers)])
+        in_scores += [_oos_score(a) for a in answers]
+        t0 = time.perf_counter()
+        alone = _expert_alone(b, e, task, rows, batch_size, moe.max_length, progress, target) if experts_alone else None
+        seconds["experts_alone"] += time.perf_counter() - t0
+        per_task[task] = {**_task_report(e, task, rows, answers, b.expert_meta[e], alone), "rows_key": rows_key}
+        if baselines:
+            t0 = time.perf_counter()
+            base_line = head_only_baseline(moe.base, prepared, per_task[task]["metric"], indices,
+                                           [int(r["label"]) for r in rows], moe.pooling, moe.max_length, seed=seed)
+            per_task[task].update(baseline_metric=base_line["metric"], baseline=base_line["scores"])
+            seconds["baselines"] += time.perf_counter() - t0
 
-        bundle_m = task_metrics(labels, bundle_preds, metric)
-        alone_m = task_metrics(labels, alone_preds, metric)
-        sel = [k for k, ok in enumerate(ok_route) if ok]
-        routed_b = task_metrics([labels[k] for k in sel], [bundle_preds[k] for k in sel], metric) if sel else None
-        routed_a = task_metrics([labels[k] for k in sel], [alone_preds[k] for k in sel], metric) if sel else None
-        max_prob_diff = 0.0
-        for k in sel:
-            p = answers[idx[k]]["probabilities"]
-            diff = max(abs(p[name] - float(probs[k, j])) for j, name in enumerate(meta["label_names"]))
-            max_prob_diff = max(max_prob_diff, diff)
-        per_task[task] = {
-            "rows": len(idx),
-            "metric": metric,
-            "router_accuracy": sum(int(routed[i] == e) for i in idx) / max(1, len(idx)),
-            "abstain_rate": sum(int(answers[i]["abstained"]) for i in idx) / max(1, len(idx)),
-            "bundle_metric": headline(bundle_m, metric),
-            "expert_metric": headline(alone_m, metric),
-            "retention_drop": headline(alone_m, metric) - headline(bundle_m, metric),
-            "routed_rows": len(sel),
-            "routed_bundle_metric": headline(routed_b, metric) if routed_b else None,
-            "routed_expert_metric": headline(routed_a, metric) if routed_a else None,
-            "routed_agreement": (sum(int(bundle_preds[k] == alone_preds[k]) for k in sel) / len(sel)) if sel else None,
-            "routed_max_probability_diff": max_prob_diff,
-            "bundle": bundle_m,
-            "expert_alone": alone_m,
-            "expert_recorded_test": (meta.get("metrics") or {}).get("test"),
-        }
-
-    total = len(rows)
-    router_accuracy = sum(int(r == t) for r, t in zip(routed, truth)) / max(1, total)
-    balanced = sum(v["router_accuracy"] for v in per_task.values()) / max(1, len(per_task))
-    abstain_in = sum(int(a["abstained"]) for a in answers) / max(1, total)
-
-    oos_task = _out_of_scope_task(tasks, out_of_scope_task, bp["out_of_scope_task"])
-    oos: dict[str, Any] = {"task": oos_task, "rows": 0, "abstain_rate": None, "routed_to": {}}
-    if oos_task:
-        test = load_split(ensure_prepared(load_task_card(oos_task), params), "test")
-        oos_rows = [test[i] for i in evaluation_rows(len(test), int(bp["out_of_scope_rows"]), seed)]
-        oos_answers = moe.predict(oos_rows, batch_size=int(bp["batch_size"]), progress=progress)
-        oos["rows"] = len(oos_rows)
-        oos["abstain_rate"] = sum(int(a["abstained"]) for a in oos_answers) / max(1, len(oos_rows))
-        for a in oos_answers:
-            key = "abstain" if a["abstained"] else a["task"]
-            oos["routed_to"][key] = oos["routed_to"].get(key, 0) + 1
-        oos["mean_confidence"] = sum(a["router_confidence"] for a in oos_answers) / max(1, len(oos_answers))
-    in_conf = sum(a["router_confidence"] for a in answers) / max(1, total)
-
-    min_acc, max_drop = float(bp["min_router_accuracy"]), float(bp["max_retention_drop"])
-    gates = {
-        "router_test_accuracy": {"value": router_accuracy, "min": min_acc, "passed": router_accuracy >= min_acc},
-        "retention_on_routed_rows": {
-            "value": max((abs(v["routed_expert_metric"] - v["routed_bundle_metric"]) for v in per_task.values()
-                          if v["routed_bundle_metric"] is not None), default=0.0),
-            "max": max_drop,
-            "passed": all(v["routed_bundle_metric"] is None
-                          or abs(v["routed_expert_metric"] - v["routed_bundle_metric"]) <= max_drop
-                          for v in per_task.values()),
-        },
-    }
-    report = {
-        "bundle": str(b.path.resolve()),
-        "tasks": tasks,
-        "rows": total,
-        "test_per_task": cap,
-        "seed": seed,
-        "router_accuracy": router_accuracy,
-        "router_balanced_accuracy": balanced,
-        "mixed_accuracy": mixed_correct / max(1, total),
-        "abstain_in_scope": abstain_in,
-        "abstain_out_of_scope": oos["abstain_rate"],
-        "out_of_scope": oos,
-        "mean_confidence_in_scope": in_conf,
-        "abstain_threshold": b.manifest["router"]["threshold"],
+    total = sum(v["rows"] for v in per_task.values())
+    report: dict[str, Any] = {
+        "bundle": str(b.path.resolve()), "tasks": tasks, "rows": total, "test_per_task": cap, "seed": seed,
+        "router_accuracy": sum(v["router_accuracy"] * v["rows"] for v in per_task.values()) / max(1, total),
+        "router_balanced_accuracy": mean(v["router_accuracy"] for v in per_task.values()),
+        "mixed_accuracy": sum(v.pop("mixed_correct") for v in per_task.values()) / max(1, total),
+        "mixed_metric": mean(v["bundle_metric"] for v in per_task.values()),
+        "abstain_in_scope": sum(v["abstain_rate"] * v["rows"] for v in per_task.values()) / max(1, total),
         "per_task": per_task,
         "confusion": {"rows": tasks, "columns": tasks + ["abstain"], "counts": confusion},
-        "gates": gates,
-        "gates_passed": all(g["passed"] for g in gates.values()),
-        "seconds": {"bundle_predict": round(bundle_seconds, 2), "experts_alone": round(expert_seconds, 2),
-                    "total": round(time.perf_counter() - start, 2)},
     }
+    report["out_of_scope"] = _out_of_scope(moe, tasks, params, bp, out_of_scope_task, in_scores, seed, progress)
+    report["abstain_out_of_scope"] = report["out_of_scope"]["abstain_rate"]
+    report["gates"] = gates_of(report, bp)
+    report["gates_passed"] = all(g["passed"] for g in report["gates"].values())
+    report["seconds"] = {k: round(v, 2) for k, v in seconds.items()} | {"total": round(time.perf_counter() - start, 2)}
     output = Path(output) if output else b.path / "evaluation"
     with atomic_dir(output) as tmp:
         write_json(tmp / "evaluation.json", report)
@@ -218,12 +217,33 @@ def evaluate_bundle(
     report["output"] = str(output.resolve())
     report["plots"] = [str(output / "confusion.png"), str(output / "per_task.png")]
     if record:
-        record_metrics(b.path, {"test": {k: report[k] for k in ("router_accuracy", "router_balanced_accuracy",
-                                                                 "mixed_accuracy", "abstain_in_scope",
-                                                                 "abstain_out_of_scope")}
-                                | {"per_task": {t: {k: v[k] for k in ("router_accuracy", "bundle_metric",
-                                                                      "expert_metric")}
-                                                for t, v in per_task.items()}}}, gates)
+        headline_keys = ("router_accuracy", "router_balanced_accuracy", "mixed_accuracy", "mixed_metric",
+                         "abstain_in_scope", "abstain_out_of_scope")
+        record_metrics(b.path, {"test": {k: report[k] for k in headline_keys}
+                                | {"per_task": {t: {k: v.get(k) for k in ("router_accuracy", "bundle_metric",
+                                                                          "expert_metric", "baseline_metric")}
+                                                for t, v in per_task.items()}}}, report["gates"])
     print(f"evaluated {total} in-scope rows in {report['seconds']['total']:.0f} s", file=sys.stderr)
     return report
 
+
+def _out_of_scope(moe: Any, tasks: list[str], params: dict[str, Any], bp: dict[str, Any], wanted: str | None,
+                  in_scores: list[float], seed: int, progress: bool) -> dict[str, Any]:
+    """Abstain rate and score separation on rows of a task the bundle does not serve."""
+    task = _out_of_scope_task(tasks, wanted, bp["out_of_scope_task"])
+    result: dict[str, Any] = {"task": task, "rows": 0, "abstain_rate": None, "auroc": None, "fpr_at_95_tpr": None,
+                              "routed_to": {}}
+    if not task:
+        return result
+    _, _, rows, _ = _test_rows(task, params, int(bp["out_of_scope_rows"]), seed)
+    answers = moe.predict(rows, batch_size=int(bp["batch_size"]), progress=progress)
+    out_scores = [_oos_score(a) for a in answers]
+    for a in answers:
+        key = "abstain" if a["abstained"] else a["task"]
+        result["routed_to"][key] = result["routed_to"].get(key, 0) + 1
+    finite_in = [s for s in in_scores if math.isfinite(s)] or [0.0]
+    result.update(rows=len(rows), abstain_rate=sum(a["abstained"] for a in answers) / max(1, len(rows)),
+                  auroc=auroc([min(s, 1e30) for s in out_scores], finite_in),
+                  fpr_at_95_tpr=fpr_at_tpr([min(s, 1e30) for s in out_scores], finite_in),
+                  mean_confidence=mean(a["router_confidence"] for a in answers) if answers else None)
+    return result

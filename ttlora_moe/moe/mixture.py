@@ -145,12 +145,11 @@ class MixtureOfExperts(nn.Module):
         return self.head_weight.device
 
     @torch.no_grad()
-    def route(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Routing pass: ``(expert index or -1, confidence, router probabilities)`` per input."""
+    def route(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Routing pass: ``(expert index or -1, confidence, router probabilities, out-of-scope score)`` per input."""
         with self.routing(None):
             feats = batch_features(self.base, batch, self.feature_spec)
-        index, confidence, probs = self.router.route(feats.to(self.router.mean.device))
-        return index.cpu(), confidence.cpu(), probs.cpu()
+        return tuple(t.cpu() for t in self.router.route(feats.to(self.router.mean.device)))
 
     def _head_logits(self, hidden: torch.Tensor, mask: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
         """``[B, C_max]``: pooled last state through each sample's own head."""
@@ -172,8 +171,9 @@ class MixtureOfExperts(nn.Module):
     def single_pass(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """One forward that routes after block ``route_after_layer`` and adapts the blocks after it.
 
-        Returns ``(expert index or -1, confidence, router probabilities, [B, C_max] logits)``, all on
-        CPU. An abstaining sample rides along with the router's arg-max expert; its logits mean nothing.
+        Returns ``(expert index or -1, confidence, router probabilities, out-of-scope score, [B, C_max]
+        logits)``, all on CPU. An abstaining sample rides along with the router's arg-max expert; its
+        logits mean nothing.
         """
         if self.route_after_layer is None:
             raise BadInput("this mixture routes in a pass of its own", "call route() and expert_logits()")
@@ -183,30 +183,30 @@ class MixtureOfExperts(nn.Module):
 
         def route_here(states: list[torch.Tensor]) -> None:
             features = pool_states(states, mask, segments, self.feature_spec, num_hidden_states(self.base))
-            routed["index"], routed["confidence"], routed["probs"] = self.router.route(features)
+            routed["index"], routed["confidence"], routed["probs"], routed["score"] = self.router.route(features)
             routed["ride"] = routed["probs"].argmax(-1)
             self.slot.set(Routing.of(routed["ride"]))  # read by every adapted linear of the blocks to come
 
         with self.routing(None), on_states(self.base.model, self.route_after_layer, route_here):
             hidden = self.base.model(input_ids=ids, attention_mask=mask).last_hidden_state
         logits = self._head_logits(hidden, mask, routed["ride"])
-        return tuple(routed[k].cpu() for k in ("index", "confidence", "probs")) + (logits.cpu(),)
+        return tuple(routed[k].cpu() for k in ("index", "confidence", "probs", "score")) + (logits.cpu(),)
 
     @torch.no_grad()
     def _two_pass(self, batch: dict[str, torch.Tensor],
                   forced: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """:meth:`single_pass`'s outputs from a routing pass (or the ``forced`` index) and an adapted pass."""
         if forced is None:
-            index, confidence, probs = self.route(batch)
+            index, confidence, probs, score = self.route(batch)
         else:
-            index, confidence = forced, torch.ones(len(forced))
+            index, confidence, score = forced, torch.ones(len(forced)), torch.zeros(len(forced))
             probs = nn.functional.one_hot(index.clamp_min(0), len(self.experts)).float()
         logits = torch.full((len(index), self.head_weight.shape[1]), float("nan"))
         keep = (index >= 0).nonzero().flatten()
         if len(keep):
             logits[keep] = self.expert_logits(batch["input_ids"][keep], batch["attention_mask"][keep],
                                               index[keep]).cpu()
-        return index, confidence, probs, logits
+        return index, confidence, probs, score, logits
 
     @torch.no_grad()
     def predict(self, rows: Sequence[dict[str, Any]], batch_size: int = 32, progress: bool = False,
@@ -215,8 +215,9 @@ class MixtureOfExperts(nn.Module):
 
         Each answer: ``task``, ``label``, ``probabilities`` (over that task's labels), ``router_confidence``,
         ``router_probabilities``, ``router_choice`` (the arg-max expert, also when abstaining), ``expert``
-        ({name, version}), ``abstained`` and ``abstain_reason`` (``empty``: no text at all, never routed;
-        ``low_confidence``: below the router's threshold); an abstained answer has task, label,
+        ({name, version}), ``out_of_scope_score``, ``abstained`` and ``abstain_reason`` (``empty``: no text
+        at all, never routed; ``out_of_scope``: the router's detector puts it outside every task;
+        ``low_confidence``: a router without a detector is below its threshold); an abstained answer has task, label,
         probabilities and expert ``None``. With ``force_expert`` (one index per row) routing is skipped:
         evaluation uses it for oracle routing. Safe to call from many threads at once.
         """
@@ -232,23 +233,26 @@ class MixtureOfExperts(nn.Module):
             idx = order[start : start + batch_size]
             batch = tokenize(self.base.tokenizer, [rows[i] for i in idx], self.max_length)
             if force_expert is None and self.route_after_layer is not None:
-                index, confidence, router_probs, logits = self.single_pass(batch)
+                index, confidence, router_probs, score, logits = self.single_pass(batch)
             else:
                 forced = None if force_expert is None else torch.tensor([int(force_expert[i]) for i in idx])
-                index, confidence, router_probs, logits = self._two_pass(batch, forced)
+                index, confidence, router_probs, score, logits = self._two_pass(batch, forced)
             probs = torch.softmax(logits.float(), -1).tolist()
             for j, i in enumerate(idx):
-                answers[i] = self._answer(int(index[j]), float(confidence[j]), router_probs[j].tolist(), probs[j])
+                answers[i] = self._answer(int(index[j]), float(confidence[j]), router_probs[j].tolist(), probs[j],
+                                          float(score[j]))
         return [dict(a) for a in answers]
 
-    def _answer(self, expert: int, confidence: float, router_probs: list[float], probs: list[float]) -> dict[str, Any]:
+    def _answer(self, expert: int, confidence: float, router_probs: list[float], probs: list[float],
+                score: float) -> dict[str, Any]:
         """One input's answer from its routing (``expert`` -1: abstained) and its padded class probabilities."""
         names = [e.name for e in self.experts]
-        answer: dict[str, Any] = {"router_confidence": confidence,
+        answer: dict[str, Any] = {"router_confidence": confidence, "out_of_scope_score": score,
                                   "router_probabilities": {n: round(p, 6) for n, p in zip(names, router_probs)},
                                   "router_choice": names[max(range(len(names)), key=router_probs.__getitem__)]}
         if expert < 0:
-            return {**answer, **_ABSTAINED, "abstain_reason": "low_confidence"}
+            reason = "out_of_scope" if self.router.detector is not None else "low_confidence"
+            return {**answer, **_ABSTAINED, "abstain_reason": reason}
         info = self.experts[expert]
         p = probs[: self.num_labels[expert]]
         label = max(range(len(p)), key=p.__getitem__)
@@ -260,5 +264,5 @@ class MixtureOfExperts(nn.Module):
 _ABSTAINED: dict[str, Any] = {"task": None, "label": None, "label_id": None, "probabilities": None, "expert": None,
                               "expert_index": None, "abstained": True}
 # An input with no text at all: nothing to route, so no expert is asked.
-_EMPTY: dict[str, Any] = {**_ABSTAINED, "router_confidence": 0.0, "router_probabilities": {}, "router_choice": None,
-                          "abstain_reason": "empty"}
+_EMPTY: dict[str, Any] = {**_ABSTAINED, "router_confidence": 0.0, "out_of_scope_score": None,
+                          "router_probabilities": {}, "router_choice": None, "abstain_reason": "empty"}

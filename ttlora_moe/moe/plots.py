@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def confusion_png(confusion: list[list[int]], tasks: list[str], path: Path, title: str = "Routing confusion (test)") -> Path:
@@ -36,17 +36,19 @@ def confusion_png(confusion: list[list[int]], tasks: list[str], path: Path, titl
 
 
 def per_task_png(per_task: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Per task: router accuracy, the task metric inside the bundle and the same expert alone."""
+    """Per task: router accuracy, the task metric inside the bundle, the same expert alone and the head-only
+    baseline (the bars an evaluation measured)."""
     tasks = list(per_task)
-    series = [("router accuracy", "router_accuracy"), ("bundle metric", "bundle_metric"),
-              ("expert alone", "expert_metric")]
+    series = [(label, key) for label, key in (("router accuracy", "router_accuracy"), ("bundle metric", "bundle_metric"),
+                                              ("expert alone", "expert_metric"), ("head-only baseline", "baseline_metric"))
+              if any(per_task[t].get(key) is not None for t in tasks)]
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 2, 4.2))
     lowest = 0.0
     for k, (label, key) in enumerate(series):
         values = [float(per_task[t].get(key) or 0.0) for t in tasks]
         lowest = min(lowest, *values)
-        bars = ax.bar([i + (k - 1) * width for i in range(len(tasks))], values, width, label=label)
+        bars = ax.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(tasks))], values, width, label=label)
         for bar, v in zip(bars, values):
             ax.text(bar.get_x() + bar.get_width() / 2, max(v, 0) + 0.01, f"{v:.2f}", ha="center", va="bottom",
                     fontsize=6)

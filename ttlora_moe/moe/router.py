@@ -4,17 +4,17 @@ A small classifier (linear, as in the paper, or a one-hidden-layer MLP) on stand
 features (:mod:`ttlora_moe.moe.features`), trained with cross-entropy on the task id over a
 task-balanced mix of the experts' training splits, early-stopped on the mixed validation split.
 
-Differences from the paper's router (REFERENCE.md §3, §7), on purpose:
+Differences from the paper's router, on purpose:
 
-- no gating noise and no dropout at inference: routing is a deterministic arg-max (B7);
-- targets are positions in the bundle's ordered expert list, never a second list (B3);
-- features pool only real tokens, never pads (B6);
+- no gating noise and no dropout at inference: routing is a deterministic arg-max;
+- targets are positions in the bundle's ordered expert list, never a second list;
+- features pool only real tokens, never pads;
 - a temperature fitted on validation makes the confidence a calibrated probability, and an
-  **abstain threshold** (chosen on validation for a target false-abstain rate) lets the router
-  answer "no expert fits" instead of forcing a wrong expert.
+  **out-of-scope detector** (:mod:`ttlora_moe.moe.out_of_scope`, threshold chosen on validation for
+  a target false-abstain rate) lets the router answer "no expert fits" instead of forcing a wrong expert.
 
-Saved as ``router.safetensors`` (weights, standardisation, temperature, threshold) and
-``router.json`` (config, expert names, feature spec, validation metrics).
+Saved as ``router.safetensors`` (weights, standardisation, temperature, threshold, detector) and
+``router.json`` (config, expert names, feature spec, validation metrics, detector method).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ttlora_moe.config_fields import Section, option
 from ttlora_moe.errors import BadInput
 from ttlora_moe.files import read_format_json, write_json
+from ttlora_moe.moe.out_of_scope import METHODS, OutOfScopeDetector, fit_detector
 
 ROUTER_FORMAT = "ttlora-moe/router@1"
 ROUTER_WEIGHTS = "router.safetensors"
@@ -62,6 +63,10 @@ class RouterConfig(Section):
     unlabelled_per_task: int = option(
         1000, "Extra training inputs per task from its prepared unlabelled.parquet when that file exists (0: never).")
     false_abstain_rate: float = option(0.01, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
+    out_of_scope: dict[str, Any] = option(
+        {"method": "combined", "components": 128, "shrinkage": 0.1},
+        "Out-of-scope detector (see moe/out_of_scope.py): method combined (distance + confidence), mahalanobis or "
+        "confidence; principal components; covariance shrinkage.")
     features: dict[str, Any] = option({}, "Feature spec (see features.FeatureSpec); {} = defaults.")
     batch_size_features: int = option(64, "Inputs per base-model forward when computing features.")
     threads: int = option(1, "Intra-op threads while training the router: it is tiny, and a busy thread pool costs more than it gains.")
@@ -79,6 +84,10 @@ class RouterConfig(Section):
                 raise BadInput(f"router.{key} must be a positive integer", "fix params.yaml")
         if int(self.unlabelled_per_task) < 0:
             raise BadInput("router.unlabelled_per_task must be >= 0", "fix params.yaml")
+        unknown = sorted(set(self.out_of_scope) - {"method", "components", "shrinkage"})
+        if unknown or self.out_of_scope.get("method", "combined") not in METHODS:
+            raise BadInput(f"router.out_of_scope is {self.out_of_scope}",
+                           f"set method ({', '.join(METHODS)}), components and shrinkage only")
         k = self.route_after_layer
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
             raise BadInput(f"router.route_after_layer must be a block index >= 0 or null, got {self.route_after_layer!r}",
@@ -86,9 +95,11 @@ class RouterConfig(Section):
 
 
 class Router(nn.Module):
-    """``probs = softmax(net((x - mean) / scale) / temperature)``; abstain below ``threshold``."""
+    """``probs = softmax(net((x - mean) / scale) / temperature)``; abstain when the out-of-scope ``detector``
+    scores an input above its threshold (routers without one: when the confidence is below ``threshold``)."""
 
-    def __init__(self, in_dim: int, num_experts: int, kind: str = "mlp", hidden: int = 256, dropout: float = 0.0):
+    def __init__(self, in_dim: int, num_experts: int, kind: str = "mlp", hidden: int = 256, dropout: float = 0.0,
+                 detector: OutOfScopeDetector | None = None):
         super().__init__()
         if kind not in KINDS:
             raise BadInput(f"unknown router kind {kind!r}", f"use one of {', '.join(KINDS)}")
@@ -101,6 +112,7 @@ class Router(nn.Module):
             self.net = nn.Sequential(nn.Linear(in_dim, num_experts))
         else:
             self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_experts))
+        self.detector = detector
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits ``[B, E]``."""
@@ -111,18 +123,24 @@ class Router(nn.Module):
         return torch.softmax(self.logits(features) / self.temperature, -1)
 
     @torch.no_grad()
-    def route(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(expert index [B], confidence [B], probabilities [B, E])``; index -1 means abstain.
+    def route(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(expert index [B], confidence [B], probabilities [B, E], out-of-scope score [B])``; index -1 abstains.
 
         Routing is deterministic: an MLP router in training mode (dropout on) is refused rather than
         switched to eval here, because a served router is shared by concurrent calls.
         """
         if self.training:
             raise RuntimeError("route() needs an eval-mode router: call router.eval() once after training")
-        probs = self(features)
+        z = (features.float() - self.mean) / self.scale
+        probs = torch.softmax(self.net(z) / self.temperature, -1)
         confidence, index = probs.max(-1)
-        index = torch.where(confidence < self.threshold, torch.full_like(index, -1), index)
-        return index, confidence, probs
+        if self.detector is not None:
+            score = self.detector.score(z, confidence)
+            abstain = score > self.detector.threshold
+        else:
+            score = -torch.log(confidence.clamp_min(1e-12))
+            abstain = confidence < self.threshold
+        return torch.where(abstain, torch.full_like(index, -1), index), confidence, probs, score
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -278,6 +296,10 @@ def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress
         confidence, preds = torch.softmax(val_logits / temperature, -1).max(-1)
         threshold = abstain_threshold(confidence, config.false_abstain_rate, w_val)
         router.threshold.fill_(threshold)
+        router.detector = fit_detector(train_z, train_y, val_z, confidence, w_val, num_experts,
+                                       {**config.out_of_scope, "false_abstain_rate": config.false_abstain_rate,
+                                        "seed": config.seed})
+        abstained = router.route(val_x)[0] < 0
     per_task = {name: float((preds[val_y == e] == e).float().mean()) for e, name in enumerate(expert_names)
                 if (val_y == e).any()}
     report = RouterReport(
@@ -285,8 +307,8 @@ def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress
         validation_accuracy=float((preds == val_y).float().mean()),
         validation_balanced_accuracy=balanced_accuracy(preds, val_y, num_experts),
         validation_per_task=per_task,
-        validation_abstain_rate=float(((confidence < threshold).float() * w_val).sum() / w_val.sum()),
-        temperature=temperature, threshold=threshold, seconds=round(time.perf_counter() - start, 2),
+        validation_abstain_rate=float((abstained.float() * w_val).sum() / w_val.sum()),
+        temperature=temperature, threshold=float(router.detector.threshold), seconds=round(time.perf_counter() - start, 2),
         history=history,
     )
     return router, report
@@ -299,9 +321,12 @@ def save_router(directory: Path, router: Router, meta: dict[str, Any]) -> None:
     directory = Path(directory)
     tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
     save_file(tensors, str(directory / ROUTER_WEIGHTS))
+    detector = router.detector
     write_json(directory / ROUTER_META, {
         "format": ROUTER_FORMAT, "kind": router.kind, "in_dim": router.in_dim, "num_experts": router.num_experts,
         "hidden": router.hidden, "temperature": float(router.temperature), "threshold": float(router.threshold),
+        "out_of_scope": None if detector is None else {"method": detector.method, "components": int(detector.components.shape[0]),
+                                                       "threshold": float(detector.threshold)},
         **meta,
     })
 
@@ -313,7 +338,10 @@ def load_router(directory: Path) -> tuple[Router, dict[str, Any]]:
     directory = Path(directory)
     meta_path = directory / ROUTER_META
     meta = read_format_json(meta_path, ROUTER_FORMAT, "rebuild the bundle")
-    router = Router(int(meta["in_dim"]), int(meta["num_experts"]), meta["kind"], int(meta.get("hidden", 256)))
+    oos = meta.get("out_of_scope")  # routers written before 0.2 have none: they abstain on confidence
+    detector = None if not oos else OutOfScopeDetector(int(meta["in_dim"]), int(meta["num_experts"]),
+                                                      int(oos["components"]), oos["method"])
+    router = Router(int(meta["in_dim"]), int(meta["num_experts"]), meta["kind"], int(meta.get("hidden", 256)), 0.0, detector)
     tensors = load_tensors(directory / ROUTER_WEIGHTS)
     try:
         router.load_state_dict(tensors)

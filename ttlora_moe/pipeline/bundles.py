@@ -118,8 +118,7 @@ def register_bundle(
             with mlflow.start_run(run_id=run_id):
                 info = log_pyfunc("bundle", BundlePyfunc, {**bundle_artifacts(bundle_dir), "evaluation": str(eval_copy)})
         version = register_version(info.model_uri, BUNDLE_MODEL, {**tags, "run_id": run_id},
-                            description="TT-LoRA experts + task router: " + ", ".join(
-                                f"{e['task']} v{e['version']}" for e in experts))
+                                   description=_description(experts, gates, evaluation))
     except BaseException:
         c.set_terminated(run_id, "FAILED")
         raise
@@ -130,6 +129,19 @@ def register_bundle(
             "model_uri": f"models:/{BUNDLE_MODEL}/{version.version}", "gates_passed": bool(gates["passed"]),
             "aliases": [CANDIDATE] if gates["passed"] else [], "experts": {e["task"]: e["version"] for e in experts},
             "gates": gates, "tracking_uri": tracking_uri()}
+
+
+def _description(experts: list[dict[str, Any]], gates: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    """The version page's text: its experts, its gates and, when a champion existed, the comparison with it."""
+    from ttlora_moe.pipeline.champion import comparison_markdown
+
+    lines = ["TT-LoRA experts + task router: " + ", ".join(f"{e['task']} v{e['version']}" for e in experts), "",
+             "Gates " + ("passed." if gates["passed"] else "FAILED: " + describe_failed_gates(gates) + ".")]
+    champion = evaluation.get("champion")
+    if champion and champion.get("rows"):
+        lines += ["", f"Against the champion (version {champion['version']}), on the same test rows:", "",
+                  comparison_markdown(champion["rows"], "this version", champion["version"])]
+    return "\n".join(lines)
 
 
 def _read_manifest(bundle_dir: Path) -> dict[str, Any]:
@@ -152,11 +164,25 @@ def promote(version: int | str, force: bool = False, alias: str = CHAMPION) -> d
     previous = None
     with contextlib.suppress(Exception):
         previous = int(c.get_model_version_by_alias(BUNDLE_MODEL, alias).version)
+    comparison = _comparison(int(mv.version), previous)
     c.set_registered_model_alias(BUNDLE_MODEL, alias, str(mv.version))
     if force and not passed:
         c.set_model_version_tag(BUNDLE_MODEL, str(mv.version), "forced_promotion", "true")
     return {"model": BUNDLE_MODEL, "alias": alias, "version": int(mv.version), "previous": previous,
-            "gates_passed": passed, "forced": bool(force and not passed), "model_uri": f"models:/{BUNDLE_MODEL}@{alias}"}
+            "gates_passed": passed, "forced": bool(force and not passed), "model_uri": f"models:/{BUNDLE_MODEL}@{alias}",
+            "comparison": comparison}
+
+
+def _comparison(version: int, previous: int | None) -> list[dict[str, Any]]:
+    """Per task, ``version``'s metric next to the one it replaces (empty without a different previous version)."""
+    from ttlora_moe.pipeline.champion import comparison_rows
+
+    if previous is None or previous == version:
+        return []
+    try:
+        return comparison_rows(bundle_summary(version)["evaluation"], bundle_summary(previous)["evaluation"])
+    except Exception:  # a version registered without an evaluation (by hand): nothing to compare, still promotable
+        return []
 
 
 def bundle_summary(version: int | str | None = None) -> dict[str, Any]:

@@ -6,8 +6,8 @@ from typing import Any
 
 
 def check_gates(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """The gates of a bundle evaluation (:func:`ttlora_moe.moe.evaluate.evaluate_bundle` computes them
-    from params.yaml ``bundle``: ``min_router_accuracy``, ``max_retention_drop``), as
+    """The gates of a bundle evaluation (:func:`ttlora_moe.moe.gates.gates_of` computes them from params.yaml
+    ``bundle``, and against the champion in the pipeline), as
     ``{"passed": bool, "checks": [{"gate", "value", "threshold", "kind", "passed"}]}``.
     An evaluation without gates does not pass."""
     checks = []
