@@ -24,10 +24,16 @@ import torch
 from torch import nn
 
 from benchmarks.common import interleaved_medians, markdown_table, write_results
+from ttlora_moe.devices import resolve_device
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.params import load_params, section
 from ttlora_moe.tt.config import TTLoRAConfig
-from ttlora_moe.tt.inject import adapter_state_dict, attach_tt_lora, tt_layout, tt_modules
+from ttlora_moe.tt.inject import (
+    adapter_state_dict,
+    attach_tt_lora,
+    tt_layout,
+    tt_modules,
+)
 from ttlora_moe.tt.layer import TTLoRALinear
 from ttlora_moe.tt.tensor_train import balanced_factors
 
@@ -84,13 +90,13 @@ def allocated_bytes(fn) -> int:
     return int(sum(max(0, e.self_cpu_memory_usage) for e in prof.key_averages()))
 
 
-def layer_rows(batch_sizes: list[int], seq_len: int, repeats: int) -> list[dict]:
+def layer_rows(batch_sizes: list[int], seq_len: int, repeats: int, device: torch.device) -> list[dict]:
     """One 384 -> 384 linear, tokens = batch x seq_len."""
     rows = []
     factors = balanced_factors(384)
-    layer = TTLoRALinear(nn.Linear(384, 384), factors, factors, rank=4, alpha=32.0).eval()
+    layer = TTLoRALinear(nn.Linear(384, 384), factors, factors, rank=4, alpha=32.0).eval().to(device)
     for bs in batch_sizes:
-        x = torch.randn(bs, seq_len, 384)
+        x = torch.randn(bs, seq_len, 384, device=device)
         row: dict[str, Any] = {"level": "layer", "batch": bs}
         with torch.inference_mode():
             forwards = {layer: mode_forwards(layer)}
@@ -103,17 +109,18 @@ def layer_rows(batch_sizes: list[int], seq_len: int, repeats: int) -> list[dict]
     return rows
 
 
-def model_rows(batch_sizes: list[int], repeats: int) -> list[dict]:
+def model_rows(batch_sizes: list[int], repeats: int, device: torch.device) -> list[dict]:
     """The configured base model (default all-MiniLM-L6-v2), q and v adapted, on SST-2 sentences."""
     from benchmarks.sst2_sentences import sst2_sentences
 
     params = load_params()
     base = load_base_model(section(params, "base_model").get("ref", DEFAULT_BASE_MODEL))
     attach_tt_lora(base.model, TTLoRAConfig.from_dict(section(params, "tt")))
+    base.model.to(device)
     sentences = sst2_sentences(max(batch_sizes))
     rows = []
     for bs in batch_sizes:
-        enc = base.tokenizer(sentences[:bs], padding=True, return_tensors="pt")
+        enc = base.tokenizer(sentences[:bs], padding=True, return_tensors="pt").to(device)
         row: dict[str, Any] = {"level": "model", "batch": bs, "tokens": int(enc["input_ids"].shape[1])}
         with torch.inference_mode():
             forwards = {layer: mode_forwards(layer) for layer in tt_modules(base.model).values()}
@@ -141,7 +148,7 @@ def random_experts(base_ref: str, tt: TTLoRAConfig, count: int) -> tuple[list[di
     return tensors, metas
 
 
-def mixture_rows(batch_sizes: list[int], repeats: int, experts: int = 6) -> list[dict]:
+def mixture_rows(batch_sizes: list[int], repeats: int, device: torch.device, experts: int = 6) -> list[dict]:
     """A bundle's adapted pass: the batch's rows spread round-robin over ``experts`` experts."""
     from benchmarks.sst2_sentences import sst2_sentences
     from ttlora_moe.moe.features import FeatureSpec, feature_dim
@@ -152,16 +159,16 @@ def mixture_rows(batch_sizes: list[int], repeats: int, experts: int = 6) -> list
     ref = section(params, "base_model").get("ref", DEFAULT_BASE_MODEL)
     tensors, metas = random_experts(ref, TTLoRAConfig.from_dict(section(params, "tt")), experts)
     infos = [ExpertInfo(f"e{e}", None, f"e{e}", ["a", "b"], "accuracy") for e in range(experts)]
-    plain = load_base_model(ref)
+    plain = load_base_model(ref, device=device)
     spec = FeatureSpec()
-    mixtures = {path: MixtureOfExperts(load_base_model(ref), infos, tensors, metas,
+    mixtures = {path: MixtureOfExperts(load_base_model(ref, device=device), infos, tensors, metas,
                                        Router(feature_dim(spec, plain), experts, "linear"), spec, 128,
-                                       adapter_path=path) for path in MIXTURE_MODES[1:]}
+                                       adapter_path=path).to(device) for path in MIXTURE_MODES[1:]}
     sentences = sst2_sentences(max(batch_sizes))
     rows = []
     for bs in batch_sizes:
-        enc = plain.tokenizer(sentences[:bs], padding=True, return_tensors="pt")
-        index = torch.arange(bs) % experts
+        enc = plain.tokenizer(sentences[:bs], padding=True, return_tensors="pt").to(device)
+        index = torch.arange(bs, device=device) % experts
         calls = {"base": lambda: plain.model(**enc)}
         calls.update({path: (lambda m=moe: m.expert_logits(enc["input_ids"], enc["attention_mask"], index))
                       for path, moe in mixtures.items()})
@@ -176,10 +183,15 @@ def mixture_rows(batch_sizes: list[int], repeats: int, experts: int = 6) -> list
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer batch sizes and repeats")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
     batch_sizes = [1, 32] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128]
     repeats = 3 if args.quick else 9
-    rows = layer_rows(batch_sizes, 32, repeats) + model_rows(batch_sizes, repeats) + mixture_rows(batch_sizes, repeats, 2 if args.quick else 6)
+    rows = (layer_rows(batch_sizes, 32, repeats, device) + model_rows(batch_sizes, repeats, device)
+            + mixture_rows(batch_sizes, repeats, device, 2 if args.quick else 6))
+    for row in rows:
+        row["device"] = str(device)
     for row in rows:
         for name in MODES[1:] + MIXTURE_MODES[1:]:
             if f"{name}_ms" in row:
@@ -187,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     columns = ["level", "batch", "base_ms", "contraction_x", "reconstruction_x", "merged_x", "contract_x",
                "base_bytes", "contraction_bytes", "reconstruction_bytes"]
     table = markdown_table(rows, columns)
-    write_results("adapter_speed", {"rows": rows, "quick": args.quick}, table)
+    write_results("adapter_speed", {"rows": rows, "quick": args.quick, "device": str(device)}, table)
     return {"rows": rows}
 
 

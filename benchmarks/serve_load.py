@@ -45,6 +45,7 @@ import psutil
 
 from benchmarks.common import markdown_table, write_results
 from benchmarks.moe_throughput import DEFAULT_TASKS, mixed_stream, random_expert
+from ttlora_moe.devices import resolve_device
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.params import load_params, section
 from ttlora_moe.tt.config import TTLoRAConfig
@@ -230,6 +231,11 @@ def measure(name: str, uri: str, env: dict[str, str], requests: dict[str, list],
         stop_server(proc)
 
 
+def env_device(device: str | None) -> str:
+    """The device the servers ran on, as resolved here."""
+    return str(resolve_device(device or os.environ.get("TTLORA_DEVICE")))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one toy-size run: few requests, few clients")
@@ -240,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-rows", type=int, default=32, help="rows per request: 1 to this")
     parser.add_argument("--router-rows", type=int, default=None, help="router training rows per task (default 300)")
     parser.add_argument("--model-uri", default=None, help="serve this registered bundle (MLFLOW_TRACKING_URI) instead")
+    parser.add_argument("--device", default=None, help="the servers' TTLORA_DEVICE: auto, cpu, cuda, cuda:N (default: auto)")
     args = parser.parse_args(argv)
     quick = args.quick
     tasks = args.tasks or (QUICK_TASKS if quick else DEFAULT_TASKS)
@@ -254,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(tmp)
         uris = register_models(root, params, tasks, args.router_rows or (40 if quick else 300))
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+        if args.device:
+            env["TTLORA_DEVICE"] = str(resolve_device(args.device))
         if args.model_uri:
             uris["bundle"] = args.model_uri
             env["MLFLOW_TRACKING_URI"] = os.environ.get("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
@@ -276,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"\n\nTasks {', '.join(tasks)}; requests of 1 to {args.max_rows} mixed rows; "
         f"goals: {', '.join(f'{k} {v}' for k, v in goals.items())}; run took {seconds:.0f} s.")
     write_results("serve_load", {"rows": rows, "goals": goals, "tasks": tasks, "clients": clients,
+                                 "device": env_device(args.device),
                                  "max_rows": args.max_rows, "seconds": seconds}, table)
     return {"rows": rows, "goals": goals}
 

@@ -51,6 +51,18 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda", index)
 
 
+def params_device(params: dict | None, override: str | None = None) -> torch.device:
+    """The device of a command: ``override`` (its ``--device``), else params.yaml ``device``, else ``auto``."""
+    return resolve_device(override or (params or {}).get("device") or "auto")
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; a host tensor bound for CUDA goes through pinned memory, asynchronously."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def serving_device() -> torch.device:
     """The device served models run on: ``TTLORA_DEVICE`` (default ``auto``)."""
     return resolve_device(os.environ.get("TTLORA_DEVICE"))

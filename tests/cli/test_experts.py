@@ -12,15 +12,9 @@ import time
 import pytest
 import yaml
 
-from ttlora_moe.cli import main
+from tests.conftest import run_cli
 
 REQUIRED = {"task", "test_accuracy", "trainable_params", "lora_r16_params", "train_seconds", "artifact"}
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_train_expert_json_prints_one_object(project, capsys):
@@ -34,6 +28,17 @@ def test_train_expert_json_prints_one_object(project, capsys):
     assert not (project / ".e.checkpoint").exists()
 
 
+def test_a_profile_replaces_what_it_sets(project, capsys, monkeypatch):
+    path = os.environ["TTLORA_PARAMS"]
+    params = yaml.safe_load(open(path))
+    params["tiny"] = {"train": {"max_train_samples": 8}}
+    with open(path, "w") as out:
+        yaml.safe_dump(params, out)
+    code, out, err = run_cli(capsys, "train-expert", "toy", "--profile", "tiny", "--output", str(project / "p"), "--json")
+    assert code == 0, err
+    assert json.loads((project / "p" / "expert.json").read_text())["data"]["train_rows"] == 8
+
+
 def test_head_only_baseline(project, capsys):
     code, out, _ = run_cli(capsys, "train-expert", "toy", "--head-only", "--output", str(project / "h"), "--json")
     result = json.loads(out)
@@ -44,6 +49,7 @@ def test_head_only_baseline(project, capsys):
     (["train-expert", "nope"], "unknown task 'nope'"),
     (["train-expert", "toy", "--base-model", "/no/such/model"], "base model path /no/such/model does not exist"),
     (["train-expert", "toy", "--base-model", "pkg:no_such_package/model"], "package 'no_such_package' is not installed"),
+    (["train-expert", "toy", "--profile", "nope"], "params.yaml has no profile section 'nope'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(project, capsys, args, message):
     code, out, err = run_cli(capsys, *args, "--output", str(project / "bad"))

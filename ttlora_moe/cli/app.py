@@ -23,6 +23,10 @@ app.add_typer(tasks_app, name="tasks")
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ProfileOption = Annotated[str | None, typer.Option(
+    "--profile", help="A params.yaml profile merged over the sections it sets, e.g. demo or pool.")]
+DeviceOption = Annotated[str | None, typer.Option(
+    "--device", help="auto, cpu, cuda, cuda:N or mps (default: params.yaml `device`, auto = CUDA, else MPS, else CPU).")]
 
 
 def emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:

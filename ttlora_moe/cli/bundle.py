@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ttlora_moe.cli.app import JsonFlag, app, emit, quiet_stdout
+from ttlora_moe.cli.app import DeviceOption, JsonFlag, ProfileOption, app, emit, quiet_stdout
 from ttlora_moe.errors import BadInput
 
 
@@ -38,27 +38,35 @@ def _read_inputs(texts: list[str], file: Path | None) -> list[dict[str, Any]]:
     return rows
 
 
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.4f}"
+
+
 @app.command("build-bundle", context_settings={"allow_extra_args": True})
 def build_bundle_cmd(
     ctx: typer.Context,
     experts: Annotated[list[Path], typer.Option("--experts", help="Expert directories, in router order: --experts A B C.")],
     output: Annotated[Path, typer.Option(help="Bundle directory to write.")],
     router_kind: Annotated[str | None, typer.Option(help="linear or mlp (default from params.yaml).")] = None,
+    device: DeviceOption = None,
+    profile: ProfileOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Train the router on cached base features and write a verifiable bundle of experts."""
+    from ttlora_moe.devices import params_device
     from ttlora_moe.moe.build import build_bundle
     from ttlora_moe.params import load_params, section
 
     extra = [a for a in ctx.args]
     if any(a.startswith("-") for a in extra):
         raise BadInput(f"unknown option(s) {[a for a in extra if a.startswith('-')]}", "see `ttlora-moe build-bundle --help`")
-    params = load_params()
+    params = load_params(profile=profile)
+    params_device(params, device)  # an absent device is one line before anything loads
     router = section(params, "router")
     if router_kind:
         router["kind"] = router_kind
     with quiet_stdout(as_json):
-        result = build_bundle(list(experts) + [Path(a) for a in extra], output, params=params, router=router)
+        result = build_bundle(list(experts) + [Path(a) for a in extra], output, params=params, router=router, device=device)
 
     def render(r: dict[str, Any]) -> str:
         per = ", ".join(f"{t} {a:.3f}" for t, a in r["router_validation_per_task"].items())
@@ -78,28 +86,36 @@ def evaluate_cmd(
     test_per_task: Annotated[int | None, typer.Option(help="Test rows per task (default from params.yaml).")] = None,
     out_of_scope: Annotated[str | None, typer.Option(help="A task not in the bundle, for the abstain rate.")] = None,
     output: Annotated[Path | None, typer.Option(help="Report folder (default: BUNDLE/evaluation).")] = None,
+    device: DeviceOption = None,
+    profile: ProfileOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Router accuracy, confusion, task metrics inside the bundle vs each expert alone, abstain rates."""
+    from ttlora_moe.devices import params_device
     from ttlora_moe.moe.evaluate import evaluate_bundle
+    from ttlora_moe.params import load_params
 
+    params = load_params(profile=profile)
+    params_device(params, device)
     if test_per_task is not None and test_per_task < 1:
         raise BadInput(f"--test-per-task must be positive, got {test_per_task}", "give a positive number")
     with quiet_stdout(as_json):
-        result = evaluate_bundle(bundle, test_per_task=test_per_task, out_of_scope_task=out_of_scope,
-                                 output=output)
+        result = evaluate_bundle(bundle, params=params, test_per_task=test_per_task, out_of_scope_task=out_of_scope,
+                                 output=output, device=device)
 
     def render(r: dict[str, Any]) -> str:
-        lines = [f"{'task':<8} {'metric':<8} {'router':>7} {'bundle':>7} {'alone':>7} {'abstain':>8}"]
+        lines = [f"{'task':<8} {'metric':<8} {'router':>7} {'bundle':>7} {'alone':>7} {'head-only':>9} {'abstain':>8}"]
         for t, v in r["per_task"].items():
             lines.append(f"{t:<8} {v['metric']:<8} {v['router_accuracy']:>7.4f} {v['bundle_metric']:>7.4f} "
-                         f"{v['expert_metric']:>7.4f} {v['abstain_rate']:>8.4f}")
+                         f"{_num(v.get('expert_metric')):>7} {_num(v.get('baseline_metric')):>9} {v['abstain_rate']:>8.4f}")
         oos = r["out_of_scope"]
         lines.append(f"router accuracy {r['router_accuracy']:.4f} (balanced {r['router_balanced_accuracy']:.4f}), "
                      f"mixed accuracy {r['mixed_accuracy']:.4f}")
         lines.append(f"abstain: in scope {r['abstain_in_scope']:.4f}; out of scope "
-                     + (f"({oos['task']}) {oos['abstain_rate']:.4f}" if oos["task"] else "n/a (no other task)"))
-        lines.append(f"gates {'passed' if r['gates_passed'] else 'FAILED'}; report in {r['output']}")
+                     + (f"({oos['task']}) {_num(oos['abstain_rate'])}, AUROC {_num(oos['auroc'])}" if oos["task"]
+                        else "n/a (no other task)"))
+        failed = [f"{name} {g['value']}" for name, g in r["gates"].items() if not g["passed"]]
+        lines.append(f"gates {'passed' if r['gates_passed'] else 'FAILED: ' + ', '.join(failed)}; report in {r['output']}")
         return "\n".join(lines)
 
     emit(result, as_json, render)
@@ -109,14 +125,17 @@ def predict_cmd(
     bundle: Annotated[Path, typer.Option(help="Bundle directory.")],
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify (single-text inputs).")] = None,
     file: Annotated[Path | None, typer.Option(help='JSON lines: {"text": ..., "text_pair": ...} per input.')] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Route every input to its expert and answer with task, label and probabilities."""
+    from ttlora_moe.devices import resolve_device
     from ttlora_moe.moe.bundle import load_moe
 
     rows = _read_inputs(list(texts or []), file)
+    target = resolve_device(device)
     with quiet_stdout(as_json):
-        moe = load_moe(Path(bundle))
+        moe = load_moe(Path(bundle), device=target)
         answers = moe.predict(rows)
     result = {"bundle": str(Path(bundle).resolve()),
               "predictions": [{"text": r["text"], "text_pair": r["text_pair"], **a} for r, a in zip(rows, answers)]}
@@ -126,7 +145,7 @@ def predict_cmd(
         for p in r["predictions"]:
             text = p["text"] if len(p["text"]) <= 60 else p["text"][:57] + "..."
             if p["abstained"]:
-                lines.append(f"no expert fits (confidence {p['router_confidence']:.2f})  {text}")
+                lines.append(f"no expert fits ({p['abstain_reason']}; router confidence {p['router_confidence']:.2f})  {text}")
             else:
                 lines.append(f"{p['task']}: {p['label']} ({p['probabilities'][p['label']]:.2f}; "
                              f"router {p['router_confidence']:.2f})  {text}")

@@ -7,7 +7,15 @@ from typing import Annotated, Any
 
 import typer
 
-from ttlora_moe.cli.app import JsonFlag, app, emit, quiet_stdout, tasks_app
+from ttlora_moe.cli.app import (
+    DeviceOption,
+    JsonFlag,
+    ProfileOption,
+    app,
+    emit,
+    quiet_stdout,
+    tasks_app,
+)
 
 
 @tasks_app.command("list")
@@ -38,19 +46,25 @@ def train_expert_cmd(
     base_model: Annotated[str | None, typer.Option(help="Base model: pkg:..., a local path or a hub id.")] = None,
     head_only: Annotated[bool, typer.Option("--head-only", help="Train only the head on the frozen base (baseline).")] = False,
     seed: Annotated[int | None, typer.Option(help="Seed (default from params.yaml).")] = None,
+    device: DeviceOption = None,
+    profile: ProfileOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Train, test and save one task's TT-LoRA expert (resumes after a kill)."""
+    from ttlora_moe.devices import params_device
     from ttlora_moe.experts.job import train_expert
+    from ttlora_moe.params import load_params
     from ttlora_moe.paths import project_dir
 
+    params = load_params(profile=profile)
+    params_device(params, device)  # an absent device is one line before anything loads
     overrides = {k: v for k, v in {"max_train_samples": max_train_samples, "epochs": epochs, "seed": seed}.items()
                  if v is not None}
     if output is None:
         output = project_dir() / "outputs" / "experts" / (f"{task}-head-only" if head_only else task)
     with quiet_stdout(as_json):
-        result = train_expert(task, output, base_model=base_model, overrides=overrides,
-                              adapter="head-only" if head_only else "ttlora")
+        result = train_expert(task, output, params=params, base_model=base_model, overrides=overrides,
+                              adapter="head-only" if head_only else "ttlora", device=device)
 
     def render(r: dict[str, Any]) -> str:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in r["test_metrics"].items() if k != "loss")

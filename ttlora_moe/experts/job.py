@@ -15,6 +15,7 @@ from ttlora_moe.data.batching import Collator
 from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.data.prepare import ensure_prepared
 from ttlora_moe.data.prepared import load_split, prepared_md5
+from ttlora_moe.devices import params_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import save_expert
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
@@ -54,9 +55,11 @@ def train_expert(
     adapter: str = "ttlora",
     progress: bool = True,
     on_eval: Callable[[dict[str, float]], None] | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Train, test and save the expert for ``task`` into ``output``; return a JSON-able summary.
 
+    It trains on ``device`` (default params.yaml ``device``: auto); the saved expert is on the CPU.
     ``overrides`` and ``tt_overrides`` replace keys of the ``train`` and ``tt`` sections of the
     params. ``adapter`` is ``ttlora`` (the expert), ``head-only`` (only the head on the frozen base:
     the baseline an expert must beat) or ``lora`` (PEFT LoRA r=16, alpha=8 on the same modules:
@@ -78,14 +81,15 @@ def train_expert(
 
     if adapter not in ADAPTERS:
         raise BadInput(f"unknown adapter {adapter!r}", f"use one of {', '.join(ADAPTERS)}")
-    base = load_base_model(ref, base_section.get("pooling"))
+    target = params_device(params, device)
+    base = load_base_model(ref, base_section.get("pooling"), device=target)
     if adapter == "ttlora":
         attach_tt_lora(base.model, tt_config, seed=config.seed)
     elif adapter == "lora":
         attach_peft_lora(base.model, tt_config)
     head_only = adapter == "head-only"
     head_mode = "trainable" if head_only else config.head_mode
-    classifier = SequenceClassifier(base.model, card.num_labels, base.pooling, head_mode, config.seed)
+    classifier = SequenceClassifier(base.model, card.num_labels, base.pooling, head_mode, config.seed).to(target)
     collate = Collator(base.tokenizer, config.max_length)
 
     output = Path(output)

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ttlora_moe.config_fields import Section, option
+from ttlora_moe.devices import to_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.checkpoint import (
     load_checkpoint,
@@ -57,7 +58,7 @@ class TrainConfig(Section):
     patience: int = option(3, "Validation passes without improvement before stopping.")
     checkpoint_every: int = option(25, "Steps between resumable checkpoints.")
     seed: int = option(0, "Seed of data order, dropout and initialisation.")
-    bf16: bool = option(False, "bfloat16 autocast (CPU or GPU).")
+    bf16: bool = option(False, "bfloat16 autocast on the CPU (on a CUDA device with bf16 support it is always on).")
     head_mode: str = option("trainable", "'trainable' or 'frozen' (the paper's random head).")
 
     def __post_init__(self) -> None:
@@ -81,7 +82,9 @@ class TrainResult:
 
 
 def _autocast(enabled: bool, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    """bf16 autocast when asked for, and always on a CUDA device that supports it (where it helps)."""
+    on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled or on_gpu)
 
 
 def predict(
@@ -103,7 +106,7 @@ def predict(
     with torch.inference_mode(), _autocast(bf16, device):
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress, file=sys.stderr):
             batch = collate([rows[i] for i in order[start : start + batch_size]])
-            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            logits = model(to_device(batch["input_ids"], device), to_device(batch["attention_mask"], device))
             chunks.append(torch.softmax(logits.float(), -1).cpu())
     model.train(was_training)
     if chunks:
@@ -222,9 +225,9 @@ def train(
             torch.manual_seed(config.seed * 1_000_003 + step)
             ids = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size].tolist()
             batch = collate([train_rows[i] for i in ids])
-            labels = batch["labels"].to(device)
+            labels = to_device(batch["labels"], device)
             with _autocast(config.bf16, device):
-                logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                logits = model(to_device(batch["input_ids"], device), to_device(batch["attention_mask"], device))
             loss = nn.functional.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

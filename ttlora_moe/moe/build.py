@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ttlora_moe.devices import params_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import META_FILE, WEIGHTS_FILE, read_expert_meta
 from ttlora_moe.experts.base_model import load_base_model
@@ -41,12 +42,14 @@ def build_bundle(
     bundle: dict[str, Any] | None = None,
     versions: dict[str, str | None] | None = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Train the router for ``expert_dirs`` (in this order) and write the bundle to ``output``.
 
     ``router`` and ``bundle`` default to the params' ``router:`` and ``bundle:`` sections; ``versions``
     maps a task to its registry version (recorded, may be None). Returns a JSON-able summary with
-    the seconds spent and the feature-cache hits.
+    the seconds spent and the feature-cache hits. Base-model features are computed on ``device``
+    (default params.yaml ``device``); the router is tiny and trains on the CPU.
     """
     from ttlora_moe.params import load_params, section
 
@@ -63,7 +66,7 @@ def build_bundle(
     spec = router_feature_spec(config.features, int(first.get("max_length", 128)), config.route_after_layer)
 
     t0 = time.perf_counter()
-    base = load_base_model(first["base_model"]["ref"], first.get("pooling"))
+    base = load_base_model(first["base_model"]["ref"], first.get("pooling"), device=params_device(params, device))
     if base.fingerprint != first["base_model"]["fingerprint"]:
         raise BadInput(f"{metas[0][0] / META_FILE} names base model {first['base_model']['ref']!r} with fingerprint "
                        f"{first['base_model']['fingerprint'][:12]}, but it resolves to {base.fingerprint[:12]} here",
@@ -115,7 +118,7 @@ def build_bundle(
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "format": BUNDLE_FORMAT,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "code_version": code_version(),
             "base_model": {"ref": first["base_model"]["ref"], "fingerprint": base.fingerprint,
                            "model_type": base.model_type, "hidden_size": base.hidden_size,

@@ -15,6 +15,7 @@ import torch
 from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.data.prepare import ensure_prepared
 from ttlora_moe.data.prepared import num_rows, prepared_md5, unlabelled_rows
+from ttlora_moe.devices import params_device
 from ttlora_moe.experts.base_model import BaseModel, load_base_model
 from ttlora_moe.moe.feature_cache import CacheStats, cached_features, sample_indices
 from ttlora_moe.moe.features import FeatureSpec
@@ -68,7 +69,7 @@ def router_data(
 
 
 def cache_task_features(task: str, *, params: dict[str, Any] | None = None, base_model: str | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, device: str | None = None) -> dict[str, Any]:
     """Compute and cache the router features of one task now (e.g. right after its expert is trained).
 
     A later ``build_bundle`` with this task then trains only the router. Uses the params' base model,
@@ -83,7 +84,8 @@ def cache_task_features(task: str, *, params: dict[str, Any] | None = None, base
     max_length = int(section(params, "train").get("max_length", 128))
     spec = router_feature_spec(config.features, max_length, config.route_after_layer)
     base_section = section(params, "base_model")
-    base = load_base_model(base_model or base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"))
+    base = load_base_model(base_model or base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"),
+                           device=params_device(params, device))
     _, stats, _ = router_data(base, [task], spec, config, params, progress)
     return {"task": task, "cache_hits": stats.hits, "cache_misses": stats.computed,
             "seconds": round(time.perf_counter() - start, 2)}

