@@ -111,13 +111,14 @@ def heldout_features(base: BaseModel, tasks: list[str], spec: FeatureSpec, per_t
 
 
 def score(router: Router, x: torch.Tensor, y: torch.Tensor, tasks: list[str]) -> dict[str, Any]:
-    """Routing accuracy (abstaining = wrong), balanced accuracy, worst task and abstain rate on ``x``."""
-    index, _, _ = router.route(x)
+    """Routing accuracy of the arg-max expert, balanced accuracy, worst task, and (apart) the abstain rate on ``x``."""
+    routed, _, probs, _ = router.route(x)
+    index = probs.argmax(-1)
     per_task = {t: float((index[y == e] == e).float().mean()) for e, t in enumerate(tasks)}
     worst = min(per_task, key=per_task.__getitem__)
     return {"router_accuracy": float((index == y).float().mean()),
             "balanced_accuracy": balanced_accuracy(index, y, len(tasks)), "worst_task": worst,
-            "worst_task_accuracy": per_task[worst], "abstain_rate": float((index < 0).float().mean()),
+            "worst_task_accuracy": per_task[worst], "abstain_rate": float((routed < 0).float().mean()),
             "per_task": per_task}
 
 
@@ -127,7 +128,8 @@ def fit(base: BaseModel, tasks: list[str], spec: FeatureSpec, config: RouterConf
     t0 = time.perf_counter()
     data, stats, _ = router_data(base, tasks, spec, config, params, progress=False)
     t1 = time.perf_counter()
-    router, report = train_router(*data["train"], *data["validation"], tasks, config, progress=False)
+    router, report = train_router(*data["train"], *data["validation"], tasks, config, progress=False,
+                                  block=base.hidden_size)
     t2 = time.perf_counter()
     return router, {"features_s": t1 - t0, "train_s": t2 - t1, "feature_rows_computed": stats.computed,
                     "train_rows": report.train_rows, "epochs": report.epochs,

@@ -64,6 +64,7 @@ def bundle(chosen: list[dict[str, Any]], params: dict[str, Any], key: str) -> di
     logger = get_run_logger()
     for expert in chosen:  # the router trains and the bundle is evaluated on the tasks' data: pull what is missing
         ensure_raw(load_task_card(expert["task"]))
+    _pull_out_of_scope_task(params, [e["task"] for e in chosen], logger)
     with tempfile.TemporaryDirectory(prefix="bundle-", dir=work_dir("bundles")) as tmp:
         root = Path(tmp)
         experts = models.download_experts(chosen, root / "experts")
@@ -80,6 +81,21 @@ def bundle(chosen: list[dict[str, Any]], params: dict[str, Any], key: str) -> di
         gates = gate_checks.check_gates(evaluation)
         result = register_bundle(root / "bundle", evaluation, gates, experts, root / "evaluation", params, key)
     return {**result, "evaluation": evaluation}
+
+
+def _pull_out_of_scope_task(params: dict[str, Any], tasks: list[str], logger) -> None:
+    """The raw data of the out-of-scope task the evaluation prefers, if this worker can get it (else the
+    evaluation records why its out-of-scope gate could not be measured)."""
+    from ttlora_moe.errors import BadInput
+    from ttlora_moe.params import section
+
+    wanted = section(params, "bundle").get("out_of_scope_task")
+    if not wanted or wanted in tasks:
+        return
+    try:
+        ensure_raw(load_task_card(wanted))
+    except BadInput as exc:
+        logger.warning("out-of-scope task %s: no data on this worker (%s)", wanted, exc)
 
 
 @flow(name="build-moe-bundle", flow_run_name="build-moe-bundle", persist_result=True, result_serializer="json")

@@ -9,7 +9,7 @@ BUNDLE = {"min_router_accuracy": 0.9, "min_out_of_scope_auroc": 0.8, "floors": {
 
 
 def evaluation(metrics: dict[str, float], router: float = 0.95, auroc: float | None = 0.9, key: str = "k") -> dict:
-    return {"router_accuracy": router, "out_of_scope": {"auroc": auroc},
+    return {"router_accuracy": router, "out_of_scope": {"task": "oos", "auroc": auroc},
             "per_task": {t: {"bundle_metric": m, "baseline_metric": 0.6, "rows_key": key} for t, m in metrics.items()}}
 
 
@@ -20,7 +20,11 @@ def test_thresholds_and_floors():
     assert gates["floor.a"] == {"value": 0.7, "min": 0.6 - 0.02, "passed": True}  # the head-only baseline, less the margin
     assert gates["floor.b"] == {"value": 0.45, "min": 0.5, "passed": False}  # params.yaml's floor wins
     assert not gates_of(evaluation({"a": 0.5}, router=0.8), BUNDLE)["router_test_accuracy"]["passed"]
-    assert "out_of_scope_auroc" not in gates_of(evaluation({"a": 0.7}, auroc=None), BUNDLE)  # nothing was measured
+    unread = gates_of(evaluation({"a": 0.7}, auroc=None), BUNDLE)["out_of_scope_auroc"]  # its rows could not be read
+    assert unread == {"value": None, "min": 0.8, "passed": False}
+    no_other_task = evaluation({"a": 0.7}, auroc=None)
+    no_other_task["out_of_scope"]["task"] = None  # the bundle serves every task there is: nothing to measure
+    assert "out_of_scope_auroc" not in gates_of(no_other_task, BUNDLE)
 
 
 def test_the_champion_is_compared_on_the_same_rows_only():

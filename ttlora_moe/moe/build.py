@@ -86,7 +86,7 @@ def build_bundle(
                   f"{md5s[meta['task']][:8]}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    model, report = train_router(*data["train"], *data["validation"], tasks, config, progress)
+    model, report = train_router(*data["train"], *data["validation"], tasks, config, progress, block=base.hidden_size)
     router_seconds = time.perf_counter() - t0
 
     versions = versions or {}

@@ -43,7 +43,7 @@ DEFAULT_BUNDLE: dict[str, Any] = {
     "floor_margin": 0.0,           # ... its head-only baseline on the same rows, less this margin
     "max_task_drop": 0.01,         # gate: a task (and the mixed metric) may fall at most this far below the champion
     "test_per_task": 500,          # evaluate: seeded rows per task from each test split
-    "out_of_scope_task": "mrpc",   # evaluate: preferred task not in the bundle (None, in the bundle or without a card: first prepared one it lacks)
+    "out_of_scope_task": "boolq",   # evaluate: preferred task not in the bundle (None, in the bundle or without a card: first prepared one it lacks)
     "out_of_scope_rows": 300,      # evaluate: rows of it
     "eval_seed": 0,
     "batch_size": 32,              # inputs per MoE forward

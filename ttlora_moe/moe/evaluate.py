@@ -235,7 +235,10 @@ def _out_of_scope(moe: Any, tasks: list[str], params: dict[str, Any], bp: dict[s
                               "routed_to": {}}
     if not task:
         return result
-    _, _, rows, _ = _test_rows(task, params, int(bp["out_of_scope_rows"]), seed)
+    try:
+        _, _, rows, _ = _test_rows(task, params, int(bp["out_of_scope_rows"]), seed)
+    except BadInput as exc:  # its data is not here (e.g. a worker without a mirror and no DVC pointer for it)
+        return {**result, "error": str(exc)}
     answers = moe.predict(rows, batch_size=int(bp["batch_size"]), progress=progress)
     out_scores = [_oos_score(a) for a in answers]
     for a in answers:

@@ -4,7 +4,8 @@ Every gate compares a number measured on the bundle with something independent o
 
 - ``router_test_accuracy`` >= ``bundle.min_router_accuracy``;
 - ``out_of_scope_auroc`` >= ``bundle.min_out_of_scope_auroc`` (how well abstention separates the
-  out-of-scope task's rows from the bundle's own), when the evaluation scored out-of-scope rows;
+  out-of-scope task's rows from the bundle's own), when there is a task the bundle does not serve
+  (its rows unreadable: the gate fails);
 - ``floor.<task>``: the task's metric inside the bundle >= its floor: ``bundle.floors[<task>]`` when
   params.yaml sets one, else the task's head-only baseline on the same rows minus ``bundle.floor_margin``;
 - with a champion (the version serving now), evaluated on the same rows: ``vs_champion.<task>`` and
@@ -28,9 +29,9 @@ def _gate(value: float | None, minimum: float) -> dict[str, Any]:
 def gates_of(evaluation: dict[str, Any], bundle: dict[str, Any], champion: dict[str, Any] | None = None) -> dict[str, Any]:
     """The gates of ``evaluation`` under the ``bundle`` params (and against ``champion``'s evaluation)."""
     gates = {"router_test_accuracy": _gate(evaluation["router_accuracy"], float(bundle["min_router_accuracy"]))}
-    auroc = (evaluation.get("out_of_scope") or {}).get("auroc")
-    if auroc is not None:
-        gates["out_of_scope_auroc"] = _gate(auroc, float(bundle["min_out_of_scope_auroc"]))
+    out_of_scope = evaluation.get("out_of_scope") or {}
+    if out_of_scope.get("task"):  # measured, or missing (its data could not be read: the gate fails, the evaluation says why)
+        gates["out_of_scope_auroc"] = _gate(out_of_scope.get("auroc"), float(bundle["min_out_of_scope_auroc"]))
     floors = bundle.get("floors") or {}
     for task, row in evaluation["per_task"].items():
         if task in floors:

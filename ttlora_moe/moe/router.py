@@ -35,7 +35,12 @@ from tqdm.auto import tqdm
 from ttlora_moe.config_fields import Section, option
 from ttlora_moe.errors import BadInput
 from ttlora_moe.files import read_format_json, write_json
-from ttlora_moe.moe.out_of_scope import METHODS, OutOfScopeDetector, fit_detector
+from ttlora_moe.moe.out_of_scope import (
+    DEFAULTS,
+    OutOfScopeDetector,
+    check_options,
+    fit_detector,
+)
 
 ROUTER_FORMAT = "ttlora-moe/router@1"
 ROUTER_WEIGHTS = "router.safetensors"
@@ -64,9 +69,9 @@ class RouterConfig(Section):
         1000, "Extra training inputs per task from its prepared unlabelled.parquet when that file exists (0: never).")
     false_abstain_rate: float = option(0.01, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
     out_of_scope: dict[str, Any] = option(
-        {"method": "combined", "components": 128, "shrinkage": 0.1},
-        "Out-of-scope detector (see moe/out_of_scope.py): method combined (distance + confidence), mahalanobis or "
-        "confidence; principal components; covariance shrinkage.")
+        dict(DEFAULTS),
+        "Out-of-scope detector (see moe/out_of_scope.py): method knn (distance to the training mix) or confidence; "
+        "principal components, neighbours k, bank_per_task, confidence_weight.")
     features: dict[str, Any] = option({}, "Feature spec (see features.FeatureSpec); {} = defaults.")
     batch_size_features: int = option(64, "Inputs per base-model forward when computing features.")
     threads: int = option(1, "Intra-op threads while training the router: it is tiny, and a busy thread pool costs more than it gains.")
@@ -84,10 +89,7 @@ class RouterConfig(Section):
                 raise BadInput(f"router.{key} must be a positive integer", "fix params.yaml")
         if int(self.unlabelled_per_task) < 0:
             raise BadInput("router.unlabelled_per_task must be >= 0", "fix params.yaml")
-        unknown = sorted(set(self.out_of_scope) - {"method", "components", "shrinkage"})
-        if unknown or self.out_of_scope.get("method", "combined") not in METHODS:
-            raise BadInput(f"router.out_of_scope is {self.out_of_scope}",
-                           f"set method ({', '.join(METHODS)}), components and shrinkage only")
+        check_options(self.out_of_scope)
         k = self.route_after_layer
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
             raise BadInput(f"router.route_after_layer must be a block index >= 0 or null, got {self.route_after_layer!r}",
@@ -131,11 +133,10 @@ class Router(nn.Module):
         """
         if self.training:
             raise RuntimeError("route() needs an eval-mode router: call router.eval() once after training")
-        z = (features.float() - self.mean) / self.scale
-        probs = torch.softmax(self.net(z) / self.temperature, -1)
+        probs = self(features)
         confidence, index = probs.max(-1)
         if self.detector is not None:
-            score = self.detector.score(z, confidence)
+            score = self.detector.score(features, confidence)
             abstain = score > self.detector.threshold
         else:
             score = -torch.log(confidence.clamp_min(1e-12))
@@ -223,17 +224,20 @@ def train_router(
     expert_names: list[str],
     config: RouterConfig,
     progress: bool = True,
+    block: int | None = None,
 ) -> tuple[Router, RouterReport]:
     """Train a router on features; the best epoch (validation balanced accuracy, then loss) is kept.
 
     Labels are positions in ``expert_names``. Every task weighs the same in the loss, the early
     stopping score, the temperature fit and the abstain threshold, however many rows it has.
+    ``block`` is the width of one pooled vector in the features (the base model's hidden size), for
+    the out-of-scope detector.
     """
     with _threads(config.threads):
-        return _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress)
+        return _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress, block)
 
 
-def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress):
+def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress, block):
     import time
 
     start = time.perf_counter()
@@ -296,9 +300,8 @@ def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress
         confidence, preds = torch.softmax(val_logits / temperature, -1).max(-1)
         threshold = abstain_threshold(confidence, config.false_abstain_rate, w_val)
         router.threshold.fill_(threshold)
-        router.detector = fit_detector(train_z, train_y, val_z, confidence, w_val, num_experts,
-                                       {**config.out_of_scope, "false_abstain_rate": config.false_abstain_rate,
-                                        "seed": config.seed})
+        router.detector = fit_detector(train_x, train_y, val_x, confidence, w_val, num_experts, block,
+                                       config.out_of_scope, config.false_abstain_rate, config.seed)
         abstained = router.route(val_x)[0] < 0
     per_task = {name: float((preds[val_y == e] == e).float().mean()) for e, name in enumerate(expert_names)
                 if (val_y == e).any()}
@@ -325,8 +328,10 @@ def save_router(directory: Path, router: Router, meta: dict[str, Any]) -> None:
     write_json(directory / ROUTER_META, {
         "format": ROUTER_FORMAT, "kind": router.kind, "in_dim": router.in_dim, "num_experts": router.num_experts,
         "hidden": router.hidden, "temperature": float(router.temperature), "threshold": float(router.threshold),
-        "out_of_scope": None if detector is None else {"method": detector.method, "components": int(detector.components.shape[0]),
-                                                       "threshold": float(detector.threshold)},
+        "out_of_scope": None if detector is None else {
+            "method": detector.method, "block": detector.block, "components": int(detector.components.shape[0]),
+            "bank_rows": int(detector.bank.shape[0]), "k": detector.k, "confidence_weight": detector.confidence_weight,
+            "threshold": float(detector.threshold)},
         **meta,
     })
 
@@ -339,8 +344,9 @@ def load_router(directory: Path) -> tuple[Router, dict[str, Any]]:
     meta_path = directory / ROUTER_META
     meta = read_format_json(meta_path, ROUTER_FORMAT, "rebuild the bundle")
     oos = meta.get("out_of_scope")  # routers written before 0.2 have none: they abstain on confidence
-    detector = None if not oos else OutOfScopeDetector(int(meta["in_dim"]), int(meta["num_experts"]),
-                                                      int(oos["components"]), oos["method"])
+    detector = None if not oos else OutOfScopeDetector(int(meta["in_dim"]), int(oos["block"]), int(oos["components"]),
+                                                      int(oos["bank_rows"]), int(oos["k"]), oos["method"],
+                                                      float(oos["confidence_weight"]))
     router = Router(int(meta["in_dim"]), int(meta["num_experts"]), meta["kind"], int(meta.get("hidden", 256)), 0.0, detector)
     tensors = load_tensors(directory / ROUTER_WEIGHTS)
     try:

@@ -68,6 +68,15 @@ def router_data(
     return {s: (torch.cat(x), torch.cat(y)) for s, (x, y) in out.items()}, stats, versions
 
 
+def test_features(base: BaseModel, task: str, spec: FeatureSpec, params: dict[str, Any], cap: int, seed: int,
+                  batch_size: int = 64) -> torch.Tensor:
+    """Router features of the seeded sample of ``cap`` test rows that a bundle evaluation scores (cached)."""
+    prepared, md5 = _task_data(task, params)
+    indices = sorted(sample_indices(num_rows(prepared, "test"), cap, seed))
+    feats, _ = cached_features(base, prepared, "test", indices, spec, md5, batch_size=batch_size, progress=False)
+    return feats
+
+
 def cache_task_features(task: str, *, params: dict[str, Any] | None = None, base_model: str | None = None,
                         progress: bool = True, device: str | None = None) -> dict[str, Any]:
     """Compute and cache the router features of one task now (e.g. right after its expert is trained).

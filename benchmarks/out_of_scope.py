@@ -1,0 +1,119 @@
+"""Out-of-scope detection, leave one task out: every task in turn plays the input nobody trained for.
+
+For each held-out task the router (params.yaml ``router``, detector included) is trained on the
+cached features of all the other tasks, exactly as ``build_bundle`` trains it; then the held-out
+task's test rows, the others' test rows and a fixed set of junk strings (``data/ood/junk.txt``:
+code, SQL, URLs, emoji, another language) are scored. Reported per held-out task and on average:
+
+- AUROC and FPR at 95% TPR of the score (held-out rows vs in-scope test rows);
+- the abstain rate of the held-out rows, of the junk and of the in-scope test rows (false abstain);
+
+for the configured detector and, as the reference, the router's confidence alone (what routers
+did before the detector). Goals (issue): mean AUROC >= 0.95, junk abstains >= 99%, in-scope
+false abstain <= 2%.
+
+    python -m benchmarks.out_of_scope                # every task card with data (features cached)
+    python -m benchmarks.out_of_scope --tasks cola mnli qnli qqp rte sst2 mrpc
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import torch
+
+from benchmarks.common import markdown_table, write_results
+from ttlora_moe.data.cards import list_tasks
+from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
+from ttlora_moe.moe.detection import auroc, fpr_at_tpr
+from ttlora_moe.moe.features import compute_features
+from ttlora_moe.moe.router import RouterConfig, train_router
+from ttlora_moe.moe.router_data import router_data, test_features
+from ttlora_moe.moe.single_pass import router_feature_spec
+from ttlora_moe.params import load_params, section
+
+JUNK = Path(__file__).resolve().parents[1] / "data" / "ood" / "junk.txt"
+QUICK_TASKS = ["cola", "mrpc", "rte", "sst2"]
+COLUMNS = ["held_out", "detector", "auroc", "fpr_at_95_tpr", "abstain_held_out", "abstain_junk", "false_abstain_in_scope"]
+
+
+def junk_rows(path: Path = JUNK) -> list[dict[str, Any]]:
+    """The junk strings, one per line (``#`` lines are comments)."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [{"text": line, "text_pair": None} for line in lines if line and not line.startswith("#")]
+
+
+def measure(scores: dict[str, torch.Tensor], threshold: float) -> dict[str, float]:
+    """Separation and abstain rates of one detector's scores on the held-out, in-scope and junk rows."""
+    return {"auroc": auroc(scores["out"], scores["in"]), "fpr_at_95_tpr": fpr_at_tpr(scores["out"], scores["in"]),
+            "abstain_held_out": float((scores["out"] > threshold).float().mean()),
+            "abstain_junk": float((scores["junk"] > threshold).float().mean()),
+            "false_abstain_in_scope": float((scores["in"] > threshold).float().mean())}
+
+
+def held_out_rows(held: str, tasks: list[str], base, spec, config: RouterConfig, params: dict[str, Any],
+                  tests: dict[str, torch.Tensor], junk: torch.Tensor) -> list[dict[str, Any]]:
+    """Train the router without ``held`` and score its rows, the in-scope rows and the junk."""
+    ins = [t for t in tasks if t != held]
+    data, _, _ = router_data(base, ins, spec, config, params, progress=False)
+    router, _ = train_router(*data["train"], *data["validation"], ins, config, progress=False, block=base.hidden_size)
+    sets = {"in": torch.cat([tests[t] for t in ins]), "out": tests[held], "junk": junk}
+    rows = []
+    with torch.no_grad():
+        routed = {name: router.route(x) for name, x in sets.items()}
+        rows.append({"held_out": held, "detector": router.detector.method,
+                     **measure({n: r[3] for n, r in routed.items()}, float(router.detector.threshold))})
+        surprise = {n: -torch.log(r[1].clamp_min(1e-12)) for n, r in routed.items()}
+        rows.append({"held_out": held, "detector": "confidence alone",
+                     **measure(surprise, -float(torch.log(router.threshold.clamp_min(1e-12))))})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="*", default=None, help="default: every task card")
+    parser.add_argument("--test-rows", type=int, default=None, help="test rows per task (seeded sample; default 500)")
+    parser.add_argument("--quick", action="store_true", help="four tasks, 100 test rows each")
+    args = parser.parse_args(argv)
+    args.test_rows = args.test_rows or (100 if args.quick else 500)
+    params = load_params()
+    config = RouterConfig.from_dict(section(params, "router"))
+    base_section = section(params, "base_model")
+    base = load_base_model(base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"))
+    spec = router_feature_spec(config.features, int(section(params, "train").get("max_length", 128)),
+                               config.route_after_layer)
+    tasks = args.tasks or (QUICK_TASKS if args.quick else list_tasks())
+    start = time.perf_counter()
+    seed = int(section(params, "bundle").get("eval_seed", 0))
+    tests = {t: test_features(base, t, spec, params, args.test_rows, seed) for t in tasks}
+    junk = compute_features(base, junk_rows(), spec, progress=False)
+    rows = []
+    for held in tasks:
+        rows += held_out_rows(held, tasks, base, spec, copy.deepcopy(config), params, tests, junk)
+        print(rows[-2], flush=True)
+    for detector in dict.fromkeys(r["detector"] for r in rows):
+        mine = [r for r in rows if r["detector"] == detector]
+        rows.append({"held_out": "**mean**", "detector": detector,
+                     **{k: mean(r[k] for r in mine) for k in COLUMNS[2:]}})
+    means = {r["detector"]: r for r in rows if r["held_out"] == "**mean**"}
+    configured = means[config.out_of_scope.get("method", "knn")]
+    goals = {"mean_auroc_at_least_0_95": configured["auroc"] >= 0.95,
+             "junk_abstains_at_least_99pct": configured["abstain_junk"] >= 0.99,
+             "false_abstain_at_most_2pct": configured["false_abstain_in_scope"] <= 0.02}
+    seconds = time.perf_counter() - start
+    table = markdown_table(rows, COLUMNS) + (
+        f"\n\n{len(tasks)} tasks, {args.test_rows} test rows each, {len(junk)} junk strings; detector "
+        f"{config.out_of_scope}; false_abstain_rate {config.false_abstain_rate}; goals: "
+        f"{', '.join(f'{k} {v}' for k, v in goals.items())}; took {seconds:.0f} s.")
+    write_results("out_of_scope", {"rows": rows, "goals": goals, "tasks": tasks, "detector": config.out_of_scope,
+                                   "false_abstain_rate": config.false_abstain_rate}, table)
+    return {"rows": rows, "goals": goals}
+
+
+if __name__ == "__main__":
+    main()
