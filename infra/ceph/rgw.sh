@@ -34,19 +34,11 @@ say() { echo "rgw: $*" >&2; }
 die() { echo "rgw: error: $1" >&2; exit "${2:-1}"; }
 ceph_() { ceph -c "$CONF" --connect-timeout 10 "$@"; }
 
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/pids.sh"
+
 pidfile() { echo "$STATE/pids/$1.pid"; }
 
-live_pid() {  # the recorded PID of $1 if it is alive and leads its own process group
-    local f pid pgid
-    f=$(pidfile "$1")
-    [[ -f $f ]] || return 1
-    pid=$(<"$f")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    pgid=$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ') || return 1
-    [[ $pgid == "$pid" ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$CONF" || return 1
-    echo "$pid"
-}
+live_pid() { live_pid_in "$(pidfile "$1")" "$CONF"; }  # the recorded PID of $1 if alive and ours (infra/lib/pids.sh)
 
 start() {  # start NAME CMD...: own session, log and pid file under $STATE
     local name=$1; shift

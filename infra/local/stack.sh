@@ -39,22 +39,13 @@ SERVICES=(prefect-server prefect-worker mlflow-server)
 say() { echo "stack: $*" >&2; }
 die() { echo "stack: error: $1" >&2; exit "${2:-1}"; }
 
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/pids.sh"
+
 pidfile() { echo "$RUN/pids/$1.pid"; }
 
 # The recorded PID of $1 if that process is alive and still ours (it leads its own process group,
-# as `start` made it, and runs a program from our virtualenv), else nothing. Guards against a stale
-# file whose PID was reused.
-live_pid() {
-    local f pid pgid
-    f=$(pidfile "$1")
-    [[ -f $f ]] || return 1
-    pid=$(<"$f")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    pgid=$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ') || return 1
-    [[ $pgid == "$pid" ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$BIN/" || return 1
-    echo "$pid"
-}
+# as `start` made it, and runs a program from our virtualenv), else nothing (infra/lib/pids.sh).
+live_pid() { live_pid_in "$(pidfile "$1")" "$BIN/"; }
 
 started_alive() { kill -0 "$(<"$(pidfile "$1")")" 2>/dev/null; }  # during startup, before the exec
 
