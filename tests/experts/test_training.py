@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
 
 from tests.toys import Collate, make_classifier, toy_rows
 from ttlora_moe.errors import BadInput
-from ttlora_moe.experts.training import TrainConfig, evaluate, train
+from ttlora_moe.experts.training import TrainConfig, batches, evaluate, train
 
 CONFIG = dict(epochs=3, batch_size=16, lr=2e-2, head_lr=2e-2, evals_per_epoch=1, patience=5, checkpoint_every=2)
 
@@ -96,6 +98,23 @@ def test_a_torn_checkpoint_starts_a_fresh_run(tiny_bert, tmp_path, torn):
     result = train(model, *rows, Collate(base.tokenizer), config, "accuracy", checkpoint_dir=tmp_path,
                    fingerprint="a", progress=False)
     assert result.resumed_from_step == 0 and result.steps == 2
+
+
+def test_loader_workers_give_the_batches_of_the_loop_in_order(tiny_bert):
+    """On a CUDA device DataLoader processes tokenise ahead; the batches are the loop's own, in order
+    (run here with the device named cuda: without a GPU the DataLoader only skips the pinning)."""
+    from transformers import AutoTokenizer
+
+    rows, collate = toy_rows(40, seed=3), Collate(AutoTokenizer.from_pretrained(tiny_bert))
+    id_lists = [list(range(i, min(i + 6, 40))) for i in range(0, 40, 6)][::-1]
+    here = list(batches(rows, id_lists, collate, torch.device("cpu"), workers=2))
+    with pytest.warns(UserWarning, match="pin_memory") if not torch.cuda.is_available() else contextlib.nullcontext():
+        ahead = list(batches(rows, id_lists, collate, torch.device("cuda"), workers=2))
+    assert len(here) == len(ahead) == len(id_lists)
+    for a, b, ids in zip(here, ahead, id_lists):
+        assert all(torch.equal(a[k], b[k]) for k in a) and a["labels"].tolist() == [rows[i]["label"] for i in ids]
+    with pytest.raises(BadInput, match="loader_workers"):
+        TrainConfig(loader_workers=-1)
 
 
 def test_a_typo_in_head_mode_is_bad_input():

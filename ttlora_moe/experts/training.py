@@ -15,13 +15,14 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ttlora_moe.config_fields import Section, option
@@ -60,8 +61,13 @@ class TrainConfig(Section):
     seed: int = option(0, "Seed of data order, dropout and initialisation.")
     bf16: bool = option(False, "bfloat16 autocast on the CPU (on a CUDA device with bf16 support it is always on).")
     head_mode: str = option("trainable", "'trainable' or 'frozen' (the paper's random head).")
+    loader_workers: int = option(
+        2, "On a CUDA device: DataLoader processes that tokenise the next batches while the GPU trains (0: none). "
+        "On the CPU batches are always tokenised in the training loop.")
 
     def __post_init__(self) -> None:
+        if not isinstance(self.loader_workers, int) or isinstance(self.loader_workers, bool) or self.loader_workers < 0:
+            raise BadInput(f"train.loader_workers must be an integer >= 0, got {self.loader_workers!r}", "fix params.yaml")
         if self.head_mode not in HEAD_MODES:
             raise BadInput(f"unknown train.head_mode {self.head_mode!r}",
                            f"set train.head_mode to one of {', '.join(HEAD_MODES)}")
@@ -85,6 +91,26 @@ def _autocast(enabled: bool, device: torch.device):
     """bf16 autocast when asked for, and always on a CUDA device that supports it (where it helps)."""
     on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled or on_gpu)
+
+
+class _Batch:
+    """Collate the rows at a list of indices (a picklable DataLoader ``collate_fn``)."""
+
+    def __init__(self, rows: Sequence[dict], collate) -> None:
+        self.rows, self.collate = rows, collate
+
+    def __call__(self, ids: list[int]) -> dict[str, torch.Tensor]:
+        return self.collate([self.rows[i] for i in ids])
+
+
+def batches(rows: Sequence[dict], id_lists: list[list[int]], collate, device: torch.device,
+            workers: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The collated batch of each id list, in order: tokenised ahead by ``workers`` DataLoader processes into
+    pinned memory on a CUDA device, in this loop otherwise."""
+    make = _Batch(rows, collate)
+    if device.type != "cuda" or workers == 0 or len(id_lists) < 2:
+        return (make(ids) for ids in id_lists)
+    return iter(DataLoader(id_lists, batch_size=None, collate_fn=make, num_workers=workers, pin_memory=True))
 
 
 def predict(
@@ -221,10 +247,11 @@ def train(
     while step < total_steps and not stopped:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(config.seed * 1009 + epoch))
-        for batch_index in range(in_epoch, steps_per_epoch):
+        id_lists = [order[b * config.batch_size : (b + 1) * config.batch_size].tolist()
+                    for b in range(in_epoch, steps_per_epoch)]
+        for batch_index, ids, batch in zip(range(in_epoch, steps_per_epoch), id_lists,
+                                           batches(train_rows, id_lists, collate, device, config.loader_workers)):
             torch.manual_seed(config.seed * 1_000_003 + step)
-            ids = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size].tolist()
-            batch = collate([train_rows[i] for i in ids])
             labels = to_device(batch["labels"], device)
             with _autocast(config.bf16, device):
                 logits = model(to_device(batch["input_ids"], device), to_device(batch["attention_mask"], device))
