@@ -25,7 +25,6 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import check_services, work_dir
 from ttlora_moe.data.cards import load_task_card
-from ttlora_moe.files import write_json
 from ttlora_moe.params import load_params
 from ttlora_moe.pipeline import gates as gate_checks
 from ttlora_moe.pipeline import models
@@ -35,7 +34,8 @@ from ttlora_moe.pipeline.bundles import (
     find_bundle,
     register_bundle,
 )
-from ttlora_moe.pipeline.champion import compare_with_champion, comparison_markdown
+from ttlora_moe.pipeline.bundle_report import evaluation_table
+from ttlora_moe.pipeline.champion import compare_with_champion
 from ttlora_moe.pipeline.dvc_tracking import ensure_raw
 from ttlora_moe.pipeline.mlflow_client import tracking_uri
 
@@ -77,7 +77,6 @@ def bundle(chosen: list[dict[str, Any]], params: dict[str, Any], key: str) -> di
                     sec["features"])
         evaluation = evaluate_bundle(root / "bundle", params=params, output=root / "evaluation", progress=False)
         evaluation = compare_with_champion(evaluation, bundle_params(section(params, "bundle")))
-        write_json(root / "evaluation" / "evaluation.json", evaluation)
         gates = gate_checks.check_gates(evaluation)
         result = register_bundle(root / "bundle", evaluation, gates, experts, root / "evaluation", params, key)
     return {**result, "evaluation": evaluation}
@@ -123,7 +122,8 @@ def build_moe_bundle_flow(tasks: list[str] | None = None, versions: dict[str, in
     else:
         logger.warning("%s version %s: gates failed (%s); no alias set", result["model"], result["version"],
                        gate_checks.describe_failed_gates(gates))
-    create_markdown_artifact(key="bundle-evaluation", markdown=evaluation_table(evaluation, gates, result),
+    create_markdown_artifact(key="bundle-evaluation", markdown=evaluation_table(evaluation, gates, result["model"],
+                                                                         result["version"], result["experts"]),
                              description=f"ttlora-moe version {result['version']}")
     return {**result, "unchanged": False, **_headline(evaluation)}
 
@@ -142,27 +142,3 @@ def _headline(evaluation: dict[str, Any]) -> dict[str, Any]:
     return {"evaluation": {k: v for k, v in evaluation.items() if not isinstance(v, (dict, list)) and k not in LOCAL_KEYS},
             "per_task": {t: {k: v for k, v in row.items() if not isinstance(v, (dict, list))}
                          for t, row in (evaluation.get("per_task") or {}).items()}}
-
-
-def evaluation_table(evaluation: dict[str, Any], gates: dict[str, Any], result: dict[str, Any]) -> str:
-    """A markdown table of the bundle's evaluation, one row per task."""
-    lines = [f"**{result['model']} version {result['version']}**: router accuracy "
-             f"{_fmt(evaluation.get('router_accuracy'))}, gates {'passed' if gates['passed'] else 'FAILED: ' + gate_checks.describe_failed_gates(gates)}",
-             "", "| task | expert version | metric | router accuracy | expert alone | in bundle | head-only baseline |",
-             "|---|---|---|---|---|---|---|"]
-    for task_name, row in sorted((evaluation.get("per_task") or {}).items()):
-        lines.append(f"| {task_name} | {result['experts'].get(task_name, '')} | {row.get('metric', '')} | {_fmt(row.get('router_accuracy'))} | "
-                     f"{_fmt(row.get('expert_metric'))} | {_fmt(row.get('bundle_metric'))} | {_fmt(row.get('baseline_metric'))} |")
-    oos = evaluation.get("out_of_scope") or {}
-    if oos.get("task"):
-        lines += ["", f"Out of scope ({oos['task']}, {oos['rows']} rows): abstained {_fmt(oos.get('abstain_rate'))}, "
-                      f"AUROC {_fmt(oos.get('auroc'))}; in-scope abstain rate {_fmt(evaluation.get('abstain_in_scope'))}"]
-    champion = evaluation.get("champion")
-    if champion:
-        lines += ["", f"Against the champion (version {champion['version']}), on the same rows:", "",
-                  comparison_markdown(champion["rows"], result["version"], champion["version"])]
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    return "" if value is None else f"{float(value):.4f}"

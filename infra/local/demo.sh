@@ -59,32 +59,9 @@ prefect deployment run train-all-experts/local --param "profile=$PROFILE" --para
     | tee "$TTLORA_RUN_DIR/logs/demo-run.log" | grep -vE "^\s*$" | tail -n 5 >&2 || status=$?
 say "train-all-experts finished (exit $status)"
 
-python - "$PREFECT_UI_URL" "$MLFLOW_TRACKING_URI" <<'PY'
-import sys
-
-from flows.build_bundle import evaluation_table
-from ttlora_moe.pipeline.bundles import bundle_summary
-from ttlora_moe.pipeline.gates import check_gates, describe_failed_gates
-from ttlora_moe.errors import BadInput
-
-prefect_ui, mlflow_ui = sys.argv[1], sys.argv[2]
-try:
-    summary = bundle_summary()
-except BadInput as exc:
-    print(f"demo: no bundle registered: {exc}", file=sys.stderr)
-    sys.exit(1)
-gates = check_gates(summary["evaluation"])
-result = {"model": summary["model"], "version": summary["version"], "experts": summary["experts"]}
-print()
-print(evaluation_table(summary["evaluation"], gates, result))
-print()
-aliases = ", ".join(summary["aliases"]) or "none (gates failed: " + describe_failed_gates(gates) + ")"
-print(f"ttlora-moe version {summary['version']}, aliases: {aliases}")
-print(f"MLflow UI:  {mlflow_ui}/#/models/ttlora-moe/versions/{summary['version']}")
-print(f"Prefect UI: {prefect_ui}/runs")
-print(f"Promote:    ttlora-moe promote {summary['version']}   (or move alias 'champion' in the MLflow UI)")
-print(f"Serve:      mlflow models serve -m models:/ttlora-moe@champion --env-manager local -p 5001")
-print("Stop:       make down")
-PY
+echo
+ttlora-moe bundle-show || status=$?
+echo "Prefect UI: $PREFECT_UI_URL/runs"
+echo "Stop:       make down"
 say "done in $((SECONDS - t0))s"
 exit "$status"

@@ -46,10 +46,10 @@ def test_register_bundle_gates_aliases_and_promotion(registry_env, evaluated_bun
     assert str(c.get_model_version_by_alias("ttlora-moe", "champion").version) == str(second["version"])
     promote(first["version"])
     assert [r["task"] for r in forced["comparison"]] == ["toy", "toy2", "mixed"]
-    assert all(r["delta"] == 0.0 for r in forced["comparison"])  # the same evaluation stored under both versions
+    assert all(r["delta"] == 0.0 for r in forced["comparison"])  # the same per-task metrics under both versions
 
 
-def test_a_candidate_is_gated_against_the_champion_on_the_same_rows(registry_env, evaluated_bundle):
+def test_a_candidate_is_gated_against_the_champion_on_the_same_rows(registry_env, evaluated_bundle, capsys):
     from ttlora_moe.moe.bundle import bundle_params
     from ttlora_moe.pipeline.champion import champion_version, compare_with_champion, comparison_markdown
 
@@ -85,3 +85,14 @@ def test_a_candidate_is_gated_against_the_champion_on_the_same_rows(registry_env
     description = MlflowClient().get_model_version("ttlora-moe", str(registered["version"])).description
     assert "Gates FAILED: " in description and "vs_champion.toy " in description and f"champion (version {first['version']})" in description
     assert "| toy | accuracy |" in description and not registered["gates_passed"]
+
+    # ttlora-moe bundle-show: the same report the flow's artifact and make demo print
+    from tests.conftest import run_cli
+
+    code, out, err = run_cli(capsys, "bundle-show", str(registered["version"]))
+    assert code == 0, err
+    assert f"**ttlora-moe version {registered['version']}**" in out and "| toy | 1 | accuracy |" in out
+    assert "gates FAILED: " in out and "aliases: none (gates failed" in out and f"champion (version {first['version']})" in out
+    assert f"ttlora-moe promote {registered['version']}" in out
+    code, _, err = run_cli(capsys, "bundle-show", "latest")
+    assert code == 2 and "is not a version number" in err

@@ -113,6 +113,29 @@ def _run_deployment(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
     return run.state.result()
 
 
+@app.command("bundle-show")
+def bundle_show(
+    version: Annotated[str | None, typer.Argument(help="ttlora-moe model version (default: the latest).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """A registered bundle version: its evaluation table, gates, out of scope, champion comparison, aliases."""
+    import os
+
+    from ttlora_moe.errors import BadInput
+    from ttlora_moe.pipeline.services import check_mlflow
+
+    if version is not None and not version.isdigit():
+        raise BadInput(f"version {version!r} is not a version number", "give the number shown in the MLflow UI, e.g. 3")
+    check_mlflow()
+    with quiet_stdout(as_json):
+        from ttlora_moe.pipeline.bundle_report import version_report
+        from ttlora_moe.pipeline.bundles import bundle_summary
+
+        summary = bundle_summary(int(version) if version else None)
+    ui = os.environ.get("MLFLOW_TRACKING_URI", "")
+    emit(summary, as_json, lambda s: version_report(s, ui if ui.startswith("http") else None))
+
+
 @app.command("promote")
 def promote(
     version: Annotated[str, typer.Argument(help="ttlora-moe model version to serve.")],

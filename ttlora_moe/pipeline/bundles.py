@@ -72,7 +72,7 @@ def register_bundle(
 ) -> dict[str, Any]:
     """Log a bundle run and register it as a new ``ttlora-moe`` version; alias ``candidate`` if the gates pass.
 
-    ``evaluation_dir`` holds ``evaluation.json`` and the PNG plots (default: ``bundle_dir``).
+    ``evaluation_dir`` holds the PNG plots (default: ``bundle_dir``); ``evaluation`` is stored as ``evaluation.json``.
     The version's tags pin every expert (``expert.<task>`` = version) and record the gates.
     """
     bundle_dir = Path(bundle_dir)
@@ -107,11 +107,10 @@ def register_bundle(
         with tempfile.TemporaryDirectory() as tmp:
             eval_copy = Path(tmp) / "evaluation"
             eval_copy.mkdir()
-            for file in sorted(evaluation_dir.glob("*.png")) + [evaluation_dir / EVALUATION_FILE]:
-                if file.exists():
-                    shutil.copy2(file, eval_copy / file.name)
-            if not (eval_copy / EVALUATION_FILE).exists():
-                (eval_copy / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2, sort_keys=True, default=str))
+            for file in sorted(evaluation_dir.glob("*.png")):
+                shutil.copy2(file, eval_copy / file.name)
+            # the evaluation the gates were computed from (with the champion comparison), not a file written before it
+            (eval_copy / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2, sort_keys=True, default=str))
             (eval_copy / "gates.json").write_text(json.dumps(gates, indent=2, sort_keys=True, default=str))
             for file in sorted(eval_copy.iterdir()):
                 c.log_artifact(run_id, str(file), "evaluation")
