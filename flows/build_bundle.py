@@ -28,13 +28,13 @@ from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.params import load_params
 from ttlora_moe.pipeline import gates as gate_checks
 from ttlora_moe.pipeline import models
+from ttlora_moe.pipeline.bundle_report import evaluation_table
 from ttlora_moe.pipeline.bundles import (
     bundle_key,
     bundle_summary,
     find_bundle,
     register_bundle,
 )
-from ttlora_moe.pipeline.bundle_report import evaluation_table
 from ttlora_moe.pipeline.champion import compare_with_champion
 from ttlora_moe.pipeline.dvc_tracking import ensure_raw
 from ttlora_moe.pipeline.mlflow_client import tracking_uri
