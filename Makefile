@@ -35,7 +35,9 @@ test: setup
 # and two process workers started from two clones, one without a data mirror. About 5 minutes on 2 cores, so
 # `make test` leaves it out (the issue's bar: in `make test` only where it fits in under 5 minutes).
 test-distributed: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=3 -m distributed tests/distributed
+	TTLORA_DISTRIBUTED_REPORT=$(CURDIR)/.run/distributed-report.md $(BIN)/python -m pytest -q -p no:cacheprovider \
+		--timeout=900 --durations=3 -m distributed tests/distributed
+	@cat .run/distributed-report.md
 
 # A registered bundle served by `mlflow models serve` (default environment manager) from a fresh
 # virtualenv without this project: minutes, it installs torch and transformers into a new environment.

@@ -6,6 +6,7 @@ is built in a third checkout from registry downloads alone. ``make test-distribu
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,15 @@ def test_experts_train_on_both_workers_and_the_bundle_comes_from_the_registry(cl
         trained_by.setdefault(run.data.tags["ttlora.worker"], []).append(task)
         assert run.data.tags["git_commit"] == head  # the flow run's code is the branch the tasks were pushed to
     assert set(trained_by) == {"worker-a", "worker-b"}, trained_by  # both workers trained
+    report = os.environ.get("TTLORA_DISTRIBUTED_REPORT")  # make test-distributed prints it
+    if report:
+        lines = ["| expert | version | trained by | data on that worker |", "|---|---|---|---|"]
+        lines += [f"| {task} | {summary['trained'][task]['version']} | {worker} | "
+                  f"{'mirror' if worker == 'worker-a' else 'dvc pull from the S3 remote'} |"
+                  for worker, tasks in sorted(trained_by.items()) for task in sorted(tasks)]
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        Path(report).write_text("\n".join(lines) + f"\n\nbundle: ttlora-moe version {summary['bundle']['version']}, "
+                                "built from registry downloads in a third checkout\n")
 
     # Worker B has no mirror: the raw data of what it trained came from the DVC remote, exactly the registered bytes.
     for task in trained_by["worker-b"]:
