@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -10,7 +11,13 @@ from torch import nn
 
 from tests.toys import Collate, make_classifier, toy_rows
 from ttlora_moe.errors import BadInput
-from ttlora_moe.experts.training import TrainConfig, batches, evaluate, train
+from ttlora_moe.experts.training import (
+    TrainConfig,
+    batches,
+    class_weights,
+    evaluate,
+    train,
+)
 
 CONFIG = dict(epochs=3, batch_size=16, lr=2e-2, head_lr=2e-2, evals_per_epoch=1, patience=5, checkpoint_every=2)
 
@@ -182,3 +189,35 @@ def test_selection_and_early_stopping_follow_the_task_metric_with_loss_breaking_
     assert result.selection == {"metric": "accuracy", "best": pytest.approx(0.7), "best_step": 1,
                                 "best_loss": pytest.approx(result.history[0]["val_loss"])}
 
+
+
+def test_balanced_class_weights_weigh_each_seen_class_by_its_rarity():
+    rows = [{"label": y} for y in [0] * 6 + [2] * 2]
+    assert class_weights(rows, "none") is None
+    assert class_weights(rows, "balanced").tolist() == pytest.approx([8 / 12, 0.0, 2.0])
+    with pytest.raises(BadInput, match="unknown train.class_weights 'balance'.*none, balanced"):
+        TrainConfig.from_dict({"class_weights": "balance"})
+
+
+class PriorOnly(nn.Module):
+    """Logits that ignore the input, starting at P(class 1) = 0.3: all such a model can learn is a class prior."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([0.0, math.log(0.3 / 0.7)]))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(len(input_ids), 2)
+
+
+@pytest.mark.parametrize(("kind", "moves"), [("none", -1), ("balanced", 1)])
+def test_balanced_class_weights_pull_a_signal_free_model_towards_even_odds(kind, moves):
+    """10% of the rows are class 1. Plain cross-entropy pulls P(class 1) from 0.3 down towards 0.1, the
+    balanced one up towards 0.5 (its optimum): one full-batch step shows which loss was trained."""
+    rows = [{"index": i, "text": str(i), "label": int(i % 10 == 0)} for i in range(100)]
+    model = PriorOnly()
+    config = TrainConfig(epochs=1, batch_size=100, lr=0.1, evals_per_epoch=1, warmup_ratio=0.0, max_grad_norm=None,
+                         class_weights=kind)
+    train(model, rows, rows, index_collate, config, "accuracy", progress=False)
+    p_minority = torch.softmax(model.bias.detach(), 0)[1].item()
+    assert (p_minority - 0.3) * moves > 0.02

@@ -38,6 +38,21 @@ from ttlora_moe.experts.classifier import HEAD_MODES
 from ttlora_moe.experts.metrics import headline, task_metrics
 from ttlora_moe.files import remove_dir
 
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def class_weights(rows: Sequence[dict], kind: str) -> torch.Tensor | None:
+    """Per-class loss weights of the training rows: None for 'none'; for 'balanced', n / (C * n_c) for each
+    class c seen in the rows (C: the number of classes seen; a class absent from the rows weighs 0)."""
+    if kind == "none":
+        return None
+    labels = torch.tensor([int(r["label"]) for r in rows])
+    counts = torch.bincount(labels).float()
+    seen = counts > 0
+    weights = torch.zeros_like(counts)
+    weights[seen] = len(labels) / (int(seen.sum()) * counts[seen])
+    return weights
+
 
 @dataclass
 class TrainConfig(Section):
@@ -61,6 +76,9 @@ class TrainConfig(Section):
     seed: int = option(0, "Seed of data order, dropout and initialisation.")
     bf16: bool = option(False, "bfloat16 autocast on the CPU (on a CUDA device with bf16 support it is always on).")
     head_mode: str = option("trainable", "'trainable' or 'frozen' (the paper's random head).")
+    class_weights: str = option(
+        "none", "'none' or 'balanced': weigh each class's loss by n_rows / (n_classes * n_rows_of_class), so an "
+        "imbalanced task (CoLA: 70% acceptable) cannot settle on the majority class.")
     loader_workers: int = option(
         2, "On a CUDA device: DataLoader processes that tokenise the next batches while the GPU trains (0: none). "
         "On the CPU batches are always tokenised in the training loop.")
@@ -68,6 +86,9 @@ class TrainConfig(Section):
     def __post_init__(self) -> None:
         if not isinstance(self.loader_workers, int) or isinstance(self.loader_workers, bool) or self.loader_workers < 0:
             raise BadInput(f"train.loader_workers must be an integer >= 0, got {self.loader_workers!r}", "fix params.yaml")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise BadInput(f"unknown train.class_weights {self.class_weights!r}",
+                           f"set train.class_weights to one of {', '.join(CLASS_WEIGHTS)}")
         if self.head_mode not in HEAD_MODES:
             raise BadInput(f"unknown train.head_mode {self.head_mode!r}",
                            f"set train.head_mode to one of {', '.join(HEAD_MODES)}")
@@ -150,6 +171,14 @@ def evaluate(model: nn.Module, rows: Sequence[dict], collate, metric: str, batch
     return out
 
 
+def _loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy; with class ``weights``, the weighted mean of :func:`torch.nn.functional.cross_entropy`."""
+    if weights is None:
+        return nn.functional.cross_entropy(logits, labels)
+    per_row = weights[labels]
+    return (nn.functional.cross_entropy(logits, labels, reduction="none") * per_row).sum() / per_row.sum()
+
+
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
@@ -206,6 +235,8 @@ def train(
         for i in range(max(1, config.evals_per_epoch))
     }
     device = next(iter(params.values())).device
+    loss_weights = class_weights(train_rows, config.class_weights)
+    loss_weights = None if loss_weights is None else loss_weights.to(device)
 
     step, best_score, best_step, bad_evals = 0, (-math.inf, -math.inf), 0, 0
     history: list[dict[str, float]] = []
@@ -255,7 +286,7 @@ def train(
             labels = to_device(batch["labels"], device)
             with _autocast(config.bf16, device):
                 logits = model(to_device(batch["input_ids"], device), to_device(batch["attention_mask"], device))
-            loss = nn.functional.cross_entropy(logits.float(), labels)
+            loss = _loss(logits.float(), labels, loss_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm:
