@@ -51,7 +51,11 @@ def test_register_bundle_gates_aliases_and_promotion(registry_env, evaluated_bun
 
 def test_a_candidate_is_gated_against_the_champion_on_the_same_rows(registry_env, evaluated_bundle, capsys):
     from ttlora_moe.moe.bundle import bundle_params
-    from ttlora_moe.pipeline.champion import champion_version, compare_with_champion, comparison_markdown
+    from ttlora_moe.pipeline.champion import (
+        champion_version,
+        compare_with_champion,
+        comparison_markdown,
+    )
 
     evaluation = evaluated_bundle["evaluation"]
     bp = bundle_params(registry_env["params"]["bundle"])
@@ -93,6 +97,6 @@ def test_a_candidate_is_gated_against_the_champion_on_the_same_rows(registry_env
     assert code == 0, err
     assert f"**ttlora-moe version {registered['version']}**" in out and "| toy | 1 | accuracy |" in out
     assert "gates FAILED: " in out and "aliases: none (gates failed" in out and f"champion (version {first['version']})" in out
-    assert f"ttlora-moe promote {registered['version']}" in out
+    assert f"ttlora-moe promote {registered['version']} --force   (its gates failed" in out
     code, _, err = run_cli(capsys, "bundle-show", "latest")
     assert code == 2 and "is not a version number" in err

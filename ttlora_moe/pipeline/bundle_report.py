@@ -48,6 +48,8 @@ def version_report(summary: dict[str, Any], mlflow_ui: str | None = None) -> str
              f"{summary['model']} version {version}, aliases: {aliases}"]
     if mlflow_ui:
         lines.append(f"MLflow UI:  {mlflow_ui.rstrip('/')}/#/models/{summary['model']}/versions/{version}")
-    lines += [f"Promote:    ttlora-moe promote {version}   (or move alias 'champion' in the MLflow UI)",
+    promote = (f"ttlora-moe promote {version}   (or move alias 'champion' in the MLflow UI)" if gates["passed"] else
+               f"ttlora-moe promote {version} --force   (its gates failed: only if you accept that)")
+    lines += [f"Promote:    {promote}",
               f"Serve:      mlflow models serve -m models:/{summary['model']}@champion -p 5001"]
     return "\n".join(lines)
