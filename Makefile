@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup demo demo-add-task test test-distributed test-serving-env gpu-check down up status bench bench-quick screenshots demo-s3 clean
+.PHONY: setup demo demo-add-task test test-distributed test-serving-env gpu-check down up status bench bench-quick screenshots demo-s3 demo-pool clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,10 @@ demo-add-task: setup
 
 demo-s3: setup
 	TTLORA_S3=1 bash infra/local/demo.sh
+
+# Every task card in data/tasks (the paper's pool, 15 tasks) at the demo budget, profile pool (max_length 256).
+demo-pool: setup
+	TTLORA_DEMO_PROFILE=pool TTLORA_DEMO_TASKS=all TTLORA_DEMO_TIMEOUT=9000 bash infra/local/demo.sh
 
 clean:
 	rm -rf $(VENV) .run outputs

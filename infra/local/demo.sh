@@ -10,8 +10,8 @@
 #   5. the bundle's evaluation table and the UI URLs
 #
 # Settings (environment): TTLORA_DEMO_PROFILE (demo: the small budgets of params.yaml `demo:`),
-# TTLORA_DEMO_TASKS (default: `tasks` of params.yaml), TTLORA_DEMO_CONCURRENCY (2),
-# TTLORA_DATA_MIRROR (../shared/datasets), TTLORA_S3=1 (MLflow artifacts and the DVC remote in S3).
+# TTLORA_DEMO_TASKS (default: `tasks` of params.yaml; `all`: every card in data/tasks), TTLORA_DEMO_CONCURRENCY (2),
+# TTLORA_DEMO_TIMEOUT (seconds the run may take, 3000), TTLORA_DATA_MIRROR (../shared/datasets), TTLORA_S3=1 (MLflow artifacts and the DVC remote in S3).
 # `make down` stops the stack; re-running the demo retrains nothing whose data, params and code are unchanged.
 set -euo pipefail
 
@@ -25,12 +25,15 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=${TOKENIZERS_P
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 PROFILE=${TTLORA_DEMO_PROFILE:-demo}
 CONCURRENCY=${TTLORA_DEMO_CONCURRENCY:-2}
+TIMEOUT=${TTLORA_DEMO_TIMEOUT:-3000}
 THREADS=$(( $(nproc) / CONCURRENCY )); (( THREADS > 0 )) || THREADS=1  # torch threads per expert: no oversubscription
 t0=$SECONDS
 say() { echo "demo [$((SECONDS - t0))s]: $*" >&2; }
 
 [[ -d $TTLORA_DATA_MIRROR ]] || { echo "demo: error: data mirror $TTLORA_DATA_MIRROR does not exist (set TTLORA_DATA_MIRROR)" >&2; exit 2; }
-if [[ -n ${TTLORA_DEMO_TASKS:-} ]]; then
+if [[ ${TTLORA_DEMO_TASKS:-} == all ]]; then
+    mapfile -t TASKS < <(python -c 'from ttlora_moe.data.cards import list_tasks; print("\n".join(list_tasks()))')
+elif [[ -n ${TTLORA_DEMO_TASKS:-} ]]; then
     read -r -a TASKS <<<"$TTLORA_DEMO_TASKS"
 else
     mapfile -t TASKS < <(python -c 'from ttlora_moe.params import load_params; print("\n".join(load_params()["tasks"]))')
@@ -55,7 +58,7 @@ say "running train-all-experts/local (profile $PROFILE, $CONCURRENCY experts at 
 status=0
 prefect deployment run train-all-experts/local --param "profile=$PROFILE" --param "tasks=$tasks_json" \
     --param "concurrency=$CONCURRENCY" --param "threads_per_expert=$THREADS" \
-    --watch --watch-timeout 3000 \
+    --watch --watch-timeout "$TIMEOUT" \
     | tee "$TTLORA_RUN_DIR/logs/demo-run.log" | grep -vE "^\s*$" | tail -n 5 >&2 || status=$?
 say "train-all-experts finished (exit $status)"
 
