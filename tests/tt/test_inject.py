@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +11,7 @@ from torch import nn
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import load_base_model
 from ttlora_moe.files import load_tensors
+from ttlora_moe.params import load_params
 from ttlora_moe.tt.config import TTLoRAConfig
 from ttlora_moe.tt.inject import (
     adapter_state_dict,
@@ -18,6 +21,7 @@ from ttlora_moe.tt.inject import (
     lora_equivalent_params,
     save_adapter,
     trainable_tt_params,
+    tt_layout,
     tt_modules,
 )
 
@@ -98,3 +102,20 @@ def test_smollm2_gguf_loads_as_llama_and_takes_an_adapter():
     ids = smol.tokenizer(["a short test"], return_tensors="pt")
     out = smol.model(**ids).last_hidden_state
     assert torch.isfinite(out).all()
+
+
+def test_the_llama_3_2_1b_profile_builds_the_papers_adapter():
+    """params.yaml's llama-3.2-1b profile on Llama-3.2-1B's attention geometry (2 of its 16 layers)."""
+    from transformers import LlamaConfig, LlamaModel
+
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml", profile="llama-3.2-1b")
+    assert params["base_model"]["ref"] == "meta-llama/Llama-3.2-1B"
+    geometry = LlamaConfig(vocab_size=16, hidden_size=2048, num_hidden_layers=2, num_attention_heads=32,
+                           num_key_value_heads=8, intermediate_size=8)
+    model = LlamaModel(geometry)
+    assert len(attach_tt_lora(model, TTLoRAConfig.from_dict(params["tt"]))) == 4
+    layout = tt_layout(model)
+    assert layout["layers.1.self_attn.q_proj"] == [[16, 8, 4, 4], [16, 8, 4, 4], 5]
+    assert layout["layers.1.self_attn.v_proj"] == [[16, 16, 4, 2], [16, 16, 2], 5]
+    assert trainable_tt_params(model) == 2 * (960 + 1160)  # x 16 layers = the paper's 33,920
+    assert trainable_tt_params(model) / lora_equivalent_params(model) == pytest.approx(0.0199, abs=5e-4)
