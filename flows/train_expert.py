@@ -8,7 +8,8 @@ version (``model_uri``), and the working copy of the expert stays inside the tra
 
 Training and registration form one cached task, keyed on exactly what determines the expert: the
 task, the md5 of its prepared data, the ``train``/``tt``/``base_model`` params (with the base
-model's fingerprint), the code version (package + git commit) and the MLflow registry it goes to.
+model's fingerprint), the code (package version + a digest of its sources: a docs-only commit
+retrains nothing, an uncommitted code change does) and the MLflow registry it goes to.
 Re-running with the same inputs returns the registered version without training again (Prefect
 persists the JSON result in its result storage); ``force=True`` retrains. While it trains, the task
 holds one slot of the Prefect global concurrency limit ``gpu`` when one exists (``prefect gcl create
@@ -44,7 +45,7 @@ from ttlora_moe.pipeline.dvc_tracking import ensure_raw
 from ttlora_moe.pipeline.mlflow_client import client, tracking_uri
 from ttlora_moe.pipeline.models import has_version
 from ttlora_moe.pipeline.tracking import expert_run
-from ttlora_moe.provenance import code_version
+from ttlora_moe.provenance import code_cache_key
 
 
 TRAINING_SLOTS = "gpu"  # the Prefect global concurrency limit a training run holds one slot of (when it exists)
@@ -105,7 +106,7 @@ def train_expert_flow(task: str, profile: str | None = None, overrides: dict[str
     params = load_params(profile=profile, overrides=overrides)
     check_services()
     data_md5 = prepare_data(task, params)
-    inputs = (task, data_md5, expert_config(params), code_version(), tracking_uri())
+    inputs = (task, data_md5, expert_config(params), code_cache_key(), tracking_uri())
     result = train_and_register.with_options(refresh_cache=force)(*inputs)
     if not has_version(result["model"], result["version"]):  # the cache outlived its registry
         logger.warning("%s version %s is gone from the registry: training again", result["model"], result["version"])

@@ -99,6 +99,10 @@ def test_train_expert_is_cached_on_data_params_and_code(project, monkeypatch):
     assert train_expert_flow(task="toy", profile="quick")["version"] == 2
     with pytest.raises(BadInput, match="no profile section 'nope'"):
         train_expert_flow(task="toy", profile="nope")
+    monkeypatch.setattr("ttlora_moe.provenance.git_commit", lambda: "0" * 40)  # another commit, same sources
+    assert train_expert_flow(task="toy")["version"] == 1
+    monkeypatch.setattr("ttlora_moe.provenance.source_digest", lambda: "an edited package")
+    assert train_expert_flow(task="toy")["version"] == 3
 
 
 def test_train_all_experts_fans_out_retries_reports_and_bundles(project, monkeypatch):
