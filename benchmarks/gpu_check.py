@@ -73,14 +73,14 @@ def bundle_rows(params: dict[str, Any], experts: list[Path], device: str, root: 
     return rows
 
 
-def serve_rows(device: str) -> list[dict]:
-    """serve_load --quick on ``device``: the bundle's concurrent phase."""
+def serve_rows(device: str, base: str) -> list[dict]:
+    """serve_load --quick on ``device`` with base model ``base``: the bundle's concurrent phase."""
     from benchmarks import serve_load
 
-    serve_load.main(["--quick", "--device", device])
+    serve_load.main(["--quick", "--device", device, "--base", base])
     result = json.loads((common.RESULTS / "serve_load.json").read_text())
     row = next(r for r in result["rows"] if r["model"] == "bundle" and r["phase"] == "concurrent")
-    return [{"step": "serve_load (concurrent)", "base": "", "device": device, "samples_per_s": row["samples_per_s"],
+    return [{"step": "serve_load (concurrent)", "base": short(base), "device": device, "samples_per_s": row["samples_per_s"],
              "metric": "x base model", "value": row["x_base"]}]
 
 
@@ -100,12 +100,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", nargs="+", default=["sst2", "rte"], help="tasks of the bundle (default sst2 rte)")
     parser.add_argument("--bases", nargs="+", default=[DEFAULT_BASE_MODEL, SMOLLM2],
                         help="base models: the first carries the bundle (default all-MiniLM-L6-v2, SmolLM2-135M)")
+    parser.add_argument("--profile", default=None, help="params.yaml profile, e.g. demo (default: none, the default budget)")
     parser.add_argument("--max-train-samples", type=int, default=None, help="override params.yaml's budget (smoke runs)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["serve_load", "adapter_speed"],
                         help="benchmarks to leave out")
     args = parser.parse_args(argv)
     device = str(resolve_device(args.device))  # an absent device is one line before anything runs
-    params = load_params()
+    params = load_params(profile=args.profile)
     params["base_model"] = {**section(params, "base_model"), "ref": args.bases[0]}
     if args.max_train_samples:
         params["train"] = {**section(params, "train"), "max_train_samples": args.max_train_samples}
@@ -114,11 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
         rows, experts = train_rows(params, args.tasks, args.bases, device, Path(tmp))
         rows += bundle_rows(params, experts, device, Path(tmp))
     if "serve_load" not in args.skip:
-        rows += serve_rows(device)
+        rows += serve_rows(device, args.bases[0])
     if "adapter_speed" not in args.skip:
         rows += speed_rows(device)
     table = markdown_table(rows, COLUMNS) + f"\n\nThe whole check took {time.perf_counter() - start:.0f} s."
-    write_results("gpu_check", {"rows": rows, "device": device, "tasks": args.tasks, "bases": args.bases,
+    write_results("gpu_check", {"rows": rows, "device": device, "tasks": args.tasks, "bases": args.bases, "profile": args.profile,
                                 "max_train_samples": section(params, "train").get("max_train_samples")}, table)
     return {"rows": rows}
 

@@ -19,7 +19,7 @@ tt, router (routing mode) and serve settings, and registered in a temporary sqli
 With ``--model-uri models:/ttlora-moe@champion`` (and ``MLFLOW_TRACKING_URI``) it loads that bundle.
 
     python -m benchmarks.serve_load [--quick] [--tasks ...] [--requests N] [--clients N] [--max-rows N]
-        [--model-uri URI]
+        [--model-uri URI] [--base REF] [--device DEVICE]
 """
 
 from __future__ import annotations
@@ -247,12 +247,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--router-rows", type=int, default=None, help="router training rows per task (default 300)")
     parser.add_argument("--model-uri", default=None, help="serve this registered bundle (MLFLOW_TRACKING_URI) instead")
     parser.add_argument("--device", default=None, help="the servers' TTLORA_DEVICE: auto, cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--base", default=None, help="base model reference of both models (default: params.yaml's)")
     args = parser.parse_args(argv)
     quick = args.quick
     tasks = args.tasks or (QUICK_TASKS if quick else DEFAULT_TASKS)
     counts = {"concurrent": args.requests or (60 if quick else 1000), "sequential": args.sequential or (20 if quick else 200)}
     clients = args.clients or (4 if quick else 8)
     params = load_params()
+    if args.base:
+        params["base_model"] = {**section(params, "base_model"), "ref": args.base}
     stream, _ = mixed_stream(tasks, 2000, params)
     requests = {phase: make_requests(stream, n, args.max_rows, seed) for seed, (phase, n) in enumerate(counts.items())}
     requests["warmup"] = make_requests(stream, 10, args.max_rows, seed=9)

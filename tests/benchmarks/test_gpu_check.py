@@ -8,16 +8,27 @@ import pytest
 import torch
 
 
-def test_gpu_check_trains_bundles_and_reports_one_table(moe_env, tiny_llama, bench_results):
-    from benchmarks import gpu_check
+def test_gpu_check_trains_bundles_and_reports_one_table(moe_env, tiny_llama, bench_results, monkeypatch):
+    from benchmarks import gpu_check, serve_load
 
+    served = []
+
+    def fake_serve_load(argv):  # the real one starts two MLflow servers (tests/benchmarks/test_serve_load.py)
+        served.append(argv)
+        bench_results.mkdir(parents=True, exist_ok=True)
+        (bench_results / "serve_load.json").write_text(json.dumps(
+            {"rows": [{"model": "bundle", "phase": "concurrent", "samples_per_s": 7.0, "x_base": 0.5}]}))
+
+    monkeypatch.setattr(serve_load, "main", fake_serve_load)
     gpu_check.main(["--device", "cpu", "--tasks", "senti", "nli", "--bases", moe_env["ref"], tiny_llama,
-                    "--max-train-samples", "16", "--skip", "serve_load", "adapter_speed"])
+                    "--max-train-samples", "16", "--skip", "adapter_speed"])
+    assert served == [["--quick", "--device", "cpu", "--base", moe_env["ref"]]]  # served on the bundle's base
     result = json.loads((bench_results / "gpu_check.json").read_text())
     steps = [(r["step"], r["base"].rstrip("0123456789")) for r in result["rows"]]
     assert steps == [("train senti", "tiny-bert"), ("train nli", "tiny-bert"), ("train senti", "tiny-llama"),
-                     ("bundle", "tiny-bert"), ("evaluate", "tiny-bert")]
-    assert all(r["device"] == "cpu" and r["seconds"] > 0 and 0 <= r["value"] <= 1 for r in result["rows"])
+                     ("bundle", "tiny-bert"), ("evaluate", "tiny-bert"), ("serve_load (concurrent)", "tiny-bert")]
+    assert all(r["device"] == "cpu" and r.get("seconds", 1) > 0 and 0 <= r["value"] <= 1 for r in result["rows"])
+    assert result["rows"][-1]["samples_per_s"] == 7.0
     assert "| step | base | device |" in (bench_results / "gpu_check.md").read_text()
 
 
