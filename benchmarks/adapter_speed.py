@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import interleaved_medians, markdown_table, write_results
+from benchmarks.common import interleaved_medians, markdown_table, run_benchmark, write_results
 from ttlora_moe.devices import resolve_device
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.params import load_params, section
@@ -204,4 +204,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

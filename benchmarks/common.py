@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,19 @@ from typing import Any
 
 import torch
 
+from ttlora_moe.errors import BadInput
+
 RESULTS = Path(os.environ.get("TTLORA_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
+
+
+def run_benchmark(main: Callable[[list[str] | None], Any]) -> None:
+    """Run a benchmark's ``main`` as a command: bad input (an absent device, no data) is one ``error:``
+    line on stderr and exit code 2, as for ``ttlora-moe``."""
+    try:
+        main(None)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def kept_models_dir(kind: str, quick: bool) -> Path:

@@ -31,7 +31,7 @@ from typing import Any
 
 from benchmarks.adapters_baselines import driver
 from benchmarks.bench_experts import bench_expert, default_experts_dir
-from benchmarks.common import markdown_table, write_results
+from benchmarks.common import markdown_table, run_benchmark, write_results
 from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.data.prepare import ensure_prepared
 from ttlora_moe.data.prepared import num_rows
@@ -208,4 +208,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

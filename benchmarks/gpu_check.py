@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from benchmarks.common import markdown_table, write_results
+from benchmarks.common import markdown_table, run_benchmark, write_results
 from ttlora_moe.devices import resolve_device
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL
 from ttlora_moe.params import load_params, section
@@ -125,4 +125,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

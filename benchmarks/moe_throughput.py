@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import interleaved_medians, markdown_table, write_results
+from benchmarks.common import interleaved_medians, markdown_table, run_benchmark, write_results
 from ttlora_moe.data.batching import tokenize
 from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.data.prepare import ensure_prepared
@@ -279,4 +279,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

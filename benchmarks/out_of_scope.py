@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import markdown_table, write_results
+from benchmarks.common import markdown_table, run_benchmark, write_results
 from ttlora_moe.data.cards import list_tasks
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.moe.detection import auroc, fpr_at_tpr
@@ -116,4 +116,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

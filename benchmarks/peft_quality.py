@@ -34,7 +34,7 @@ from typing import Any
 
 from benchmarks.adapters_baselines import driver
 from benchmarks.bench_experts import bench_expert, default_experts_dir
-from benchmarks.common import markdown_table, write_results
+from benchmarks.common import markdown_table, run_benchmark, write_results
 from ttlora_moe.experts.artifact import read_expert_meta
 from ttlora_moe.params import load_params
 
@@ -110,4 +110,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

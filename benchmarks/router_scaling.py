@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import markdown_table, write_results
+from benchmarks.common import markdown_table, run_benchmark, write_results
 from ttlora_moe.data.cards import list_tasks, load_task_card
 from ttlora_moe.data.prepare import ensure_prepared
 from ttlora_moe.data.prepared import load_split, prepared_md5
@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
     base_section = section(params, "base_model")
     base = load_base_model(args.base_model or base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"))
     order = task_order(params, args.tasks)
+    if len(order) < 2:
+        raise BadInput(f"router scaling needs at least 2 tasks with data, found {len(order)}",
+                       "set TTLORA_DATA_MIRROR to the dataset mirror (e.g. ../shared/datasets) or name --tasks")
     sizes = subset_sizes(len(order), args.quick)
     order = order[: sizes[-1]]
 
@@ -203,4 +206,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -43,7 +43,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.common import markdown_table, write_results
+from benchmarks.common import markdown_table, run_benchmark, write_results
 from benchmarks.moe_throughput import DEFAULT_TASKS, mixed_stream, random_expert
 from ttlora_moe.devices import resolve_device
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
@@ -294,4 +294,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -40,3 +41,16 @@ def test_gpu_check_without_a_gpu_stops_before_any_work(bench_results, monkeypatc
     monkeypatch.setattr(gpu_check, "train_rows", lambda *a: pytest.fail("trained without the device"))
     with pytest.raises(BadInput, match="torch sees no CUDA device"):
         gpu_check.main([])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="this machine has a cuda:7")
+def test_a_benchmark_command_reports_bad_input_in_one_line_and_exits_2(bench_results, capsys, monkeypatch):
+    from benchmarks import gpu_check
+    from benchmarks.common import run_benchmark
+
+    monkeypatch.setattr(sys, "argv", ["gpu_check", "--device", "cuda:7"])
+    with pytest.raises(SystemExit) as stopped:
+        run_benchmark(gpu_check.main)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: device 'cuda:7' is not available") and err.count("\n") == 1

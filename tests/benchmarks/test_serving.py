@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+from ttlora_moe.errors import BadInput
+
 # name: (card fields, row maker); three tasks a router can tell apart (pairs vs single texts, words)
 EXTRA_TASKS = {
     "pairs": ({"text": "premise", "text_pair": "hypothesis", "label_names": ["entail", "neutral", "contra"],
@@ -87,3 +89,5 @@ def test_router_scaling_trains_each_subset_and_a_joining_task(serving):
     assert join["joining_task"] == "quest" and join["tasks_after"] == 3
     assert join["first_feature_rows"] > 0 and join["first_features_s"] > 0 and join["retrain_s"] > 0
     assert "**quest joins 2 tasks**" in (serving / "router_scaling.md").read_text()
+    with pytest.raises(BadInput, match="at least 2 tasks with data, found 1"):  # no torch.cat of nothing
+        router_scaling.main(["--quick", "--tasks", "toy"])
