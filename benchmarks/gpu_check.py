@@ -73,11 +73,11 @@ def bundle_rows(params: dict[str, Any], experts: list[Path], device: str, root: 
     return rows
 
 
-def serve_rows(device: str, base: str) -> list[dict]:
-    """serve_load --quick on ``device`` with base model ``base``: the bundle's concurrent phase."""
+def serve_rows(device: str, base: str, tasks: list[str]) -> list[dict]:
+    """serve_load --quick on ``device`` with base model ``base`` and the check's ``tasks``: the bundle's concurrent phase."""
     from benchmarks import serve_load
 
-    serve_load.main(["--quick", "--device", device, "--base", base])
+    serve_load.main(["--quick", "--device", device, "--base", base, "--tasks", *tasks])
     result = json.loads((common.RESULTS / "serve_load.json").read_text())
     row = next(r for r in result["rows"] if r["model"] == "bundle" and r["phase"] == "concurrent")
     return [{"step": "serve_load (concurrent)", "base": short(base), "device": device, "samples_per_s": row["samples_per_s"],
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows, experts = train_rows(params, args.tasks, args.bases, device, Path(tmp))
         rows += bundle_rows(params, experts, device, Path(tmp))
     if "serve_load" not in args.skip:
-        rows += serve_rows(device, args.bases[0])
+        rows += serve_rows(device, args.bases[0], args.tasks)
     if "adapter_speed" not in args.skip:
         rows += speed_rows(device)
     table = markdown_table(rows, COLUMNS) + f"\n\nThe whole check took {time.perf_counter() - start:.0f} s."

@@ -23,7 +23,8 @@ def test_gpu_check_trains_bundles_and_reports_one_table(moe_env, tiny_llama, ben
     monkeypatch.setattr(serve_load, "main", fake_serve_load)
     gpu_check.main(["--device", "cpu", "--tasks", "senti", "nli", "--bases", moe_env["ref"], tiny_llama,
                     "--max-train-samples", "16", "--skip", "adapter_speed"])
-    assert served == [["--quick", "--device", "cpu", "--base", moe_env["ref"]]]  # served on the bundle's base
+    # served on the bundle's base and tasks (serve_load's own quick tasks are the tests' toy ones)
+    assert served == [["--quick", "--device", "cpu", "--base", moe_env["ref"], "--tasks", "senti", "nli"]]
     result = json.loads((bench_results / "gpu_check.json").read_text())
     steps = [(r["step"], r["base"].rstrip("0123456789")) for r in result["rows"]]
     assert steps == [("train senti", "tiny-bert"), ("train nli", "tiny-bert"), ("train senti", "tiny-llama"),
