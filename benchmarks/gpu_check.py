@@ -106,10 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="benchmarks to leave out")
     args = parser.parse_args(argv)
     device = str(resolve_device(args.device))  # an absent device is one line before anything runs
-    params = load_params(profile=args.profile)
-    params["base_model"] = {**section(params, "base_model"), "ref": args.bases[0]}
+    overrides: dict[str, Any] = {"base_model": {"ref": args.bases[0]}}
     if args.max_train_samples:
-        params["train"] = {**section(params, "train"), "max_train_samples": args.max_train_samples}
+        overrides["train"] = {"max_train_samples": args.max_train_samples}
+    params = load_params(profile=args.profile, overrides=overrides)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         rows, experts = train_rows(params, args.tasks, args.bases, device, Path(tmp))

@@ -253,9 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = args.tasks or (QUICK_TASKS if quick else DEFAULT_TASKS)
     counts = {"concurrent": args.requests or (60 if quick else 1000), "sequential": args.sequential or (20 if quick else 200)}
     clients = args.clients or (4 if quick else 8)
-    params = load_params()
-    if args.base:
-        params["base_model"] = {**section(params, "base_model"), "ref": args.base}
+    params = load_params(overrides={"base_model": {"ref": args.base}} if args.base else None)
     stream, _ = mixed_stream(tasks, 2000, params)
     requests = {phase: make_requests(stream, n, args.max_rows, seed) for seed, (phase, n) in enumerate(counts.items())}
     requests["warmup"] = make_requests(stream, 10, args.max_rows, seed=9)
