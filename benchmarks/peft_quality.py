@@ -14,18 +14,25 @@ counted apart: ours is one linear layer on the mean-pooled state, Pfeiffer's the
 head on the CLS token) and training samples per second (wall clock of the training loop including
 its validation passes).
 
+``--seeds 0 1 2`` repeats every method with each seed (the seed of the sampled training and
+validation rows, their order, the initialisation and dropout) and adds a table of the mean and
+standard deviation per task and method, with TT-LoRA minus LoRA.
+
 Every trained model is kept and reused by a re-run with the same budget: our experts and the PEFT
 peers in `outputs/bench_experts/{quick,full}` (`--experts-dir`), the Pfeiffer adapters in
-`outputs/adapters_baselines/{quick,full}` (`--adapters-dir`). `fusion_vs_moe`, run after this under
-`make bench`, builds our bundle from those TT-LoRA experts and AdapterFusion over those adapters.
+`outputs/adapters_baselines/{quick,full}` (`--adapters-dir`); a seed other than params.yaml's in a
+`seed-N` folder below them. `fusion_vs_moe`, run after this under `make bench`, builds our bundle
+from the TT-LoRA experts of params.yaml's seed and AdapterFusion over those adapters.
 
-    python -m benchmarks.peft_quality [--quick] [--tasks mnli cola ...] [--samples N] [--epochs N] [--no-pfeiffer]
+    python -m benchmarks.peft_quality [--quick] [--tasks mnli cola ...] [--samples N] [--epochs N] [--seeds N ...]
+        [--no-pfeiffer]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,11 +43,35 @@ from benchmarks.adapters_baselines import driver
 from benchmarks.bench_experts import bench_expert, default_experts_dir
 from benchmarks.common import markdown_table, run_benchmark, write_results
 from ttlora_moe.experts.artifact import read_expert_meta
-from ttlora_moe.params import load_params
+from ttlora_moe.params import load_params, section
 
 METHODS = ["ttlora", "lora", "head-only"]
-COLUMNS = ["task", "method", "metric", "test_metric", "test_accuracy", "trainable_params", "head_params",
+COLUMNS = ["task", "method", "seed", "metric", "test_metric", "test_accuracy", "trainable_params", "head_params",
            "train_samples_per_s"]
+SUMMARY_COLUMNS = ["task", "metric", "method", "seeds", "mean", "std", "min", "max", "ttlora_minus_lora"]
+
+
+def seed_folder(folder: Path, seed: int, default_seed: int) -> Path:
+    """Where ``seed``'s models are kept: ``folder`` for params.yaml's seed (what fusion_vs_moe reuses), else ``folder/seed-N``."""
+    return folder if seed == default_seed else folder / f"seed-{seed}"
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, standard deviation and range of the test metric per (task, method) over seeds; TT-LoRA's mean minus LoRA's."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["method"]), []).append(row)
+    means = {key: statistics.fmean(r["test_metric"] for r in group) for key, group in groups.items()}
+    out = []
+    for (task, method), group in groups.items():
+        values = [r["test_metric"] for r in group]
+        gap = None
+        if method == "ttlora" and (task, "lora") in means:
+            gap = means[(task, "ttlora")] - means[(task, "lora")]
+        out.append({"task": task, "metric": group[0]["metric"], "method": method, "seeds": len(values),
+                    "mean": means[(task, method)], "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "min": min(values), "max": max(values), "ttlora_minus_lora": gap})
+    return out
 
 
 def expert_rows(task: str, params: dict[str, Any], budget: dict[str, Any], experts_dir: Path) -> list[dict[str, Any]]:
@@ -49,7 +80,7 @@ def expert_rows(task: str, params: dict[str, Any], budget: dict[str, Any], exper
     for method in METHODS:
         meta = read_expert_meta(bench_expert(task, method, experts_dir, params, budget))
         test = meta["metrics"]["test"]
-        rows.append({"task": task, "method": method, "metric": meta["metric"],
+        rows.append({"task": task, "method": method, "seed": meta["train"]["seed"], "metric": meta["metric"],
                      "test_metric": test.get(meta["metric"], test["accuracy"]), "test_accuracy": test["accuracy"],
                      "trainable_params": meta["trainable_params"], "head_params": meta["head_params"],
                      "train_samples_per_s": meta["train_samples_per_second"], "train_seconds": meta["train_seconds"]})
@@ -68,7 +99,7 @@ def pfeiffer_rows(tasks: list[str], params: dict[str, Any], budget: dict[str, An
         return [], reason
     result = driver.run_train(python, tasks, stage="pfeiffer", params=params, overrides=budget,
                               adapters_dir=adapters_dir, out=tmp / "pfeiffer.json")
-    return [{"task": r["task"], "method": "pfeiffer", "metric": r["metric"], "test_metric": r["test_metric"],
+    return [{"task": r["task"], "method": "pfeiffer", "seed": budget.get("seed"), "metric": r["metric"], "test_metric": r["test_metric"],
              "test_accuracy": r["test_accuracy"], "trainable_params": r["adapter_params"],
              "head_params": r["head_params"], "train_samples_per_s": r["train_samples_per_s"],
              "train_seconds": r["train_seconds"]} for r in result["pfeiffer"]], None
@@ -81,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", nargs="*", default=None)
     parser.add_argument("--samples", type=int, default=None, help=f"training examples per task (default {driver.FULL_BUDGET['max_train_samples']}; quick {driver.QUICK_BUDGET['max_train_samples']})")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs (default {driver.FULL_BUDGET['epochs']}; quick {driver.QUICK_BUDGET['epochs']})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="repeat every method with each of these seeds (default: params.yaml train.seed)")
     parser.add_argument("--no-pfeiffer", action="store_true", help="leave the `adapters`-library Pfeiffer rows out")
     parser.add_argument("--adapters-dir", type=Path, default=None,
                         help="keep / reuse the Pfeiffer adapters here (default outputs/adapters_baselines/{quick,full})")
@@ -88,26 +121,40 @@ def main(argv: list[str] | None = None) -> dict:
                         help="keep / reuse our experts and the PEFT peers here (default outputs/bench_experts/{quick,full})")
     args = parser.parse_args(argv)
     tasks = args.tasks or (driver.QUICK_TASKS if args.quick else driver.TASKS)
-    budget = driver.expert_budget(args.quick, args.samples, args.epochs)
     params = load_params()
+    default_seed = int(section(params, "train").get("seed", 0))
+    seeds = args.seeds or [default_seed]
+    experts_dir = args.experts_dir or default_experts_dir(args.quick)
+    adapters_dir = args.adapters_dir or driver.default_adapters_dir(args.quick)
     rows: list[dict[str, Any]] = []
     pfeiffer_skipped = "--no-pfeiffer" if args.no_pfeiffer else None
-    experts_dir = args.experts_dir or default_experts_dir(args.quick)
-    with tempfile.TemporaryDirectory() as tmp:
-        for task in tasks:
-            rows += expert_rows(task, params, budget, experts_dir)
-        if not args.no_pfeiffer:
-            pf, pfeiffer_skipped = pfeiffer_rows(tasks, params, budget, args.adapters_dir or driver.default_adapters_dir(args.quick),
-                                                 Path(tmp))
-            rows += pf
-    rows.sort(key=lambda r: tasks.index(r["task"]))  # stable: each task's methods stay in order
+    for seed in seeds:  # seed by seed, writing the results after each: a stopped run keeps its finished seeds
+        budget = {**driver.expert_budget(args.quick, args.samples, args.epochs), "seed": seed}
+        with tempfile.TemporaryDirectory() as tmp:
+            for task in tasks:
+                rows += expert_rows(task, params, budget, seed_folder(experts_dir, seed, default_seed))
+            if not args.no_pfeiffer:
+                pf, pfeiffer_skipped = pfeiffer_rows(tasks, params, budget, seed_folder(adapters_dir, seed, default_seed),
+                                                     Path(tmp))
+                rows += pf
+        write(rows, tasks, seeds, budget, pfeiffer_skipped)
+    return {"rows": rows, "summary": summary(rows)}
+
+
+def write(rows: list[dict[str, Any]], tasks: list[str], seeds: list[int], budget: dict[str, Any],
+          pfeiffer_skipped: str | None) -> None:
+    """Write the results so far: every run, then (with more than one seed) the mean and spread per task and method."""
+    rows = sorted(rows, key=lambda r: (tasks.index(r["task"]), r["seed"]))  # stable: methods stay in order
+    done = sorted({r["seed"] for r in rows})
     table = markdown_table(rows, COLUMNS)
+    if len(seeds) > 1:
+        table = (f"Seeds {', '.join(map(str, done))} of {', '.join(map(str, seeds))}: test metric over seeds.\n\n"
+                 + markdown_table(summary(rows), SUMMARY_COLUMNS) + "\n\nEvery run:\n\n" + table)
     if pfeiffer_skipped:
         table += f"\n\nPfeiffer rows left out: {pfeiffer_skipped}."
-    write_results("peft_quality", {"rows": rows, "budget": budget, "tasks": tasks, "pfeiffer_skipped": pfeiffer_skipped},
-                  table)
-    return {"rows": rows}
-
+    budget = {k: v for k, v in budget.items() if k != "seed"}
+    write_results("peft_quality", {"rows": rows, "summary": summary(rows), "budget": budget, "seeds": done,
+                                   "tasks": tasks, "pfeiffer_skipped": pfeiffer_skipped}, table)
 
 if __name__ == "__main__":
     run_benchmark(main)

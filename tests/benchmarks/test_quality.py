@@ -25,6 +25,36 @@ def test_peft_quality_compares_ttlora_lora_and_head_only(project, bench_results)
     assert table.count("| toy |") == 3 and "Pfeiffer rows left out: --no-pfeiffer" in table
 
 
+def test_peft_quality_repeats_every_method_per_seed_and_summarises(project, bench_results):
+    from benchmarks import peft_quality
+
+    result = peft_quality.main(["--tasks", "toy", "--samples", "32", "--epochs", "1", "--no-pfeiffer", "--seeds", "0", "5"])
+    assert sorted((r["method"], r["seed"]) for r in result["rows"]) == sorted(
+        (m, s) for m in peft_quality.METHODS for s in (0, 5))
+    kept = bench_results.parent / "bench-outputs" / "bench_experts" / "full"
+    assert (kept / "ttlora" / "toy" / "expert.json").exists()  # params.yaml's seed: where fusion_vs_moe looks
+    assert (kept / "seed-5" / "ttlora" / "toy" / "expert.json").exists()
+    by_method = {s["method"]: s for s in result["summary"]}
+    runs = {(r["method"], r["seed"]): r["test_metric"] for r in result["rows"]}
+    for method, row in by_method.items():
+        assert row["seeds"] == 2 and row["mean"] == pytest.approx((runs[(method, 0)] + runs[(method, 5)]) / 2)
+        assert row["min"] <= row["mean"] <= row["max"]
+    assert by_method["ttlora"]["ttlora_minus_lora"] == pytest.approx(by_method["ttlora"]["mean"] - by_method["lora"]["mean"])
+    assert by_method["lora"]["ttlora_minus_lora"] is None
+    table = (bench_results / "peft_quality.md").read_text()
+    assert "Seeds 0, 5 of 0, 5" in table and table.count("| toy |") == 3 + 6
+
+
+def test_peft_quality_summary_spread():
+    from benchmarks.peft_quality import summary
+
+    rows = [{"task": "t", "method": m, "metric": "f1", "test_metric": v, "seed": s}
+            for m, values in {"ttlora": (0.5, 0.7), "lora": (0.4, 0.4)}.items() for s, v in enumerate(values)]
+    out = {r["method"]: r for r in summary(rows)}
+    assert out["ttlora"]["std"] == pytest.approx(0.1414, abs=1e-4) and out["lora"]["std"] == 0.0
+    assert out["ttlora"]["ttlora_minus_lora"] == pytest.approx(0.2)
+
+
 def test_adapter_speed_reports_every_mode(project, bench_results):
     from benchmarks import adapter_speed
 
