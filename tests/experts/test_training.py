@@ -221,3 +221,35 @@ def test_balanced_class_weights_pull_a_signal_free_model_towards_even_odds(kind,
     train(model, rows, rows, index_collate, config, "accuracy", progress=False)
     p_minority = torch.softmax(model.bias.detach(), 0)[1].item()
     assert (p_minority - 0.3) * moves > 0.02
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_gradient_checkpointing_recomputes_the_same_gradients(kind, tiny_bert, tiny_llama):
+    """Dropout included (the BERT is in training mode): the recomputed forward replays the same random state."""
+    from ttlora_moe.experts.base_model import enable_gradient_checkpointing
+    from ttlora_moe.tt.inject import tt_modules
+
+    grads = []
+    for checkpointing in (False, True):
+        base, model = make_classifier(tiny_bert if kind == "bert" else tiny_llama)
+        if checkpointing:
+            enable_gradient_checkpointing(base.model)
+        model.train()
+        calls = []
+        next(iter(tt_modules(base.model).values())).register_forward_pre_hook(lambda *_: calls.append(1))
+        batch = Collate(base.tokenizer)(toy_rows(8, 1))
+        torch.manual_seed(0)
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        nn.functional.cross_entropy(logits, batch["labels"]).backward()
+        assert len(calls) == (2 if checkpointing else 1)  # checkpointed: the block's forward runs again in backward
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and any(".tt_cores." in n for n in grads[0])
+    for name, grad in grads[0].items():
+        assert grad.abs().sum() > 0 and torch.allclose(grad, grads[1][name], atol=1e-6), name
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_bad_input():
+    from ttlora_moe.experts.base_model import enable_gradient_checkpointing
+
+    with pytest.raises(BadInput, match="does not support gradient checkpointing"):
+        enable_gradient_checkpointing(nn.Linear(2, 2))

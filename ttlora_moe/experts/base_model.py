@@ -156,6 +156,19 @@ def load_base_model(ref: str = DEFAULT_BASE_MODEL, pooling: str | None = None, d
     return BaseModel(ref, model, tokenizer, pooling or default_pooling(model_type), fingerprint(ref))
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute ``model``'s block activations in the backward pass (Hugging Face's, non-reentrant: the frozen
+    base's inputs need no gradient). Only while the model is in training mode; inference is unchanged."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise BadInput(f"{type(model).__name__} does not support gradient checkpointing",
+                       "set train.gradient_checkpointing: false")
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x; the old name before
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
     """Pool ``[B, T, H]`` states to ``[B, H]``: ``mean`` (masked), ``cls`` (first) or ``last`` (last non-pad)."""
     if mode == "mean":

@@ -18,7 +18,11 @@ from ttlora_moe.data.prepared import load_split, prepared_md5
 from ttlora_moe.devices import params_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import save_expert
-from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
+from ttlora_moe.experts.base_model import (
+    DEFAULT_BASE_MODEL,
+    enable_gradient_checkpointing,
+    load_base_model,
+)
 from ttlora_moe.experts.classifier import SequenceClassifier
 from ttlora_moe.experts.training import (
     TrainConfig,
@@ -88,6 +92,8 @@ def train_expert(
     elif adapter == "lora":
         attach_peft_lora(base.model, tt_config)
     head_only = adapter == "head-only"
+    if config.gradient_checkpointing and not head_only:  # head-only: no gradient goes through the base
+        enable_gradient_checkpointing(base.model)
     head_mode = "trainable" if head_only else config.head_mode
     classifier = SequenceClassifier(base.model, card.num_labels, base.pooling, head_mode, config.seed).to(target)
     collate = Collator(base.tokenizer, config.max_length)

@@ -79,6 +79,9 @@ class TrainConfig(Section):
     class_weights: str = option(
         "none", "'none' or 'balanced': weigh each class's loss by n_rows / (n_classes * n_rows_of_class), so an "
         "imbalanced task (CoLA: 70% acceptable) cannot settle on the majority class.")
+    gradient_checkpointing: bool = option(
+        False, "Recompute each block's activations in the backward pass instead of keeping every block's: "
+        "activation memory of about one block for about a third more compute (a decoder at a long max_length).")
     loader_workers: int = option(
         2, "On a CUDA device: DataLoader processes that tokenise the next batches while the GPU trains (0: none). "
         "On the CPU batches are always tokenised in the training loop.")
