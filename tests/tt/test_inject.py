@@ -68,6 +68,16 @@ def test_layers_from_skips_early_layers_and_unknown_targets_fail(tiny_bert):
         attach_tt_lora(load_base_model(tiny_bert).model, TTLoRAConfig(target_modules=["nope"]))
 
 
+def test_targets_match_the_last_components_of_a_module_path(tiny_bert):
+    """``dense`` is every BERT dense layer; ``intermediate.dense`` only the FFN's input layer, as in PEFT."""
+    names = attach_tt_lora(load_base_model(tiny_bert).model, TTLoRAConfig(rank=2, target_modules=["intermediate.dense"]))
+    assert names and all(n.endswith(".intermediate.dense") for n in names)
+    every = attach_tt_lora(load_base_model(tiny_bert).model, TTLoRAConfig(rank=2, target_modules=["dense"]))
+    assert set(names) < set(every) and any(n.endswith(".attention.output.dense") for n in every)
+    both = attach_tt_lora(load_base_model(tiny_bert).model, TTLoRAConfig(rank=2, target_modules=["query", "intermediate.dense"]))
+    assert {n for n in both if n.endswith(".query")} and set(names) < set(both)
+
+
 def test_factors_come_from_explicit_shapes_or_from_factor_target(tiny_bert):
     layer = nn.Linear(384, 96)
     assert factors_for(layer, "query", TTLoRAConfig()) == ([8, 8, 6], [12, 8])

@@ -35,7 +35,8 @@ class TTLoRAConfig(Section):
                           "adapter under 5% of LoRA r=16).")
     alpha: float = option(32.0, "Plain multiplier on the update: y = Wx + alpha * ΔW x (paper: 16; see the README's sweep).")
     target_modules: list[str] = option(
-        [], "Names (last path component) of the nn.Linear layers to adapt; empty = per-architecture default."
+        [], "Names of the nn.Linear layers to adapt, matched against the last components of a module's path "
+        "(query, or intermediate.dense); empty = per-architecture default."
     )
     factor_target: int = option(
         8, "Preferred size of each derived factor of a layer dimension (smaller -> more cores)."

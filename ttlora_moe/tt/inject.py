@@ -35,12 +35,13 @@ def factors_for(module: nn.Linear, short_name: str, config: TTLoRAConfig) -> tup
 
 
 def find_targets(model: nn.Module, config: TTLoRAConfig) -> list[str]:
-    """Full names of the linear layers this config adapts, in model order."""
+    """Full names of the linear layers this config adapts, in model order: a target matches a name's last
+    components (``value``, or ``intermediate.dense`` for BERT's FFN input layer), as PEFT matches them."""
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     targets = set(config.resolved_targets(model_type))
     found = []
     for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] not in targets or not isinstance(module, nn.Linear):
+        if not isinstance(module, nn.Linear) or not any(name == t or name.endswith(f".{t}") for t in targets):
             continue
         index = layer_index(name)
         if index is not None and index < config.layers_from:
