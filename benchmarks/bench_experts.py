@@ -31,11 +31,12 @@ def default_experts_dir(quick: bool) -> Path:
     return kept_models_dir("bench_experts", quick)
 
 
-def wanted(task: str, adapter: str, params: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
+def wanted(task: str, adapter: str, params: dict[str, Any], budget: dict[str, Any],
+           tt: dict[str, Any] | None = None) -> dict[str, Any]:
     """What an expert trained now would record: the fields a saved one must match to be reused."""
     return {"task": task, "kind": adapter,
             "train": TrainConfig.from_dict({**section(params, "train"), **budget}).to_dict(),
-            "tt": TTLoRAConfig.from_dict(section(params, "tt")).to_dict(),
+            "tt": TTLoRAConfig.from_dict({**section(params, "tt"), **(tt or {})}).to_dict(),
             "base_ref": section(params, "base_model").get("ref", DEFAULT_BASE_MODEL),
             "prepared_md5": prepared_md5(ensure_prepared(load_task_card(task), params))}
 
@@ -47,11 +48,13 @@ def recorded(meta: dict[str, Any]) -> dict[str, Any]:
             "prepared_md5": (meta.get("data") or {}).get("prepared_md5")}
 
 
-def bench_expert(task: str, adapter: str, folder: Path, params: dict[str, Any], budget: dict[str, Any]) -> Path:
-    """``folder/<adapter>/<task>``, trained there with ``budget`` (``train`` overrides) unless already there."""
+def bench_expert(task: str, adapter: str, folder: Path, params: dict[str, Any], budget: dict[str, Any],
+                 tt: dict[str, Any] | None = None) -> Path:
+    """``folder/<adapter>/<task>``, trained there with ``budget`` (``train`` overrides) and ``tt`` (``tt``
+    overrides) unless already there."""
     out = folder / adapter / task
-    if (out / META_FILE).exists() and recorded(read_expert_meta(out)) == wanted(task, adapter, params, budget):
+    if (out / META_FILE).exists() and recorded(read_expert_meta(out)) == wanted(task, adapter, params, budget, tt):
         print(f"== {adapter} {task}: reusing {out} (same budget and data)", file=sys.stderr, flush=True)
         return out
-    train_expert(task, out, params=params, overrides=budget, adapter=adapter, progress=False)
+    train_expert(task, out, params=params, overrides=budget, tt_overrides=tt, adapter=adapter, progress=False)
     return out

@@ -8,7 +8,7 @@ import sys
 import time
 
 # sst2_sweep (how the default budget was chosen, README) runs on its own: `python -m benchmarks.sst2_sweep`.
-BENCHMARKS = ["adapter_speed", "peft_quality", "moe_throughput", "serve_load", "single_pass", "router_scaling", "out_of_scope", "fusion_vs_moe"]
+BENCHMARKS = ["adapter_speed", "peft_quality", "tt_study", "moe_throughput", "serve_load", "single_pass", "router_scaling", "out_of_scope", "fusion_vs_moe"]
 
 
 def main() -> int:

@@ -6,7 +6,9 @@ import json
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
+from ttlora_moe.errors import BadInput
 from ttlora_moe.params import load_params
 
 
@@ -53,6 +55,28 @@ def test_peft_quality_summary_spread():
     out = {r["method"]: r for r in summary(rows)}
     assert out["ttlora"]["std"] == pytest.approx(0.1414, abs=1e-4) and out["lora"]["std"] == 0.0
     assert out["ttlora"]["ttlora_minus_lora"] == pytest.approx(0.2)
+
+
+def test_tt_study_changes_one_setting_per_row_and_reuses_peft_qualitys_models(project, bench_results):
+    from benchmarks import peft_quality, tt_study
+
+    budget = ["--samples", "32", "--epochs", "1"]
+    peft_quality.main(["--tasks", "toy", *budget, "--no-pfeiffer"])
+    kept = bench_results.parent / "bench-outputs" / "bench_experts" / "full"
+    default_mtime = (kept / "ttlora" / "toy" / "expert.json").stat().st_mtime_ns
+    rows = {r["variant"]: r for r in tt_study.main(
+        ["--task", "toy", *budget, "--variants", "default", "rank-8", "qkvo-r3", "qv-ffn-r3", "lora"])["rows"]}
+    assert (kept / "ttlora" / "toy" / "expert.json").stat().st_mtime_ns == default_mtime  # reused, not retrained
+    assert (kept / "tt_study" / "qkvo-r3" / "ttlora" / "toy" / "expert.json").exists()
+    assert rows["default"]["delta_vs_default"] == 0.0
+    assert rows["default"]["trainable_params"] < rows["rank-8"]["trainable_params"] < rows["lora"]["trainable_params"]
+    adapted = {name: list(load_file(kept / "tt_study" / name / "ttlora" / "toy" / "adapter.safetensors"))
+               for name in ("qkvo-r3", "qv-ffn-r3")}
+    assert any(".attention.output.dense.tt_cores." in k for k in adapted["qkvo-r3"])
+    assert any(".intermediate.dense.tt_cores." in k for k in adapted["qv-ffn-r3"])
+    assert "| qv-ffn-r3 |" in (bench_results / "tt_study.md").read_text()
+    with pytest.raises(BadInput, match="unknown variant"):
+        tt_study.main(["--task", "toy", "--variants", "rank-3"])
 
 
 def test_adapter_speed_reports_every_mode(project, bench_results):
