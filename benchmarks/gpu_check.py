@@ -8,12 +8,14 @@
 Steps: ``train`` (a TT-LoRA expert at params.yaml's budget, on the default base and on SmolLM2-135M),
 ``bundle`` (router on the default-base experts) and ``evaluate`` (the bundle on mixed test rows),
 then ``serve_load`` (its concurrent phase) and ``adapter_speed`` (the mixture at batch 32), when those
-benchmarks are present. ``--device cpu`` with small ``--max-train-samples`` is a smoke run anywhere.
+benchmarks are present. ``--device cpu`` with small ``--max-train-samples`` is a smoke run anywhere;
+``--keep DIR`` keeps the experts and the bundle (by default they go with a temporary folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="base models: the first carries the bundle (default all-MiniLM-L6-v2, SmolLM2-135M)")
     parser.add_argument("--profile", default=None, help="params.yaml profile, e.g. demo (default: none, the default budget)")
     parser.add_argument("--max-train-samples", type=int, default=None, help="override params.yaml's budget (smoke runs)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the experts and the bundle in this folder (default: a temporary one, deleted)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["serve_load", "adapter_speed"],
                         help="benchmarks to leave out")
     args = parser.parse_args(argv)
@@ -111,9 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["train"] = {"max_train_samples": args.max_train_samples}
     params = load_params(profile=args.profile, overrides=overrides)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        rows, experts = train_rows(params, args.tasks, args.bases, device, Path(tmp))
-        rows += bundle_rows(params, experts, device, Path(tmp))
+    with contextlib.ExitStack() as stack:
+        root = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-check-")))
+        rows, experts = train_rows(params, args.tasks, args.bases, device, root)
+        rows += bundle_rows(params, experts, device, root)
     if "serve_load" not in args.skip:
         rows += serve_rows(device, args.bases[0], args.tasks)
     if "adapter_speed" not in args.skip:

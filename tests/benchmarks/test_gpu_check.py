@@ -9,7 +9,7 @@ import pytest
 import torch
 
 
-def test_gpu_check_trains_bundles_and_reports_one_table(moe_env, tiny_llama, bench_results, monkeypatch):
+def test_gpu_check_trains_bundles_and_reports_one_table(moe_env, tiny_llama, bench_results, monkeypatch, tmp_path):
     from benchmarks import gpu_check, serve_load
 
     served = []
@@ -22,7 +22,7 @@ def test_gpu_check_trains_bundles_and_reports_one_table(moe_env, tiny_llama, ben
 
     monkeypatch.setattr(serve_load, "main", fake_serve_load)
     gpu_check.main(["--device", "cpu", "--tasks", "senti", "nli", "--bases", moe_env["ref"], tiny_llama,
-                    "--max-train-samples", "16", "--skip", "adapter_speed"])
+                    "--max-train-samples", "16", "--skip", "adapter_speed", "--keep", str(tmp_path / "kept")])
     # served on the bundle's base and tasks (serve_load's own quick tasks are the tests' toy ones)
     assert served == [["--quick", "--device", "cpu", "--base", moe_env["ref"], "--tasks", "senti", "nli"]]
     result = json.loads((bench_results / "gpu_check.json").read_text())
@@ -32,6 +32,10 @@ def test_gpu_check_trains_bundles_and_reports_one_table(moe_env, tiny_llama, ben
     assert all(r["device"] == "cpu" and r.get("seconds", 1) > 0 and 0 <= r["value"] <= 1 for r in result["rows"])
     assert result["rows"][-1]["samples_per_s"] == 7.0
     assert "| step | base | device |" in (bench_results / "gpu_check.md").read_text()
+    kept = tmp_path / "kept"  # --keep: the experts (senti on the second base too) and the bundle stay
+    assert {p.name for p in kept.iterdir()} == {"0-senti", "0-nli", "1-senti", "bundle"}
+    metrics = {r["step"]: r["metric"] for r in result["rows"]}
+    assert metrics["train senti"] == f"test {json.loads((kept / '0-senti' / 'expert.json').read_text())['metric']}"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
