@@ -137,24 +137,28 @@ def main(argv: list[str] | None = None) -> dict:
                 pf, pfeiffer_skipped = pfeiffer_rows(tasks, params, budget, seed_folder(adapters_dir, seed, default_seed),
                                                      Path(tmp))
                 rows += pf
-        write(rows, tasks, seeds, budget, pfeiffer_skipped)
-    return {"rows": rows, "summary": summary(rows)}
+        spread = write(rows, tasks, seeds, budget, pfeiffer_skipped)
+    return {"rows": rows, "summary": spread}
 
 
 def write(rows: list[dict[str, Any]], tasks: list[str], seeds: list[int], budget: dict[str, Any],
-          pfeiffer_skipped: str | None) -> None:
-    """Write the results so far: every run, then (with more than one seed) the mean and spread per task and method."""
+          pfeiffer_skipped: str | None) -> list[dict[str, Any]]:
+    """Write the results so far: every run, then (with more than one seed) the mean and spread per task and
+    method; return that summary."""
     rows = sorted(rows, key=lambda r: (tasks.index(r["task"]), r["seed"]))  # stable: methods stay in order
     done = sorted({r["seed"] for r in rows})
+    spread = summary(rows)
     table = markdown_table(rows, COLUMNS)
     if len(seeds) > 1:
         table = (f"Seeds {', '.join(map(str, done))} of {', '.join(map(str, seeds))}: test metric over seeds.\n\n"
-                 + markdown_table(summary(rows), SUMMARY_COLUMNS) + "\n\nEvery run:\n\n" + table)
+                 + markdown_table(spread, SUMMARY_COLUMNS) + "\n\nEvery run:\n\n" + table)
     if pfeiffer_skipped:
         table += f"\n\nPfeiffer rows left out: {pfeiffer_skipped}."
     budget = {k: v for k, v in budget.items() if k != "seed"}
-    write_results("peft_quality", {"rows": rows, "summary": summary(rows), "budget": budget, "seeds": done,
+    write_results("peft_quality", {"rows": rows, "summary": spread, "budget": budget, "seeds": done,
                                    "tasks": tasks, "pfeiffer_skipped": pfeiffer_skipped}, table)
+    return spread
+
 
 if __name__ == "__main__":
     run_benchmark(main)

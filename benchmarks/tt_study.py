@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from benchmarks.adapters_baselines import driver
@@ -47,11 +48,11 @@ COLUMNS = ["variant", "change", "trainable_params", "pct_of_lora_qv", "metric", 
            "validation_metric", "train_samples_per_s"]
 
 
-def run_variant(name: str, task: str, params: dict[str, Any], budget: dict[str, Any], folder) -> dict[str, Any]:
+def run_variant(name: str, task: str, params: dict[str, Any], budget: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Train (or reuse) the ``name`` variant of ``task``'s expert; its row of the table."""
     change, tt, train, adapter = VARIANTS[name]
     place = folder if name in ("default", "lora") else folder / "tt_study" / name
-    meta = read_expert_meta(bench_expert(task, adapter, place, params, {**budget, **train}, tt or None))
+    meta = read_expert_meta(bench_expert(task, adapter, place, params, {**budget, **train}, tt))
     test, validation = meta["metrics"]["test"], meta["metrics"].get("validation", {})
     metric = meta["metric"]
     row = {"variant": name, "change": change, "trainable_params": meta["trainable_params"],
