@@ -8,8 +8,9 @@ code, SQL, URLs, emoji, another language) are scored. Reported per held-out task
 - AUROC and FPR at 95% TPR of the score (held-out rows vs in-scope test rows);
 - the abstain rate of the held-out rows, of the junk and of the in-scope test rows (false abstain);
 
-for the configured detector and, as the reference, the router's confidence alone (what routers
-did before the detector). Goals (issue): mean AUROC >= 0.95, junk abstains >= 99%, in-scope
+for every detector method (``knn``, ``fused``: fitted on the same router and rows, the configured
+one first) and, as the reference, the router's confidence alone (what routers did before the
+detector). Goals (issue): mean AUROC >= 0.95, junk abstains >= 99%, in-scope
 false abstain <= 2%.
 
     python -m benchmarks.out_of_scope                # every task card with data (features cached)
@@ -32,13 +33,15 @@ from ttlora_moe.data.cards import list_tasks
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.moe.detection import auroc, fpr_at_tpr
 from ttlora_moe.moe.features import compute_features
-from ttlora_moe.moe.router import RouterConfig, train_router
+from ttlora_moe.moe.out_of_scope import fit_detector
+from ttlora_moe.moe.router import RouterConfig, task_weights, train_router
 from ttlora_moe.moe.router_data import router_data, test_features
 from ttlora_moe.moe.single_pass import router_feature_spec
 from ttlora_moe.params import load_params, section
 
 JUNK = Path(__file__).resolve().parents[1] / "data" / "ood" / "junk.txt"
 QUICK_TASKS = ["cola", "mrpc", "rte", "sst2"]
+DETECTORS = ("knn", "fused")  # compared on the same router; "confidence alone" is the reference
 COLUMNS = ["held_out", "detector", "auroc", "fpr_at_95_tpr", "abstain_held_out", "abstain_junk", "false_abstain_in_scope"]
 
 
@@ -56,6 +59,18 @@ def measure(scores: dict[str, torch.Tensor], threshold: float) -> dict[str, floa
             "false_abstain_in_scope": float((scores["in"] > threshold).float().mean())}
 
 
+def refit(router, data: dict[str, tuple[torch.Tensor, torch.Tensor]], config: RouterConfig, block: int, method: str,
+          sets: dict[str, torch.Tensor], routed: dict[str, tuple]) -> dict[str, float]:
+    """The ``method`` detector fitted on the same router and rows as the configured one, measured on ``sets``."""
+    (train_x, train_y), (val_x, val_y) = data["train"], data["validation"]
+    _, confidence, probs, _ = router.route(val_x)
+    detector = fit_detector(train_x, train_y, val_x, confidence, probs.argmax(-1), task_weights(val_y, router.num_experts),
+                            router.num_experts, block, {**config.out_of_scope, "method": method}, config.false_abstain_rate,
+                            config.seed)
+    scores = {n: detector.score(sets[n], r[1], r[2].argmax(-1)) for n, r in routed.items()}
+    return measure(scores, float(detector.threshold))
+
+
 def held_out_rows(held: str, tasks: list[str], base, spec, config: RouterConfig, params: dict[str, Any],
                   tests: dict[str, torch.Tensor], junk: torch.Tensor) -> list[dict[str, Any]]:
     """Train the router without ``held`` and score its rows, the in-scope rows and the junk."""
@@ -68,6 +83,10 @@ def held_out_rows(held: str, tasks: list[str], base, spec, config: RouterConfig,
         routed = {name: router.route(x) for name, x in sets.items()}
         rows.append({"held_out": held, "detector": router.detector.method,
                      **measure({n: r[3] for n, r in routed.items()}, float(router.detector.threshold))})
+        for method in DETECTORS:
+            if method != router.detector.method:
+                rows.append({"held_out": held, "detector": method,
+                             **refit(router, data, config, base.hidden_size, method, sets, routed)})
         surprise = {n: -torch.log(r[1].clamp_min(1e-12)) for n, r in routed.items()}
         rows.append({"held_out": held, "detector": "confidence alone",
                      **measure(surprise, -float(torch.log(router.threshold.clamp_min(1e-12))))})
@@ -79,10 +98,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", nargs="*", default=None, help="default: every task card")
     parser.add_argument("--test-rows", type=int, default=None, help="test rows per task (seeded sample; default 500)")
     parser.add_argument("--quick", action="store_true", help="four tasks, 100 test rows each")
+    parser.add_argument("--method", choices=DETECTORS, default=None,
+                        help="the configured detector (default: params.yaml router.out_of_scope.method)")
     args = parser.parse_args(argv)
     args.test_rows = args.test_rows or (100 if args.quick else 500)
     params = load_params()
     config = RouterConfig.from_dict(section(params, "router"))
+    if args.method:
+        config.out_of_scope = {**config.out_of_scope, "method": args.method}
     base_section = section(params, "base_model")
     base = load_base_model(base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"))
     spec = router_feature_spec(config.features, int(section(params, "train").get("max_length", 128)),
@@ -94,8 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     junk = compute_features(base, junk_rows(), spec, progress=False)
     rows = []
     for held in tasks:
-        rows += held_out_rows(held, tasks, base, spec, copy.deepcopy(config), params, tests, junk)
-        print(rows[-2], flush=True)
+        mine = held_out_rows(held, tasks, base, spec, copy.deepcopy(config), params, tests, junk)
+        rows += mine
+        print(mine[0], flush=True)  # the configured detector
     for detector in dict.fromkeys(r["detector"] for r in rows):
         mine = [r for r in rows if r["detector"] == detector]
         rows.append({"held_out": "**mean**", "detector": detector,

@@ -1,4 +1,5 @@
-"""The out-of-scope detector: block normalisation, separation of unseen clusters and junk, calibration, options."""
+"""The out-of-scope detector: block normalisation, separation of unseen clusters and junk, the router's doubt per
+expert, surprisals, calibration, options."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import torch
 
 from ttlora_moe.errors import BadInput
 from ttlora_moe.moe.detection import auroc
-from ttlora_moe.moe.out_of_scope import check_options, fit_detector, normalise_blocks
+from ttlora_moe.moe.out_of_scope import (
+    check_options,
+    fit_detector,
+    fit_surprisal,
+    normalise_blocks,
+    surprisal,
+    weighted_quantiles,
+)
 
 BLOCK = 16
 
@@ -32,7 +40,8 @@ def test_blocks_are_normalised_one_by_one_and_counts_dropped():
     assert out.shape == (4, 2 * BLOCK) and torch.allclose(out.norm(dim=1), torch.ones(4))
 
 
-def test_unseen_clusters_and_junk_score_above_the_calibrated_threshold():
+@pytest.mark.parametrize("method", ["fused", "knn"])
+def test_unseen_clusters_and_junk_score_above_the_calibrated_threshold(method):
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(5, 2 * BLOCK, generator=g)
     train_x, train_y = clusters(200, centres[:3], seed=1)  # three tasks in scope
@@ -41,26 +50,63 @@ def test_unseen_clusters_and_junk_score_above_the_calibrated_threshold():
     unseen, _ = clusters(100, centres[3:], seed=4)  # two tasks the bundle does not serve
     junk = torch.cat([torch.randn(50, 2 * BLOCK, generator=g) * 5, torch.zeros(50, 3)], 1)
     ones = torch.ones(len(val_x))
-    detector = fit_detector(train_x, train_y, val_x, ones, ones, 3, BLOCK, {"components": 8, "bank_per_task": 50},
-                            false_abstain_rate=0.05)
+    detector = fit_detector(train_x, train_y, val_x, ones, val_y, ones, 3, BLOCK,
+                            {"method": method, "components": 8, "bank_per_task": 50}, false_abstain_rate=0.05)
     assert detector.bank.shape == (150, 8) and detector.components.shape == (8, 2 * BLOCK)
-    score = lambda x: detector.score(x, torch.ones(len(x)))  # noqa: E731
+    score = lambda x: detector.score(x, torch.ones(len(x)), torch.zeros(len(x), dtype=torch.long))  # noqa: E731
     assert float((score(val_x) > detector.threshold).float().mean()) == pytest.approx(0.05, abs=0.01)
     assert auroc(score(unseen), score(test_x)) > 0.95
     assert float((score(junk) > detector.threshold).float().mean()) > 0.95
     assert float((score(test_x) > detector.threshold).float().mean()) < 0.15
-    # the confidence term moves scores only when weighted
-    weighted = fit_detector(train_x, train_y, val_x, ones * 0.9, ones, 3, BLOCK,
-                            {"components": 8, "bank_per_task": 50, "confidence_weight": 1.0}, 0.05)
-    assert torch.all(weighted.score(test_x, torch.full((300,), 0.1)) > weighted.score(test_x, torch.full((300,), 0.99)))
+    if method == "knn":  # the confidence term moves scores only when weighted
+        weighted = fit_detector(train_x, train_y, val_x, ones * 0.9, val_y, ones, 3, BLOCK,
+                                {"method": "knn", "components": 8, "bank_per_task": 50, "confidence_weight": 1.0}, 0.05)
+        e = torch.zeros(300, dtype=torch.long)
+        assert torch.all(weighted.score(test_x, torch.full((300,), 0.1), e) > weighted.score(test_x, torch.full((300,), 0.99), e))
+
+
+def test_fused_doubt_is_judged_on_the_routed_experts_own_scale():
+    """An in-scope-looking input the router is unsure about abstains when its expert's inputs are usually easy
+    (an unseen sibling task), not when that expert's inputs are often hard (multiple-choice siblings)."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(2, 2 * BLOCK, generator=g)
+    train_x, train_y = clusters(200, centres, seed=1)
+    val_x, val_y = clusters(200, centres, seed=2)
+    easy = 0.97 + 0.02 * torch.rand(len(val_x), generator=g)  # expert 0: always sure
+    hard = 0.45 + 0.5 * torch.rand(len(val_x), generator=g)  # expert 1: often unsure
+    val_conf = torch.where(val_y == 0, easy, hard)
+    detector = fit_detector(train_x, train_y, val_x, val_conf, val_y, torch.ones(len(val_x)), 2, BLOCK,
+                            {"method": "fused", "components": 8, "bank_per_task": 100}, false_abstain_rate=0.02)
+    x = val_x[:1].repeat(2, 1)  # the same features, routed to either expert with confidence 0.6
+    doubtful = detector.score(x, torch.full((2,), 0.6), torch.tensor([0, 1]))
+    assert doubtful[0] > detector.threshold > doubtful[1]
+    sure = detector.score(x[:1], torch.full((1,), 0.98), torch.tensor([0]))
+    assert sure < detector.threshold
+    val_scores = detector.score(val_x, val_conf, val_y)
+    assert float((val_scores > detector.threshold).float().mean()) == pytest.approx(0.02, abs=0.01)
+
+
+def test_surprisal_follows_the_validation_tail_and_never_saturates():
+    # validation scores from an exponential distribution: P(score >= x) = exp(-x), so the surprisal is x itself
+    values = -torch.log1p(-(torch.arange(2000.0) + 0.5) / 2000)
+    fitted = fit_surprisal(values, torch.ones(2000))
+    x = torch.tensor([-1.0, 0.5, 1.0, 2.0, 3.0, 5.0, 12.0, 40.0])  # the largest validation score is 8.3
+    got = surprisal(x, fitted)
+    assert got[0] == 0
+    assert torch.allclose(got[1:], x[1:], rtol=0.05, atol=0.05)
+    assert torch.all(got[1:] > got[:-1])  # keeps its order far beyond the largest validation score
+    # weights count: the heavy half moves the median
+    uniform = torch.arange(1000.0)
+    weights = torch.where(uniform < 500, 3.0, 1.0)
+    assert float(weighted_quantiles(uniform, weights, torch.tensor([0.5]))) == pytest.approx(333, abs=2)
 
 
 def test_confidence_method_and_a_zero_rate():
     x, y = clusters(30, torch.randn(2, 2 * BLOCK), seed=5)
     conf = torch.linspace(0.5, 1.0, len(x))
-    detector = fit_detector(x, y, x, conf, torch.ones(len(x)), 2, BLOCK, {"method": "confidence"}, 0.1)
-    assert torch.allclose(detector.score(x, conf), -torch.log(conf)) and detector.bank.numel() == 0
-    never = fit_detector(x, y, x, conf, torch.ones(len(x)), 2, BLOCK, {}, 0.0)
+    detector = fit_detector(x, y, x, conf, y, torch.ones(len(x)), 2, BLOCK, {"method": "confidence"}, 0.1)
+    assert torch.allclose(detector.score(x, conf, y), -torch.log(conf)) and detector.bank.numel() == 0
+    never = fit_detector(x, y, x, conf, y, torch.ones(len(x)), 2, BLOCK, {}, 0.0)
     assert math.isinf(float(never.threshold))
 
 

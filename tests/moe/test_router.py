@@ -76,14 +76,16 @@ def test_temperature_threshold_and_weights():
     assert 0.09 <= float((conf < t).float().mean()) <= 0.11
 
 
-def test_router_files_round_trip_and_bad_files(tmp_path):
+@pytest.mark.parametrize("method", ["fused", "knn"])  # knn: what routers saved before the fused detector hold
+def test_router_files_round_trip_and_bad_files(tmp_path, method):
     tx, ty = _blobs(40)
-    router, report = train_router(tx, ty, tx, ty, ["a", "b", "c"], RouterConfig(kind="mlp", hidden=8, max_epochs=3),
-                                  progress=False)
+    config = RouterConfig(kind="mlp", hidden=8, max_epochs=3, out_of_scope={"method": method})
+    router, report = train_router(tx, ty, tx, ty, ["a", "b", "c"], config, progress=False)
     save_router(tmp_path, router, {"experts": ["a", "b", "c"]})
+    assert ("detector.expert_scales" in router.state_dict()) == (method == "fused")
     loaded, meta = load_router(tmp_path)
     assert meta["experts"] == ["a", "b", "c"] and meta["temperature"] == pytest.approx(report.temperature)
-    assert meta["out_of_scope"]["method"] == "knn" and meta["out_of_scope"]["block"] == 8  # no block given: the whole row
+    assert meta["out_of_scope"]["method"] == method and meta["out_of_scope"]["block"] == 8  # no block given: the whole row
     for got, want in zip(loaded.route(tx), router.route(tx)):
         assert torch.equal(got, want)
     with pytest.raises(BadInput, match=r"unknown router key\(s\) \[.kinds.\]"):

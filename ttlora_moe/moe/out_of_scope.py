@@ -1,21 +1,32 @@
 """Out-of-scope detection on the router's features: is this input far from every task the bundle knows?
 
 A router's softmax is confident far from its training data (it only learned which of *its* tasks an
-input is most like), so confidence alone lets code, URLs or an unseen task through. The ``knn``
-detector (the default) measures distance instead, on the router's raw features:
+input is most like), so confidence alone lets code, URLs or an unseen task through; and distance
+alone misses an unseen *sibling* of a served task (MRPC beside QQP, CSQA beside Social IQa), which
+looks in scope but leaves the router unsure. The ``fused`` detector uses both:
 
-- every pooled block (one layer's mean state of ``text``, of ``text_pair``, ...; ``block`` values
-  each) is L2-normalised, so no layer dominates by its scale, and the whole vector is normalised;
-- that vector is projected onto the top ``components`` principal directions of the training mix;
-  the score adds the mean cosine distance to the ``k`` nearest training inputs in that subspace (a
-  bank of at most ``bank_per_task`` inputs per task) and the norm of what the projection leaves
-  out (text unlike anything in training, such as code, URLs or another language, lives there);
-- each part is put on the scale of in-scope validation inputs (median and interquartile range), and
-  with ``confidence_weight`` > 0 so is ``-log(router confidence)``, added with that weight.
+- *distance*: every pooled block (one layer's mean state of ``text``, of ``text_pair``, ...;
+  ``block`` values each) is L2-normalised, so no layer dominates by its scale, and the whole vector
+  is normalised; that vector is projected onto the top ``components`` principal directions of the
+  training mix; the mean cosine distance to the ``k`` nearest training inputs in that subspace (a
+  bank of at most ``bank_per_task`` inputs per task) plus the norm of what the projection leaves
+  out (text unlike anything in training, such as code, URLs or another language, lives there),
+  each on the scale of in-scope validation inputs (median and interquartile range);
+- *doubt*: ``-log(router confidence)`` on the scale of the validation inputs routed to the *same*
+  expert (tasks whose inputs the router always finds easy get a strict scale, multiple-choice
+  siblings a lenient one);
+- each of the two becomes a surprisal, ``-log P(in-scope validation input scores at least this)``
+  (the weighted empirical tail up to its 90th percentile, an exponential tail beyond, so far-out
+  inputs keep their order), and the score is their sum: a Fisher-style combination in which either
+  signal alone can push an input out.
 
-``method: confidence`` scores by the confidence alone (what routers before the detector did). The
-threshold is the score above which ``false_abstain_rate`` of the (task-weighted) in-scope validation
-inputs lie. benchmarks/out_of_scope.py measures it leave-one-task-out; the README has its table.
+``method: knn`` (the default) scores by the distance alone (optionally plus ``confidence_weight``
+times the doubt's global z-score), ``method: confidence`` by the confidence alone (what routers
+before the detector did). Which is better depends on the pool: on the 15-task pool ``fused`` lifts
+the leave-one-task-out AUROC a lot, on the six-task default bundle ``knn`` is slightly better and
+lets less junk through (README "Abstention"); profile ``pool`` uses ``fused``. The threshold is the score above which ``false_abstain_rate`` of the (task-weighted)
+in-scope validation inputs lie. benchmarks/out_of_scope.py measures it leave-one-task-out; the
+README has its table.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from torch import nn
 
 from ttlora_moe.errors import BadInput
 
-METHODS = ("knn", "confidence")
+METHODS = ("fused", "knn", "confidence")
 OPTIONS = ("method", "components", "k", "bank_per_task", "confidence_weight")
 DEFAULTS: dict[str, Any] = {"method": "knn", "components": 256, "k": 10, "bank_per_task": 1000, "confidence_weight": 0.0}
 
@@ -46,6 +57,50 @@ def check_options(options: dict[str, Any]) -> None:
                        "and confidence_weight (>= 0) only")
 
 
+TAIL_LEVEL = 0.9  # above this quantile of the validation scores a surprisal extrapolates exponentially
+GRID = 64  # quantile points kept per surprisal below TAIL_LEVEL
+MIN_EXPERT_ROWS = 10  # validation inputs an expert needs for a scale of its own
+# the smallest spread of an expert's doubt (nats): an expert whose inputs are all routed at 0.999 makes
+# 0.95 surprising (about 50 spreads), as it should be; the tail calibration keeps the false-abstain rate
+DOUBT_FLOOR = 1e-3
+
+
+def weighted_quantiles(values: torch.Tensor, weights: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Quantiles of ``values`` at ``levels`` under ``weights`` (linear between the weighted order statistics)."""
+    order = torch.argsort(values)
+    cum = torch.cumsum(weights[order].double(), 0)
+    cum = (cum - 0.5 * weights[order].double()) / cum[-1]
+    return _interp(levels.double(), cum, values[order].double()).float()
+
+
+def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """``numpy.interp``: piecewise-linear through ``(xp, fp)`` (``xp`` ascending), constant outside."""
+    i = torch.searchsorted(xp, x.contiguous()).clamp(1, len(xp) - 1)
+    x0, x1, f0, f1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    t = ((x - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0, 1)
+    return f0 + t * (f1 - f0)
+
+
+def fit_surprisal(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``[GRID + 1]``: the quantiles of ``values`` at levels ``0 .. TAIL_LEVEL`` and, last, the mean excess
+    over the top one (the scale of the exponential tail); :func:`surprisal` reads it."""
+    levels = torch.linspace(0, TAIL_LEVEL, GRID, device=values.device)
+    grid = weighted_quantiles(values, weights, levels)
+    above = values > grid[-1]
+    excess = ((values[above] - grid[-1]) * weights[above]).sum() / weights[above].sum() if above.any() else grid[-1] * 0
+    return torch.cat([grid, excess.clamp_min(1e-2).reshape(1)])
+
+
+def surprisal(x: torch.Tensor, fitted: torch.Tensor) -> torch.Tensor:
+    """``-log P(validation score >= x)`` from :func:`fit_surprisal`'s summary: the empirical tail up to its
+    top quantile, then ``-log(1 - TAIL_LEVEL) + excess / scale`` (exponential, so it never saturates)."""
+    grid, scale = fitted[:-1], fitted[-1]
+    levels = torch.linspace(0, TAIL_LEVEL, len(grid), dtype=torch.float64, device=fitted.device)
+    below = -torch.log1p(-_interp(x.double(), grid.double(), levels))
+    beyond = -math.log(1 - TAIL_LEVEL) + (x.double() - grid[-1].double()) / scale.double()
+    return torch.where(x > grid[-1], beyond, below).float()
+
+
 def normalise_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     """Each ``block``-wide slice of ``x`` L2-normalised (values past the last whole block, e.g. token
     counts, dropped), then the whole row."""
@@ -55,10 +110,10 @@ def normalise_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
 
 
 class OutOfScopeDetector(nn.Module):
-    """``score(features, confidence)``: higher is further out of scope; ``score > threshold`` abstains."""
+    """``score(features, confidence, expert)``: higher is further out of scope; ``score > threshold`` abstains."""
 
     def __init__(self, dim: int, block: int, components: int, bank_rows: int, k: int = 10,
-                 method: str = "knn", confidence_weight: float = 0.0) -> None:
+                 method: str = "knn", confidence_weight: float = 0.0, num_experts: int = 0) -> None:
         super().__init__()
         if method not in METHODS:
             raise BadInput(f"unknown out-of-scope method {method!r}", f"use one of {', '.join(METHODS)}")
@@ -70,6 +125,9 @@ class OutOfScopeDetector(nn.Module):
         self.register_buffer("bank", torch.zeros(0 if method == "confidence" else bank_rows, q))
         self.register_buffer("scales", torch.tensor([[0.0, 1.0]] * 3))  # (median, spread) of distance, residual, surprise
         self.register_buffer("threshold", torch.tensor(math.inf))
+        if method == "fused":  # only then, so that routers saved before it load unchanged
+            self.register_buffer("expert_scales", torch.tensor([[0.0, 1.0]] * num_experts))  # doubt, per routed expert
+            self.register_buffer("surprisals", torch.zeros(2, GRID + 1))  # of distance, of doubt (fit_surprisal)
 
     def parts(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (kNN cosine distance, residual norm), ``[B]`` each."""
@@ -80,14 +138,28 @@ class OutOfScopeDetector(nn.Module):
         distance = 1 - similarity.topk(min(self.k, len(self.bank)), dim=1).values.mean(1)
         return distance, residual
 
-    def score(self, features: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
-        """``[B]`` out-of-scope scores of raw router ``features`` with router confidences ``confidence``."""
+    def distance(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B]``: kNN distance plus residual, each on its validation scale."""
+        distance, residual = self.parts(features)
+        (dc, ds), (rc, rs) = self.scales[:2].tolist()
+        return (distance - dc) / ds + (residual - rc) / rs
+
+    def doubt(self, confidence: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """``[B]``: ``-log(confidence)`` on the validation scale of the expert each input is routed to."""
+        median, spread = self.expert_scales[expert].unbind(-1)
+        return (-torch.log(confidence.float().clamp_min(1e-12)) - median) / spread
+
+    def score(self, features: torch.Tensor, confidence: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """``[B]`` out-of-scope scores of raw router ``features``, given the router's ``confidence`` and
+        chosen ``expert`` for each input."""
         surprise = -torch.log(confidence.float().clamp_min(1e-12))
         if self.method == "confidence":
             return surprise
-        distance, residual = self.parts(features)
-        (dc, ds), (rc, rs), (sc, ss) = self.scales.tolist()
-        score = (distance - dc) / ds + (residual - rc) / rs
+        if self.method == "fused":
+            return (surprisal(self.distance(features), self.surprisals[0])
+                    + surprisal(self.doubt(confidence, expert), self.surprisals[1]))
+        score = self.distance(features)
+        sc, ss = self.scales[2].tolist()
         return score + self.confidence_weight * (surprise - sc) / ss if self.confidence_weight else score
 
 
@@ -110,10 +182,11 @@ def weighted_quantile_threshold(scores: torch.Tensor, rate: float, weights: torc
 
 @torch.no_grad()
 def fit_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_confidence: torch.Tensor,
-                 val_weights: torch.Tensor, num_tasks: int, block: int | None, options: dict[str, Any],
-                 false_abstain_rate: float, seed: int = 0) -> OutOfScopeDetector:
+                 val_expert: torch.Tensor, val_weights: torch.Tensor, num_tasks: int, block: int | None,
+                 options: dict[str, Any], false_abstain_rate: float, seed: int = 0) -> OutOfScopeDetector:
     """Fit the detector on raw training features and calibrate its scales and threshold on validation.
 
+    ``val_confidence`` and ``val_expert`` are the router's confidence and choice on ``val_x``;
     ``block`` is the width of one pooled vector (the base model's hidden size; None: the whole row).
     """
     opts = {**DEFAULTS, **options}
@@ -125,8 +198,9 @@ def fit_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
     # at most one principal direction per bank input (and per dimension)
     components = max(1, min(int(opts["components"]), len(bank_x) - 1, bank_x.shape[1]))
     detector = OutOfScopeDetector(train_x.shape[1], block, components, len(bank_x), int(opts["k"]),
-                                  str(opts["method"]), float(opts["confidence_weight"]))
-    surprise = _robust_scale(-torch.log(val_confidence.float().clamp_min(1e-12)), 0.05)
+                                  str(opts["method"]), float(opts["confidence_weight"]), num_tasks)
+    val_surprise = -torch.log(val_confidence.float().clamp_min(1e-12))
+    surprise = _robust_scale(val_surprise, 0.05)
     scales = [[0.0, 1.0], [0.0, 1.0], surprise]
     if opts["method"] != "confidence":
         center = bank_x.mean(0)
@@ -140,6 +214,13 @@ def fit_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
         distance, residual = detector.parts(val_x)
         scales[0], scales[1] = _robust_scale(distance, 1e-4), _robust_scale(residual, 1e-4)
     detector.scales.copy_(torch.tensor(scales))
-    scores = detector.score(val_x, val_confidence)
+    if opts["method"] == "fused":
+        for e in range(num_tasks):
+            mine = val_expert == e
+            detector.expert_scales[e] = torch.tensor(
+                _robust_scale(val_surprise[mine], DOUBT_FLOOR) if int(mine.sum()) >= MIN_EXPERT_ROWS else surprise)
+        detector.surprisals[0] = fit_surprisal(detector.distance(val_x), val_weights)
+        detector.surprisals[1] = fit_surprisal(detector.doubt(val_confidence, val_expert), val_weights)
+    scores = detector.score(val_x, val_confidence, val_expert)
     detector.threshold.fill_(weighted_quantile_threshold(scores, false_abstain_rate, val_weights))
     return detector

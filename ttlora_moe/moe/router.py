@@ -70,7 +70,8 @@ class RouterConfig(Section):
     false_abstain_rate: float = option(0.01, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
     out_of_scope: dict[str, Any] = option(
         dict(DEFAULTS),
-        "Out-of-scope detector (see moe/out_of_scope.py): method knn (distance to the training mix) or confidence; "
+        "Out-of-scope detector (see moe/out_of_scope.py): method fused (distance to the training mix and the "
+        "router's doubt), knn (distance only) or confidence; "
         "principal components, neighbours k, bank_per_task, confidence_weight.")
     features: dict[str, Any] = option({}, "Feature spec (see features.FeatureSpec); {} = defaults.")
     batch_size_features: int = option(64, "Inputs per base-model forward when computing features.")
@@ -136,7 +137,7 @@ class Router(nn.Module):
         probs = self(features)
         confidence, index = probs.max(-1)
         if self.detector is not None:
-            score = self.detector.score(features, confidence)
+            score = self.detector.score(features, confidence, index)
             abstain = score > self.detector.threshold
         else:
             score = -torch.log(confidence.clamp_min(1e-12))
@@ -300,7 +301,7 @@ def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress
         confidence, preds = torch.softmax(val_logits / temperature, -1).max(-1)
         threshold = abstain_threshold(confidence, config.false_abstain_rate, w_val)
         router.threshold.fill_(threshold)
-        router.detector = fit_detector(train_x, train_y, val_x, confidence, w_val, num_experts, block,
+        router.detector = fit_detector(train_x, train_y, val_x, confidence, preds, w_val, num_experts, block,
                                        config.out_of_scope, config.false_abstain_rate, config.seed)
         abstained = router.route(val_x)[0] < 0
     per_task = {name: float((preds[val_y == e] == e).float().mean()) for e, name in enumerate(expert_names)
@@ -346,7 +347,7 @@ def load_router(directory: Path) -> tuple[Router, dict[str, Any]]:
     oos = meta.get("out_of_scope")  # routers written before 0.2 have none: they abstain on confidence
     detector = None if not oos else OutOfScopeDetector(int(meta["in_dim"]), int(oos["block"]), int(oos["components"]),
                                                       int(oos["bank_rows"]), int(oos["k"]), oos["method"],
-                                                      float(oos["confidence_weight"]))
+                                                      float(oos["confidence_weight"]), int(meta["num_experts"]))
     router = Router(int(meta["in_dim"]), int(meta["num_experts"]), meta["kind"], int(meta.get("hidden", 256)), 0.0, detector)
     tensors = load_tensors(directory / ROUTER_WEIGHTS)
     try:
