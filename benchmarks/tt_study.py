@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=None, help="training examples (default peft_quality's)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default peft_quality's)")
     parser.add_argument("--quick", action="store_true", help=f"variants {' '.join(QUICK_VARIANTS)}, quick budget")
+    parser.add_argument("--results", default="tt_study",
+                        help="name of the results/<name>.{md,json} to write (default tt_study)")
     args = parser.parse_args(argv)
     names = args.variants or (QUICK_VARIANTS if args.quick else list(VARIANTS))
     unknown = [n for n in names if n not in VARIANTS]
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = (f"Task {args.task}, {budget['max_train_samples']} training rows x {budget['epochs']} epoch(s), "
              f"{budget['max_eval_samples']} validation rows, whole test split; one change per row.\n\n"
              + markdown_table(rows, COLUMNS))
-    write_results("tt_study", {"task": args.task, "budget": budget, "rows": rows}, table)
+    write_results(args.results, {"task": args.task, "budget": budget, "rows": rows}, table)
     return {"rows": rows}
 
 
