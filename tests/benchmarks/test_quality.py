@@ -75,6 +75,10 @@ def test_tt_study_changes_one_setting_per_row_and_reuses_peft_qualitys_models(pr
     assert any(".attention.output.dense.tt_cores." in k for k in adapted["qkvo-r3"])
     assert any(".intermediate.dense.tt_cores." in k for k in adapted["qv-ffn-r3"])
     assert "| qv-ffn-r3 |" in (bench_results / "tt_study.md").read_text()
+    # a named run (another task or budget) leaves the default results alone; its experts are reused too
+    tt_study.main(["--task", "toy", *budget, "--variants", "default", "--results", "tt_study_toy"])
+    assert "| default |" in (bench_results / "tt_study_toy.md").read_text()
+    assert "| qv-ffn-r3 |" in (bench_results / "tt_study.md").read_text()
     with pytest.raises(BadInput, match="unknown variant"):
         tt_study.main(["--task", "toy", "--variants", "rank-3"])
 
