@@ -42,10 +42,12 @@ def write_toy_task(root: Path, name: str, template: str = "the movie {i} was {w}
 
 
 def make_random_expert(directory: Path, ref: str, task: str, seed: int, labels: list[str] | None = None,
-                       metric: str = "accuracy", layers_from: int = 0, bias_scale: float = 0.1) -> Path:
-    """An expert for ``task`` with random cores (from ``seed``) and a random head bias, saved to ``directory``."""
+                       metric: str = "accuracy", layers_from: int = 0, bias_scale: float = 0.1,
+                       target_modules: list[str] | None = None) -> Path:
+    """An expert for ``task`` with random cores (from ``seed``) and a random head bias, saved to ``directory``
+    (``target_modules``: the layers it adapts; default the base's query and value)."""
     base = load_base_model(ref)
-    tt = TTLoRAConfig(rank=2, alpha=4.0, layers_from=layers_from)
+    tt = TTLoRAConfig(rank=2, alpha=4.0, layers_from=layers_from, target_modules=target_modules or [])
     attach_tt_lora(base.model, tt, seed=seed)
     labels = labels or ["neg", "pos"]
     classifier = SequenceClassifier(base.model, len(labels), base.pooling, "trainable", seed)
@@ -116,10 +118,10 @@ def router_rows(env, *tasks: str) -> int:
                + min(MOE_ROUTER["validation_per_task"], len(load_split(prepared / t, "validation"))) for t in tasks)
 
 
-def make_moe_expert(directory: Path, ref: str, task: str, seed: int) -> Path:
+def make_moe_expert(directory: Path, ref: str, task: str, seed: int, target_modules: list[str] | None = None) -> Path:
     """A random expert for one of :data:`MOE_TASKS`, with that task's labels and metric."""
     labels, _, metric, _ = MOE_TASKS[task]
-    return make_random_expert(directory, ref, task, seed, labels, metric)
+    return make_random_expert(directory, ref, task, seed, labels, metric, target_modules=target_modules)
 
 
 # --- small helpers of the data, expert and single-pass tests ---------------------------------------

@@ -10,22 +10,31 @@ from tests.toys import (
     make_moe_expert,
     moe_rows,
 )
+from ttlora_moe.blocks import transformer_blocks
 from ttlora_moe.data.batching import tokenize
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import load_expert
 from ttlora_moe.experts.base_model import load_base_model
 from ttlora_moe.moe.features import FeatureSpec, feature_dim
+from ttlora_moe.moe.expert_linear import MoETTLinear
 from ttlora_moe.moe.mixture import ExpertInfo, MixtureOfExperts
 from ttlora_moe.moe.router import Router
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("kind", ["bert", "llama"])
-def test_mixed_batch_equals_each_sample_alone_through_its_expert(kind, tiny_bert, tiny_llama, tmp_path):
+# every attention projection (tt_study's q,k,v,o variant), not only the default query/value
+ALL_ATTENTION = {"bert": ["query", "key", "value", "attention.output.dense"],
+                 "llama": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+@pytest.mark.parametrize(("kind", "qkvo", "path"), [("bert", False, "auto"), ("llama", False, "auto"),
+                                                    ("bert", True, "merged"), ("llama", True, "contract")])
+def test_mixed_batch_equals_each_sample_alone_through_its_expert(kind, qkvo, path, tiny_bert, tiny_llama, tmp_path):
     ref = tiny_bert if kind == "bert" else tiny_llama
     names = ["senti", "nli", "quest"]  # 2, 3 and 2 labels
-    dirs = [make_moe_expert(tmp_path / n, ref, n, seed=i + 1) for i, n in enumerate(names)]
+    targets = ALL_ATTENTION[kind] if qkvo else None
+    dirs = [make_moe_expert(tmp_path / n, ref, n, seed=i + 1, target_modules=targets) for i, n in enumerate(names)]
     base = load_base_model(ref)
     from ttlora_moe.experts.artifact import read_expert_meta
     from ttlora_moe.files import load_tensors
@@ -34,7 +43,11 @@ def test_mixed_batch_equals_each_sample_alone_through_its_expert(kind, tiny_bert
     spec = FeatureSpec()
     router = Router(feature_dim(spec, base), len(names), "linear")
     infos = [ExpertInfo(n, "7", n, MOE_TASKS[n][0], MOE_TASKS[n][2]) for n in names]
-    moe = MixtureOfExperts(base, infos, [load_tensors(d / "adapter.safetensors") for d in dirs], metas, router, spec, 32)
+    moe = MixtureOfExperts(base, infos, [load_tensors(d / "adapter.safetensors") for d in dirs], metas, router, spec, 32,
+                           adapter_path=path)
+    adapted = sum(isinstance(m, MoETTLinear) for m in base.model.modules())
+    assert adapted == (4 if qkvo else 2) * len(transformer_blocks(base.model))
+    assert {m.path for m in base.model.modules() if isinstance(m, MoETTLinear)} == {"merged" if path == "auto" else path}
 
     rows = moe_rows("senti", 3) + moe_rows("nli", 3) + moe_rows("quest", 2) + moe_rows("nli", 1, 7)
     experts = [0, 1, 0, 1, 2, 1, 2, 0, 1]  # mixed, and some samples through another task's expert
