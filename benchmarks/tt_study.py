@@ -9,6 +9,7 @@ models when it ran first with the same budget (kept in ``outputs/bench_experts/f
 variants are kept under ``tt_study/<variant>`` there and reused by a re-run.
 
     python -m benchmarks.tt_study [--task qqp] [--variants default rank-8 ...] [--samples N] [--epochs N] [--quick]
+        [--seed N] [--results NAME]
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any
 from benchmarks.adapters_baselines import driver
 from benchmarks.bench_experts import bench_expert, default_experts_dir
 from benchmarks.common import markdown_table, run_benchmark, write_results
+from benchmarks.peft_quality import seed_folder
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import read_expert_meta
-from ttlora_moe.params import load_params
+from ttlora_moe.params import load_params, section
 
 LORA_QV_PARAMS = 147_456  # LoRA r=16 on all-MiniLM-L6-v2's query and value layers (6 layers x 2 x 16 x (384 + 384))
 # name -> (what changes, tt overrides, train overrides, adapter)
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=None, help="training examples (default peft_quality's)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default peft_quality's)")
     parser.add_argument("--quick", action="store_true", help=f"variants {' '.join(QUICK_VARIANTS)}, quick budget")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the training rows and initialisation (default params.yaml train.seed; "
+                             "another seed keeps its experts in a seed-N folder, as peft_quality --seeds)")
     parser.add_argument("--results", default="tt_study",
                         help="name of the results/<name>.{md,json} to write (default tt_study)")
     args = parser.parse_args(argv)
@@ -79,12 +84,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise BadInput(f"unknown variant(s) {', '.join(unknown)}", f"choose from {', '.join(VARIANTS)}")
     params = load_params()
     budget = driver.expert_budget(args.quick, args.samples, args.epochs)
-    folder = default_experts_dir(args.quick)
+    default_seed = int(section(params, "train").get("seed", 0))
+    seed = default_seed if args.seed is None else args.seed
+    budget["seed"] = seed
+    folder = seed_folder(default_experts_dir(args.quick), seed, default_seed)
     rows = [run_variant(name, args.task, params, budget, folder) for name in names]
     default = next((r["test_metric"] for r in rows if r["variant"] == "default"), None)
     for row in rows:
         row["delta_vs_default"] = None if default is None else row["test_metric"] - default
-    table = (f"Task {args.task}, {budget['max_train_samples']} training rows x {budget['epochs']} epoch(s), "
+    table = (f"Task {args.task}, seed {seed}, {budget['max_train_samples']} training rows x {budget['epochs']} epoch(s), "
              f"{budget['max_eval_samples']} validation rows, whole test split; one change per row.\n\n"
              + markdown_table(rows, COLUMNS))
     write_results(args.results, {"task": args.task, "budget": budget, "rows": rows}, table)

@@ -9,6 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 from ttlora_moe.errors import BadInput
+from ttlora_moe.experts.artifact import read_expert_meta
 from ttlora_moe.params import load_params
 
 
@@ -78,6 +79,11 @@ def test_tt_study_changes_one_setting_per_row_and_reuses_peft_qualitys_models(pr
     # a named run (another task or budget) leaves the default results alone; its experts are reused too
     tt_study.main(["--task", "toy", *budget, "--variants", "default", "--results", "tt_study_toy"])
     assert "| default |" in (bench_results / "tt_study_toy.md").read_text()
+    # another seed trains its own expert, in its own folder, on its own rows
+    other = tt_study.main(["--task", "toy", *budget, "--variants", "default", "--seed", "7", "--results", "tt_study_toy"])
+    assert read_expert_meta(kept / "seed-7" / "ttlora" / "toy")["train"]["seed"] == 7
+    assert (kept / "ttlora" / "toy" / "expert.json").stat().st_mtime_ns == default_mtime
+    assert "seed 7," in (bench_results / "tt_study_toy.md").read_text() and len(other["rows"]) == 1
     assert "| qv-ffn-r3 |" in (bench_results / "tt_study.md").read_text()
     with pytest.raises(BadInput, match="unknown variant"):
         tt_study.main(["--task", "toy", "--variants", "rank-3"])
