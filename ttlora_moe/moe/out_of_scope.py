@@ -152,15 +152,17 @@ class OutOfScopeDetector(nn.Module):
     def score(self, features: torch.Tensor, confidence: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """``[B]`` out-of-scope scores of raw router ``features``, given the router's ``confidence`` and
         chosen ``expert`` for each input."""
-        surprise = -torch.log(confidence.float().clamp_min(1e-12))
-        if self.method == "confidence":
-            return surprise
         if self.method == "fused":
             return (surprisal(self.distance(features), self.surprisals[0])
                     + surprisal(self.doubt(confidence, expert), self.surprisals[1]))
+        surprise = -torch.log(confidence.float().clamp_min(1e-12))
+        if self.method == "confidence":
+            return surprise
         score = self.distance(features)
+        if not self.confidence_weight:
+            return score
         sc, ss = self.scales[2].tolist()
-        return score + self.confidence_weight * (surprise - sc) / ss if self.confidence_weight else score
+        return score + self.confidence_weight * (surprise - sc) / ss
 
 
 def _robust_scale(values: torch.Tensor, floor: float) -> list[float]:
