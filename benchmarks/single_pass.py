@@ -9,13 +9,17 @@ both (:mod:`ttlora_moe.moe.single_pass`). This benchmark measures what that cost
   for each ``--ks`` value: train one expert per task (``train_expert``, the same budget for all,
   ``tt.layers_from = k``), build a bundle (same router budget), evaluate it on the mixed test sets
   (``ttlora_moe.moe.evaluate``: router accuracy and mixed accuracy, i.e. task and label both right);
+  experts are kept in ``outputs/single_pass/{quick,full}/<budget>/<setting>/ttlora/<task>`` and reused
+  by a re-run with the same budget and data (:mod:`benchmarks.bench_experts`), so a long run can be
+  stopped and continued, or extended by another ``k``; ``--default-budget`` trains with params.yaml's
+  ``train`` section unchanged (12,000 x 2 epochs);
 - throughput: a stream of mixed batches (the tasks' test rows interleaved) through each bundle as a
   user calls it (``MixtureOfExperts.predict``: tokenise, route, adapt, answer) and through the base
   model alone (tokenise, forward, pool), in interleaved rounds after a warm-up round; the median
   pass per method; ``x_base`` = samples/s divided by the base model's in the same run.
 
     python -m benchmarks.single_pass [--quick] [--tasks ...] [--ks 2 3] [--samples N] [--epochs N]
-        [--test-per-task N] [--router-rows N] [--batches N] [--batch-size N] [--repeats N]
+        [--default-budget] [--experts-dir DIR] [--results NAME] [--test-per-task N] [--router-rows N] [--batches N] [--batch-size N] [--repeats N]
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import interleaved_medians, markdown_table, run_benchmark, write_results
+from benchmarks.bench_experts import bench_expert
+from benchmarks.common import interleaved_medians, kept_models_dir, markdown_table, run_benchmark, write_results
 from ttlora_moe.data.batching import tokenize
 from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.data.prepare import ensure_prepared
 from ttlora_moe.data.prepared import load_split
+from ttlora_moe.experts.artifact import read_expert_meta
 from ttlora_moe.experts.base_model import BaseModel, load_base_model, pool
-from ttlora_moe.experts.job import train_expert
+from ttlora_moe.experts.training import TrainConfig
 from ttlora_moe.moe.build import build_bundle
 from ttlora_moe.moe.bundle import load_moe
 from ttlora_moe.moe.evaluate import evaluate_bundle
@@ -70,14 +76,14 @@ def settings(ks: list[int]) -> list[Setting]:
 
 def train_experts(setting: Setting, tasks: list[str], params: dict[str, Any], budget: dict[str, Any],
                   root: Path) -> list[Path]:
-    """One expert per task with ``tt.layers_from`` of the setting."""
+    """One expert per task with ``tt.layers_from`` of the setting, in ``root`` (reused when already trained there)."""
     dirs = []
     for task in tasks:
-        out = root / task
-        s = train_expert(task, out, params=params, overrides=budget, tt_overrides={"layers_from": setting.layers_from},
-                         progress=False)
-        print(json.dumps({"setting": setting.name, "task": task, "test_accuracy": s["test_accuracy"],
-                          "train_seconds": s["train_seconds"]}), file=sys.stderr, flush=True)
+        out = bench_expert(task, "ttlora", root, params, budget, {"layers_from": setting.layers_from})
+        meta = read_expert_meta(out)
+        print(json.dumps({"setting": setting.name, "task": task, "metric": meta["metric"],
+                          "test": meta["metrics"]["test"].get(meta["metric"]),
+                          "train_seconds": meta["train_seconds"]}), file=sys.stderr, flush=True)
         dirs.append(out)
     return dirs
 
@@ -148,8 +154,8 @@ def speed_rows(rows: list[dict[str, Any]], tasks: list[str], params: dict[str, A
 
 def budgets(args: argparse.Namespace, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(expert ``train`` overrides, router config, evaluation ``bundle`` params) from the flags."""
-    train = {"max_train_samples": args.samples, "epochs": args.epochs, "max_eval_samples": args.eval_samples,
-             "evals_per_epoch": 1}
+    train = {} if args.default_budget else {"max_train_samples": args.samples, "epochs": args.epochs,
+                                            "max_eval_samples": args.eval_samples, "evals_per_epoch": 1}
     router = {**section(params, "router"), "train_per_task": args.router_rows,
               "unlabelled_per_task": args.router_unlabelled}
     evaluation = {**section(params, "bundle"), "test_per_task": args.test_per_task,
@@ -165,6 +171,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ks", nargs="*", type=int, default=None, help="route_after_layer values (default 2 3; quick 2)")
     parser.add_argument("--samples", type=int, default=None, help="training rows per expert (default 1000; quick 200)")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--default-budget", action="store_true",
+                        help="experts on params.yaml's train section unchanged (ignores --samples, --epochs, --eval-samples)")
+    parser.add_argument("--experts-dir", type=Path, default=None,
+                        help="keep / reuse experts here (default outputs/single_pass/{quick,full})")
+    parser.add_argument("--results", default="single_pass",
+                        help="name of the results/<name>.{md,json} to write (default single_pass)")
     parser.add_argument("--eval-samples", type=int, default=None, help="validation rows per expert (default 300; quick 100)")
     parser.add_argument("--router-rows", type=int, default=None, help="router training rows per task (default params; quick 300)")
     parser.add_argument("--router-unlabelled", type=int, default=None,
@@ -192,15 +204,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     params = load_params()
     train, router, evaluation = budgets(args, params)
+    full = TrainConfig.from_dict({**section(params, "train"), **train})
+    experts_dir = (args.experts_dir or kept_models_dir("single_pass", args.quick)) / f"{full.max_train_samples}x{full.epochs}"
     start = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for setting in settings(args.ks):
-            root = Path(tmp) / setting.name.replace(" ", "-").replace("=", "")
+            slug = setting.name.replace(" ", "-").replace("=", "")
+            root = Path(tmp) / slug
             t0 = time.perf_counter()
-            dirs = train_experts(setting, args.tasks, params, train, root / "experts")
+            dirs = train_experts(setting, args.tasks, params, train, experts_dir / slug)
             row = bundle_and_evaluate(setting, dirs, params, router, evaluation, root)
-            row["train_seconds"] = round(time.perf_counter() - t0 - row["build_seconds"] - row["evaluate_seconds"], 1)
+            row["train_seconds"] = sum(read_expert_meta(d)["train_seconds"] for d in dirs)
+            row["wall_seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "per_task"}), file=sys.stderr, flush=True)
         base_row = speed_rows(rows, args.tasks, params, args)
@@ -209,16 +225,17 @@ def main(argv: list[str] | None = None) -> dict:
         row["mixed_vs_two_pass_points"] = 100 * (row["mixed_accuracy"] - two_pass)
         row.pop("bundle")
     rows.insert(0, base_row)
-    budget = {"train": train, "router": {k: router[k] for k in ("train_per_task", "unlabelled_per_task")},
+    budget = {"train": {k: getattr(full, k) for k in ("max_train_samples", "epochs", "max_eval_samples", "evals_per_epoch")},
+              "router": {k: router[k] for k in ("train_per_task", "unlabelled_per_task")},
               "test_per_task": args.test_per_task, "stream": {"batches": args.batches, "batch_size": args.batch_size,
                                                               "repeats": args.repeats}}
     seconds = round(time.perf_counter() - start, 1)
     table = markdown_table(rows, COLUMNS) + (
-        f"\n\nTasks {', '.join(args.tasks)}; experts: {train['max_train_samples']} training rows x {train['epochs']} "
+        f"\n\nTasks {', '.join(args.tasks)}; experts: {full.max_train_samples} training rows x {full.epochs} "
         f"epoch(s); router: {router['train_per_task']} rows per task (+{router['unlabelled_per_task']} unlabelled); "
         f"evaluation: {args.test_per_task} test rows per task; speed: {args.batches} mixed batches of "
         f"{args.batch_size}, median of {args.repeats} rounds; run took {seconds:.0f} s.")
-    write_results("single_pass", {"rows": rows, "tasks": args.tasks, "ks": args.ks, "budget": budget,
+    write_results(args.results, {"rows": rows, "tasks": args.tasks, "ks": args.ks, "budget": budget,
                                   "seconds": seconds}, table)
     return {"rows": rows}
 
