@@ -43,17 +43,18 @@ def write_toy_task(root: Path, name: str, template: str = "the movie {i} was {w}
 
 def make_random_expert(directory: Path, ref: str, task: str, seed: int, labels: list[str] | None = None,
                        metric: str = "accuracy", layers_from: int = 0, bias_scale: float = 0.1,
-                       target_modules: list[str] | None = None) -> Path:
+                       target_modules: list[str] | None = None, options: bool = False) -> Path:
     """An expert for ``task`` with random cores (from ``seed``) and a random head bias, saved to ``directory``
-    (``target_modules``: the layers it adapts; default the base's query and value)."""
+    (``target_modules``: the layers it adapts; default the base's query and value; ``options``: a head that
+    scores multiple-choice options)."""
     base = load_base_model(ref)
     tt = TTLoRAConfig(rank=2, alpha=4.0, layers_from=layers_from, target_modules=target_modules or [])
     attach_tt_lora(base.model, tt, seed=seed)
     labels = labels or ["neg", "pos"]
-    classifier = SequenceClassifier(base.model, len(labels), base.pooling, "trainable", seed)
+    classifier = SequenceClassifier(base.model, len(labels), base.pooling, "trainable", seed, options=options)
     with torch.no_grad():
         classifier.head.bias.normal_(0, bias_scale, generator=torch.Generator().manual_seed(seed))
-    meta = {"task": task, "kind": "ttlora", "label_names": labels, "metric": metric,
+    meta = {"task": task, "kind": "ttlora", "label_names": labels, "metric": metric, "head": "options" if options else "pooled",
             "base_model": {"ref": ref, "fingerprint": base.fingerprint, "model_type": base.model_type,
                            "hidden_size": base.hidden_size},
             "tt": tt.to_dict(), "max_length": 32, "metrics": {"test": {"accuracy": 0.5}}}

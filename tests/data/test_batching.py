@@ -97,3 +97,28 @@ def test_real_options_survive_truncation_with_the_default_base_model(mirror, tas
         options = [list(c["text"]) for c in frame["choices"]]
     kept = _options_kept(tokenizer, inputs, options, max_length)
     assert all(kept), f"{task}: {len(kept) - sum(kept)} of {len(kept)} rows lose an option at {max_length} tokens"
+
+
+def test_option_spans_invert_options_text():
+    from ttlora_moe.data.choices import option_spans, options_text
+
+    options = ["bank", "a (B) bracket", "(C)", "last one"]
+    text = options_text(options)
+    assert [text[a:b] for a, b in option_spans(text)] == options
+    assert option_spans("no markers here") == [] and option_spans(None) == [] and option_spans("") == []
+
+
+def test_option_mask_marks_each_options_tokens(tiny_bert_base):
+    from ttlora_moe.data.choices import options_text
+
+    tokenizer = tiny_bert_base.tokenizer
+    rows = [{"text": "what sat on the mat", "text_pair": options_text(["the cat", "the dog sat", "mat"])},
+            {"text": "good movie", "text_pair": None}, {"text": "the cat", "text_pair": "the dog"}]
+    batch = tokenize(tokenizer, rows, 64, options=True)
+    mask = batch["option_mask"]
+    assert mask.shape == (3, 3, batch["input_ids"].shape[1]) and not mask[1:].any()
+    for c, option in enumerate(["the cat", "the dog sat", "mat"]):
+        picked = batch["input_ids"][0][mask[0, c]].tolist()
+        assert picked == tokenizer(option, add_special_tokens=False)["input_ids"]
+    assert (batch["segment_ids"][0][mask[0].any(0)] == 1).all()  # only text_pair tokens, never the markers' own
+    assert "option_mask" not in tokenize(tokenizer, rows, 64)

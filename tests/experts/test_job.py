@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.toys import add_choice_task
@@ -19,7 +20,7 @@ def test_a_multiple_choice_expert_trains_end_to_end_and_reloads(project):
     summary = train_expert("quiz", out, progress=False)
     meta = read_expert_meta(out)
     assert meta["task_kind"] == "multiple_choice" and meta["label_names"] == ["A", "B", "C", "D"]
-    assert meta["num_labels"] == 4 and summary["steps"] >= 1
+    assert meta["num_labels"] == 4 and summary["steps"] >= 1 and meta["head"] == "options"
     assert summary["selection"] == meta["selection"] and meta["selection"]["metric"] == "accuracy"
     assert meta["selection"]["best_step"] == meta["best_step"] and meta["selection"]["best"] == max(
         h["val_accuracy"] for h in meta["history"])
@@ -28,7 +29,11 @@ def test_a_multiple_choice_expert_trains_end_to_end_and_reloads(project):
     assert all(r["text_pair"].startswith("(A) the ") and "(D) the " in r["text_pair"] for r in test_rows)
     base = load_base_model(meta["base_model"]["ref"])
     expert = load_expert(out, base)
-    collate = Collator(base.tokenizer, meta["max_length"])
+    assert expert.model.options and tuple(expert.model.head.weight.shape) == (1, base.hidden_size)
+    plain = Collator(base.tokenizer, meta["max_length"])(test_rows[:2])
+    with pytest.raises(ValueError, match="option_mask"):
+        expert.model(plain["input_ids"], plain["attention_mask"])
+    collate = Collator(base.tokenizer, meta["max_length"], options=True)
     again = evaluate(expert.model, test_rows, collate, "accuracy", progress=False)
     assert again["accuracy"] == meta["metrics"]["test"]["accuracy"]
     logits = expert.model(**{k: v for k, v in collate(test_rows[:3]).items() if k != "labels"})

@@ -90,3 +90,77 @@ def test_moe_refuses_router_of_other_size(tiny_bert, tmp_path):
         MixtureOfExperts(base, [ExpertInfo("senti", None, "senti", ["neg", "pos"], "accuracy")],
                          [load_tensors(d / "adapter.safetensors")], [read_expert_meta(d)], Router(10, 3, "linear"),
                          FeatureSpec(), 32)
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_a_multiple_choice_expert_scores_each_option_inside_a_mixed_batch(kind, tiny_bert, tiny_llama, tmp_path):
+    """An options head in the mixture (two-pass and single-pass) answers exactly as the expert alone."""
+    from tests.toys import make_random_expert
+    from ttlora_moe.data.batching import Collator
+    from ttlora_moe.data.choices import options_text
+    from ttlora_moe.experts.artifact import read_expert_meta
+    from ttlora_moe.files import load_tensors
+
+    ref = tiny_bert if kind == "bert" else tiny_llama
+    quiz = list("ABCD")
+    dirs = [make_moe_expert(tmp_path / "senti", ref, "senti", seed=1),
+            make_random_expert(tmp_path / "quiz", ref, "quiz", seed=2, labels=quiz, options=True)]
+    rows = moe_rows("senti", 2) + [
+        {"text": "what sat on the mat", "text_pair": options_text(["the cat", "a dog (B) here", "the red bird", "it"])},
+        {"text": "which one", "text_pair": options_text(["yes", "no", "maybe"])},  # fewer options than the head
+        {"text": "a question with no options", "text_pair": None},
+        {"text": "pick one", "text_pair": options_text(["first option", "second", "the long third " * 12, "cut off"])},
+    ]
+    experts = torch.tensor([0, 1, 1, 1, 1, 1])
+    base = load_base_model(ref)
+    spec = FeatureSpec()
+    infos = [ExpertInfo("senti", "1", "senti", ["neg", "pos"], "accuracy"), ExpertInfo("quiz", "1", "quiz", quiz, "accuracy")]
+    moe = MixtureOfExperts(base, infos, [load_tensors(d / "adapter.safetensors") for d in dirs],
+                           [read_expert_meta(d) for d in dirs], Router(feature_dim(spec, base), 2, "linear"), spec, 48)
+    assert moe.reads_options and moe.option_heads.tolist() == [False, True]
+    answers = moe.predict(rows, batch_size=4, force_expert=experts.tolist())
+    alone = [load_expert(d, load_base_model(ref)).model for d in dirs]
+    assert alone[1].options and not alone[0].options
+    for row, e, answer in zip(rows, experts.tolist(), answers):
+        single = Collator(base.tokenizer, 48, options=alone[e].options)([{**row, "label": None}])
+        with torch.no_grad():
+            expected = torch.softmax(alone[e](**single), -1)[0]
+        assert torch.allclose(torch.tensor(list(answer["probabilities"].values())), expected, atol=1e-5)
+    # the options really are scored one by one: different options, different probabilities
+    probs = [list(a["probabilities"].values()) for a in answers[2:4]]
+    assert max(probs[0]) - min(probs[0]) > 1e-4
+    batch = tokenize(base.tokenizer, rows, 48, options=True)
+    masks = batch["option_mask"]
+    assert masks.shape[:2] == (len(rows), 4) and not masks[:2].any() and not masks[4].any()
+    assert masks[2].any(-1).all() and masks[3].any(-1).tolist() == [True, True, True, False]
+    assert not masks[5, 3].any() and masks[5, 0].any()  # truncation cut the long row's last option
+    logits = moe.expert_logits(batch["input_ids"], batch["attention_mask"], experts, batch["option_mask"])
+    plain = moe.expert_logits(batch["input_ids"], batch["attention_mask"], experts)  # no masks: pooled states
+    assert torch.allclose(logits[:2], plain[:2]) and not torch.allclose(logits[2:4], plain[2:4])
+
+
+def test_single_pass_scores_options_as_the_adapted_pass(tiny_bert, tmp_path):
+    from tests.toys import make_random_expert
+    from ttlora_moe.data.choices import options_text
+    from ttlora_moe.experts.artifact import read_expert_meta
+    from ttlora_moe.files import load_tensors
+    from ttlora_moe.moe.single_pass import restrict_spec
+
+    dirs = [make_random_expert(tmp_path / "senti", tiny_bert, "senti", seed=1, layers_from=1),
+            make_random_expert(tmp_path / "quiz", tiny_bert, "quiz", seed=2, labels=list("ABC"), layers_from=1, options=True)]
+    base = load_base_model(tiny_bert)
+    spec = FeatureSpec(segment_layers="all")
+    router = Router(feature_dim(restrict_spec(spec, 1), base), 2, "linear")
+    infos = [ExpertInfo("senti", "1", "senti", ["neg", "pos"], "accuracy"), ExpertInfo("quiz", "1", "quiz", list("ABC"), "accuracy")]
+    moe = MixtureOfExperts(base, infos, [load_tensors(d / "adapter.safetensors") for d in dirs],
+                           [read_expert_meta(d) for d in dirs], router, spec, 48, route_after_layer=1)
+    with torch.no_grad():
+        router.net[0].bias.copy_(torch.tensor([-50.0, 50.0]))  # every row rides the quiz expert
+    rows = [{"text": "what sat here", "text_pair": options_text(["the cat", "a dog", "the bird"])},
+            {"text": "the movie was good", "text_pair": None}]
+    batch = tokenize(base.tokenizer, rows, 48, options=True)
+    _, _, probs, _, logits = moe.single_pass(batch)
+    ride = probs.argmax(-1)
+    assert ride.tolist() == [1, 1]
+    assert torch.allclose(logits, moe.expert_logits(batch["input_ids"], batch["attention_mask"], ride,
+                                                    batch["option_mask"]), atol=1e-5)

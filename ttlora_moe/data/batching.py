@@ -7,41 +7,41 @@ from typing import Any
 
 import torch
 
+from ttlora_moe.data.choices import option_spans
+
 
 class Collator:
-    """Tokenise a list of rows with dynamic padding (to the longest in the batch) and truncation."""
+    """Tokenise a list of rows with dynamic padding (to the longest in the batch) and truncation
+    (:func:`tokenize`), plus ``labels`` when every row has one.
 
-    def __init__(self, tokenizer: Any, max_length: int = 128) -> None:
+    ``options=True`` (experts whose head scores multiple-choice options) adds ``option_mask``.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int = 128, options: bool = False) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.options = options
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        import torch
-
-        texts = [r["text"] for r in rows]
-        pairs = [r.get("text_pair") for r in rows]
-        kw = {"truncation": True, "max_length": self.max_length}
-        if all(p is None for p in pairs):
-            enc = self.tokenizer(texts, padding=True, return_tensors="pt", **kw)
-        elif all(p is not None for p in pairs):
-            enc = self.tokenizer(texts, pairs, padding=True, return_tensors="pt", **kw)
-        else:  # a mixed batch of single texts and pairs (MoE serving)
-            single = [self.tokenizer(t, p, **kw) if p is not None else self.tokenizer(t, **kw) for t, p in zip(texts, pairs)]
-            enc = self.tokenizer.pad(single, return_tensors="pt")
-        out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        out = tokenize(self.tokenizer, rows, self.max_length, options=self.options)
+        del out["segment_ids"]
         if all(r.get("label") is not None for r in rows):
             out["labels"] = torch.tensor([int(r["label"]) for r in rows])
         return out
 
 
-def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int) -> dict[str, torch.Tensor]:
-    """Token ids as the experts' collator makes them (right padding), plus ``segment_ids``.
+def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int,
+             options: bool = False) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` (right padding, to the longest row), plus ``segment_ids``.
 
     ``segment_ids`` is 0 for ``text`` tokens, 1 for ``text_pair`` tokens and -1 for special and pad
-    tokens. Single texts and pairs may be mixed in one call.
+    tokens. Single texts and pairs may be mixed in one call. With ``options``, ``option_mask``
+    ``[B, C, T]`` marks the tokens of each multiple-choice option of a row's ``text_pair``
+    (:func:`~ttlora_moe.data.choices.option_spans`; ``C`` = the most options of any row, at least 1;
+    a row without options, or an option cut off by truncation, has no tokens).
     """
-    encoded: list[tuple[list[int], list[int]]] = [([], [])] * len(rows)
-    kw = {"truncation": True, "max_length": max_length}
+    encoded: list[tuple[list[int], list[int], list[list[int]]]] = [([], [], [])] * len(rows)
+    kw = {"truncation": True, "max_length": max_length, "return_offsets_mapping": options}
     singles = [i for i, r in enumerate(rows) if r.get("text_pair") is None]
     pairs = [i for i, r in enumerate(rows) if r.get("text_pair") is not None]
     for group, args in ((singles, lambda idx: ([rows[i]["text"] for i in idx],)),
@@ -50,15 +50,37 @@ def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int) ->
             continue
         enc = tokenizer(*args(group), **kw)
         for j, i in enumerate(group):
-            seq = enc.sequence_ids(j)
-            encoded[i] = (enc["input_ids"][j], [-1 if s is None else s for s in seq])
-    width = max((len(ids) for ids, _ in encoded), default=0)
+            seq = [-1 if s is None else s for s in enc.sequence_ids(j)]
+            owners = _option_owners(rows[i].get("text_pair"), enc["offset_mapping"][j], seq) if options else []
+            encoded[i] = (enc["input_ids"][j], seq, owners)
+    width = max((len(ids) for ids, _, _ in encoded), default=0)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     segments = torch.full((len(rows), width), -1, dtype=torch.long)
-    for i, (ids, seq) in enumerate(encoded):
+    for i, (ids, seq, _) in enumerate(encoded):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         attention[i, : len(ids)] = 1
         segments[i, : len(ids)] = torch.tensor(seq)
-    return {"input_ids": input_ids, "attention_mask": attention, "segment_ids": segments}
+    out = {"input_ids": input_ids, "attention_mask": attention, "segment_ids": segments}
+    if options:
+        count = max([1] + [max(owners, default=-1) + 1 for _, _, owners in encoded])
+        mask = torch.zeros((len(rows), count, width), dtype=torch.bool)
+        for i, (_, _, owners) in enumerate(encoded):
+            for t, c in enumerate(owners):
+                if c >= 0:
+                    mask[i, c, t] = True
+        out["option_mask"] = mask
+    return out
+
+
+def _option_owners(text_pair: str | None, offsets: Sequence[tuple[int, int]], segments: list[int]) -> list[int]:
+    """Per token: the option (0, 1, ...) of ``text_pair`` whose text holds the token's last character, or -1
+    (the ``text``, the ``(A)`` markers, special tokens)."""
+    spans = option_spans(text_pair)
+    owners = [-1] * len(segments)
+    for t, ((start, end), segment) in enumerate(zip(offsets, segments)):
+        if segment != 1 or end <= start:
+            continue
+        owners[t] = next((c for c, (a, b) in enumerate(spans) if a <= end - 1 < b), -1)
+    return owners

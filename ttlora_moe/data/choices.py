@@ -36,6 +36,28 @@ def options_text(options: Sequence[str]) -> str:
     return " ".join(f"({MARKERS[i]}) {option}" for i, option in enumerate(options))
 
 
+def option_spans(text_pair: str | None) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of each option's text in an :func:`options_text` string, in order.
+
+    The inverse of :func:`options_text`: option ``A`` starts after a leading ``(A) ``, and each next one
+    after `` (B) ``, `` (C) ``, ... in turn (an option's own text may hold other brackets). A text that
+    does not start with ``(A) `` has no options: ``[]``.
+    """
+    first = f"({MARKERS[0]}) "
+    if not text_pair or not text_pair.startswith(first):
+        return []
+    spans, start = [], len(first)
+    for marker in MARKERS[1:]:
+        tag = f" ({marker}) "
+        end = text_pair.find(tag, start)
+        if end < 0:
+            break
+        spans.append((start, end))
+        start = end + len(tag)
+    spans.append((start, len(text_pair)))
+    return spans
+
+
 def template_fields(template: str) -> list[str]:
     """The columns a text template names (``"{context} {question}"`` -> ``[context, question]``)."""
     try:

@@ -16,7 +16,7 @@ import torch
 
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel, load_base_model
-from ttlora_moe.experts.classifier import SequenceClassifier
+from ttlora_moe.experts.classifier import SequenceClassifier, scores_options
 from ttlora_moe.files import atomic_dir, load_tensors, read_format_json, write_json
 from ttlora_moe.provenance import code_version
 from ttlora_moe.tt.config import TTLoRAConfig
@@ -81,7 +81,8 @@ def build_classifier(base: BaseModel, meta: dict[str, Any], seed: int = 0) -> Se
     """An empty classifier with the expert's TT layout attached to ``base`` (weights not loaded)."""
     if meta.get("layout"):
         attach_tt_lora(base.model, TTLoRAConfig.from_dict(meta["tt"]), seed=seed)
-    return SequenceClassifier(base.model, int(meta["num_labels"]), meta.get("pooling", base.pooling), "frozen", seed)
+    return SequenceClassifier(base.model, int(meta["num_labels"]), meta.get("pooling", base.pooling), "frozen", seed,
+                              options=scores_options(meta))
 
 
 def load_expert(directory: Path, base: BaseModel | None = None) -> Expert:
@@ -106,12 +107,12 @@ def load_expert(directory: Path, base: BaseModel | None = None) -> Expert:
         )
     classifier = build_classifier(base, meta)
     head = {k: tensors.pop(k) for k in ("head.weight", "head.bias") if k in tensors}
-    if set(head) != {"head.weight", "head.bias"} or head["head.weight"].shape != classifier.head.weight.shape:
-        raise BadInput(f"{directory / WEIGHTS_FILE} has no head matching {meta['num_labels']} labels", "re-create the expert")
+    try:
+        classifier.load_head(head["head.weight"], head["head.bias"])
+    except (KeyError, ValueError):
+        raise BadInput(f"{directory / WEIGHTS_FILE} has no head matching {meta['num_labels']} labels",
+                       "re-create the expert") from None
     load_adapter_state_dict(classifier.base, tensors, source=str(directory / WEIGHTS_FILE))
-    with torch.no_grad():
-        classifier.head.weight.copy_(head["head.weight"])
-        classifier.head.bias.copy_(head["head.bias"])
     classifier.to(next(base.model.parameters()).device).eval()  # the head joins the base on its device
     return Expert(directory, meta, classifier)
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from ttlora_moe.data.batching import Collator
 from ttlora_moe.data.cards import load_task_card
+from ttlora_moe.data.choices import MULTIPLE_CHOICE
 from ttlora_moe.data.prepare import ensure_prepared
 from ttlora_moe.data.prepared import load_split, prepared_md5
 from ttlora_moe.devices import params_device
@@ -23,7 +24,7 @@ from ttlora_moe.experts.base_model import (
     enable_gradient_checkpointing,
     load_base_model,
 )
-from ttlora_moe.experts.classifier import SequenceClassifier
+from ttlora_moe.experts.classifier import OPTIONS_HEAD, SequenceClassifier
 from ttlora_moe.experts.training import (
     TrainConfig,
     clear_checkpoint,
@@ -95,8 +96,10 @@ def train_expert(
     if config.gradient_checkpointing and not head_only:  # head-only: no gradient goes through the base
         enable_gradient_checkpointing(base.model)
     head_mode = "trainable" if head_only else config.head_mode
-    classifier = SequenceClassifier(base.model, card.num_labels, base.pooling, head_mode, config.seed).to(target)
-    collate = Collator(base.tokenizer, config.max_length)
+    options = card.kind == MULTIPLE_CHOICE  # the head scores each option's tokens (experts/classifier.py)
+    classifier = SequenceClassifier(base.model, card.num_labels, base.pooling, head_mode, config.seed,
+                                    options=options).to(target)
+    collate = Collator(base.tokenizer, config.max_length, options=options)
 
     output = Path(output)
     checkpoint_dir = output.parent / f".{output.name}.checkpoint"
@@ -123,6 +126,7 @@ def train_expert(
                        "hidden_size": base.hidden_size},
         "tt": tt_config.to_dict(),
         "head_mode": head_mode,
+        "head": OPTIONS_HEAD if options else "pooled",
         "max_length": config.max_length,
         "train": config.to_dict(),
         "data": {"prepared_md5": data_md5, "train_rows": len(train_rows), "validation_rows": len(val_rows),

@@ -137,6 +137,12 @@ def batches(rows: Sequence[dict], id_lists: list[list[int]], collate, device: to
     return iter(DataLoader(id_lists, batch_size=None, collate_fn=make, num_workers=workers, pin_memory=True))
 
 
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The classifier's inputs of a collated batch, on ``device`` (``option_mask`` when the batch has one)."""
+    keys = ("input_ids", "attention_mask", "option_mask")
+    return {k: to_device(batch[k], device) for k in keys if k in batch}
+
+
 def predict(
     model: nn.Module,
     rows: Sequence[dict],
@@ -156,7 +162,7 @@ def predict(
     with torch.inference_mode(), _autocast(bf16, device):
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress, file=sys.stderr):
             batch = collate([rows[i] for i in order[start : start + batch_size]])
-            logits = model(to_device(batch["input_ids"], device), to_device(batch["attention_mask"], device))
+            logits = model(**model_inputs(batch, device))
             chunks.append(torch.softmax(logits.float(), -1).cpu())
     model.train(was_training)
     if chunks:
@@ -288,7 +294,7 @@ def train(
             torch.manual_seed(config.seed * 1_000_003 + step)
             labels = to_device(batch["labels"], device)
             with _autocast(config.bf16, device):
-                logits = model(to_device(batch["input_ids"], device), to_device(batch["attention_mask"], device))
+                logits = model(**model_inputs(batch, device))
             loss = _loss(logits.float(), labels, loss_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -101,7 +101,7 @@ def _expert_alone(bundle: Bundle, e: int, task: str, rows: list[dict[str, Any]],
     meta = bundle.expert_meta[e]
     base = load_base_model(meta["base_model"]["ref"], meta.get("pooling"), device=device)
     expert = load_expert(bundle.expert_dir(task), base)
-    collate = Collator(base.tokenizer, int(meta.get("max_length", max_length)))
+    collate = Collator(base.tokenizer, int(meta.get("max_length", max_length)), options=expert.model.options)
     _, probs = predict(expert.model, rows, collate, batch_size=batch_size, progress=progress, desc=f"{task} alone")
     return probs.tolist()
 

@@ -17,7 +17,9 @@ forward that is running from the mixture's :class:`~ttlora_moe.moe.routing.Routi
 variable: one loaded mixture serves many threads at once, and no call can see another's routing
 (``with moe.routing(index): ...``). Nothing is monkey-patched. Heads with different label counts share one
 ``[E, C_max, H]`` tensor; padded classes get ``-inf`` logits, and probabilities are reported over the
-task's own labels only (the paper's B2 mixed these up).
+task's own labels only (the paper's B2 mixed these up). A multiple-choice expert's head reads each
+option's own state (:func:`~ttlora_moe.experts.classifier.class_states`) where the others read the
+pooled state.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tqdm.auto import tqdm
 from ttlora_moe.data.batching import tokenize
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel, pool
+from ttlora_moe.experts.classifier import class_states, scores_options
 from ttlora_moe.moe.block_hooks import on_states
 from ttlora_moe.moe.expert_linear import MoETTLinear, choose_path
 from ttlora_moe.moe.features import (
@@ -108,6 +111,8 @@ class MixtureOfExperts(nn.Module):
         device = next(base.model.parameters()).device
         self.register_buffer("head_weight", weight.to(device))
         self.register_buffer("head_bias", bias.to(device))
+        self.register_buffer("option_heads", torch.tensor([scores_options(m) for m in expert_meta], device=device))
+        self.reads_options = bool(self.option_heads.any())  # then batches carry option_mask
         self.eval()
 
     def _attach(self, expert_tensors: list[dict[str, torch.Tensor]], expert_meta: list[dict[str, Any]]) -> None:
@@ -151,21 +156,30 @@ class MixtureOfExperts(nn.Module):
             feats = batch_features(self.base, batch, self.feature_spec)
         return tuple(t.cpu() for t in self.router.route(feats.to(self.router.mean.device)))
 
-    def _head_logits(self, hidden: torch.Tensor, mask: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
-        """``[B, C_max]``: pooled last state through each sample's own head."""
+    def _head_logits(self, hidden: torch.Tensor, mask: torch.Tensor, expert_index: torch.Tensor,
+                     option_mask: torch.Tensor | None) -> torch.Tensor:
+        """``[B, C_max]``: each sample's own head on its pooled last state (a multiple-choice expert's: on
+        each option's state)."""
         pooled = pool(hidden, mask, self.pooling).float()
-        return torch.einsum("bh,bch->bc", pooled, self.head_weight[expert_index]) + self.head_bias[expert_index]
+        weight, bias = self.head_weight[expert_index], self.head_bias[expert_index]
+        if not self.reads_options:
+            return torch.einsum("bh,bch->bc", pooled, weight) + bias
+        options = None if option_mask is None else option_mask.to(hidden.device)
+        states = class_states(hidden.float(), pooled, options, weight.shape[1])
+        states = torch.where(self.option_heads[expert_index][:, None, None], states, pooled[:, None, :])
+        return torch.einsum("bch,bch->bc", states, weight) + bias
 
     @torch.no_grad()
     def expert_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      expert_index: torch.Tensor) -> torch.Tensor:
-        """Adapted pass: ``[B, C_max]`` logits, sample ``b`` through expert ``expert_index[b]``."""
+                      expert_index: torch.Tensor, option_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Adapted pass: ``[B, C_max]`` logits, sample ``b`` through expert ``expert_index[b]``
+        (``option_mask`` from :func:`~ttlora_moe.data.batching.tokenize` for multiple-choice experts)."""
         device = self.device
         expert_index = expert_index.to(device)
         mask = attention_mask.to(device)
         with self.routing(expert_index):
             hidden = self.base.model(input_ids=input_ids.to(device), attention_mask=mask).last_hidden_state
-        return self._head_logits(hidden, mask, expert_index)
+        return self._head_logits(hidden, mask, expert_index, option_mask)
 
     @torch.no_grad()
     def single_pass(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -189,7 +203,7 @@ class MixtureOfExperts(nn.Module):
 
         with self.routing(None), on_states(self.base.model, self.route_after_layer, route_here):
             hidden = self.base.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        logits = self._head_logits(hidden, mask, routed["ride"])
+        logits = self._head_logits(hidden, mask, routed["ride"], batch.get("option_mask"))
         return tuple(routed[k].cpu() for k in ("index", "confidence", "probs", "score")) + (logits.cpu(),)
 
     @torch.no_grad()
@@ -204,8 +218,9 @@ class MixtureOfExperts(nn.Module):
         logits = torch.full((len(index), self.head_weight.shape[1]), float("nan"))
         keep = (index >= 0).nonzero().flatten()
         if len(keep):
-            logits[keep] = self.expert_logits(batch["input_ids"][keep], batch["attention_mask"][keep],
-                                              index[keep]).cpu()
+            options = batch.get("option_mask")
+            logits[keep] = self.expert_logits(batch["input_ids"][keep], batch["attention_mask"][keep], index[keep],
+                                              None if options is None else options[keep]).cpu()
         return index, confidence, probs, score, logits
 
     @torch.no_grad()
@@ -231,7 +246,7 @@ class MixtureOfExperts(nn.Module):
         for start in tqdm(range(0, len(order), batch_size), desc="predict", leave=False, disable=not progress,
                           file=sys.stderr, dynamic_ncols=True):
             idx = order[start : start + batch_size]
-            batch = tokenize(self.base.tokenizer, [rows[i] for i in idx], self.max_length)
+            batch = tokenize(self.base.tokenizer, [rows[i] for i in idx], self.max_length, options=self.reads_options)
             if force_expert is None and self.route_after_layer is not None:
                 index, confidence, router_probs, score, logits = self.single_pass(batch)
             else:

@@ -95,7 +95,7 @@ class ExpertPyfunc(_BatchedPyfunc):
         base = load_base_model(meta["base_model"]["ref"], meta.get("pooling"), device=serving_device())
         expert = load_expert(directory, base)
         merge_adapters(expert.model.base)  # frozen: one matmul per adapted layer
-        collate = Collator(base.tokenizer, int(meta.get("max_length", 128)))
+        collate = Collator(base.tokenizer, int(meta.get("max_length", 128)), options=expert.model.options)
         names = expert.label_names
 
         def answer(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
