@@ -36,11 +36,12 @@ def test_collator_pads_to_the_batch_and_truncates(tiny_bert):
     assert set(unlabelled) == {"input_ids", "attention_mask"}
 
 
-def test_tokenize_matches_the_experts_collator_and_marks_segments(tiny_bert_base):
-    from ttlora_moe.data.batching import Collator
-
-    batch = tokenize(tiny_bert_base.tokenizer, SHORT_MIXED_ROWS, 32)
-    reference = Collator(tiny_bert_base.tokenizer, 32)([{**r, "label": 0} for r in SHORT_MIXED_ROWS])
+def test_tokenize_matches_the_tokenizers_own_padding_and_marks_segments(tiny_bert_base):
+    tokenizer = tiny_bert_base.tokenizer
+    batch = tokenize(tokenizer, SHORT_MIXED_ROWS, 32)
+    encoded = [tokenizer(r["text"], r["text_pair"], truncation=True, max_length=32) if r["text_pair"] is not None
+               else tokenizer(r["text"], truncation=True, max_length=32) for r in SHORT_MIXED_ROWS]
+    reference = tokenizer.pad(encoded, return_tensors="pt")  # right padding, to the longest row
     assert torch.equal(batch["input_ids"], reference["input_ids"])
     assert torch.equal(batch["attention_mask"], reference["attention_mask"])
     seg = batch["segment_ids"]
