@@ -129,6 +129,7 @@ def test_a_multiple_choice_expert_scores_each_option_inside_a_mixed_batch(kind, 
     # the options really are scored one by one: different options, different probabilities
     probs = [list(a["probabilities"].values()) for a in answers[2:4]]
     assert max(probs[0]) - min(probs[0]) > 1e-4
+    assert list(answers[4]["probabilities"].values()) == pytest.approx([0.25] * 4)  # no options: nothing to prefer
     batch = tokenize(base.tokenizer, rows, 48, options=True)
     masks = batch["option_mask"]
     assert masks.shape[:2] == (len(rows), 4) and not masks[:2].any() and not masks[4].any()
