@@ -64,3 +64,31 @@ def test_evaluate_bundle_reports_routing_retention_and_abstain(moe_env, moe_bund
     from ttlora_moe.moe.bundle import load_bundle
 
     load_bundle(b)  # the report and the recorded metrics do not break verification
+
+
+def test_a_bundle_with_a_multiple_choice_expert_evaluates_it_with_its_option_head(moe_env, tmp_path, monkeypatch):
+    """The mixture answers the quiz rows as the expert alone does, and the floor scores option states too."""
+    from tests.toys import add_choice_task, make_random_expert
+    from ttlora_moe.moe import baselines
+    from ttlora_moe.moe.build import build_bundle
+    from ttlora_moe.moe.evaluate import evaluate_bundle
+
+    project = tmp_path / "project"
+    (project / "tasks").mkdir(parents=True)
+    add_choice_task(project)
+    for task in ("senti", "extra"):  # extra: the out-of-scope task
+        shutil.copytree(moe_env["root"] / "mirror" / task, project / "mirror" / task)
+        shutil.copy(moe_env["root"] / "tasks" / f"{task}.yaml", project / "tasks" / f"{task}.yaml")
+    for key, value in {"TTLORA_DATA_MIRROR": project / "mirror", "TTLORA_TASKS_DIR": project / "tasks",
+                       "TTLORA_DATA_DIR": project / "data", "TTLORA_CACHE": project / "cache"}.items():
+        monkeypatch.setenv(key, str(value))
+    quiz = make_random_expert(tmp_path / "quiz", moe_env["ref"], "quiz", seed=5, labels=list("ABCD"), options=True)
+    option_baselines = []
+    real = baselines.head_only_baseline
+    monkeypatch.setattr(baselines, "head_only_baseline",
+                        lambda *a, **kw: option_baselines.append(kw.get("options")) or real(*a, **kw))
+    build_bundle([moe_env["experts"]["senti"], quiz], tmp_path / "bundle", params=moe_env["params"], progress=False)
+    report = evaluate_bundle(tmp_path / "bundle", params=moe_env["params"], progress=False)
+    v = report["per_task"]["quiz"]
+    assert v["routed_agreement"] == 1.0 and v["routed_max_probability_diff"] < 1e-4
+    assert option_baselines == [0, 4] and 0 <= v["baseline_metric"] <= 1

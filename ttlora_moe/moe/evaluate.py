@@ -188,8 +188,10 @@ def evaluate_bundle(
         per_task[task] = {**_task_report(e, task, rows, answers, b.expert_meta[e], alone), "rows_key": rows_key}
         if baselines:
             t0 = time.perf_counter()
+            options = moe.num_labels[e] if bool(moe.option_heads[e]) else 0
             base_line = head_only_baseline(moe.base, prepared, per_task[task]["metric"], indices,
-                                           [int(r["label"]) for r in rows], moe.pooling, moe.max_length, seed=seed)
+                                           [int(r["label"]) for r in rows], moe.pooling, moe.max_length, seed=seed,
+                                           options=options)
             per_task[task].update(baseline_metric=base_line["metric"], baseline=base_line["scores"])
             seconds["baselines"] += time.perf_counter() - t0
 
