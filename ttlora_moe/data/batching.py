@@ -67,9 +67,9 @@ def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int,
         count = max([1] + [max(owners, default=-1) + 1 for _, _, owners in encoded])
         mask = torch.zeros((len(rows), count, width), dtype=torch.bool)
         for i, (_, _, owners) in enumerate(encoded):
-            for t, c in enumerate(owners):
-                if c >= 0:
-                    mask[i, c, t] = True
+            owner = torch.tensor(owners, dtype=torch.long)
+            tokens = (owner >= 0).nonzero().flatten()
+            mask[i, owner[tokens], tokens] = True
         out["option_mask"] = mask
     return out
 
