@@ -25,6 +25,9 @@ OWNERS: dict[str, type[Section] | dict[str, Any]] = {
     "prepare": DEFAULT_PREPARE, "bundle": DEFAULT_BUNDLE, "serve": ServeConfig,
 }
 NESTED = {"router": "features"}  # a sub-section checked under its own name
+# Depth-dependent: params.yaml routes after block 3 of the default base's 6 (chosen by measurement);
+# the library's default (two passes, every layer adapted) must work for a model of any depth.
+DEPTH_DEPENDENT = {"tt": {"layers_from": (3, 0)}, "router": {"route_after_layer": (3, None)}}
 
 
 PROFILES = [name for name, v in PARAMS.items() if isinstance(v, dict) and v and set(v) <= set(PROFILE_SECTIONS)]
@@ -43,7 +46,7 @@ def mismatches(params: dict[str, Any], section: str) -> dict[str, Any]:
     defaults = library_defaults(section)
     out: dict[str, Any] = {k: "unknown to the library" for k in sorted(set(values) - set(defaults))}
     out.update({k: (v, defaults[k]) for k, v in values.items() if k in defaults and v != defaults[k]})
-    return out
+    return {k: v for k, v in out.items() if DEPTH_DEPENDENT.get(section, {}).get(k) != v}
 
 
 def test_every_params_section_with_library_defaults_is_checked():
@@ -61,6 +64,13 @@ def test_profile_keys_are_known_to_the_library(profile):
     for section in PARAMS[profile]:
         if section in OWNERS:
             assert not [k for k, v in mismatches(PARAMS[profile], section).items() if v == "unknown to the library"]
+
+
+def test_single_pass_routing_is_the_default_and_its_experts_match_it():
+    assert PARAMS["router"]["route_after_layer"] == PARAMS["tt"]["layers_from"] == 3
+    for name in PROFILES:  # a profile that routes in two passes adapts every layer
+        if (PARAMS[name].get("router") or {}).get("route_after_layer", 3) is None:
+            assert PARAMS[name]["tt"]["layers_from"] == 0
 
 
 def test_the_check_reports_a_drifted_value_and_an_unknown_key():
