@@ -231,6 +231,17 @@ def measure(name: str, uri: str, env: dict[str, str], requests: dict[str, list],
         stop_server(proc)
 
 
+def serve_goals(rows: list[dict[str, Any]]) -> dict[str, bool]:
+    """Issue 10's goals for the served bundle; the base-only pyfunc (no micro-batching) is the reference
+    its throughput is measured against, and only its errors count."""
+    bundle = {r["phase"]: r for r in rows if r["model"] == "bundle"}
+    return {"zero_errors": all(r["errors"] == 0 for r in rows),
+            "peak_rss_at_most_1_5x_idle": all(r["peak_x_idle"] <= 1.5 for r in bundle.values()),
+            "bundle_at_least_0_9x_base": min(r["x_base"] for r in bundle.values()) >= 0.9,
+            "concurrent_at_least_sequential":
+                bundle["concurrent"]["samples_per_s"] >= bundle["sequential"]["samples_per_s"]}
+
+
 def env_device(device: str | None) -> str:
     """The device the servers ran on, as resolved here."""
     return str(resolve_device(device or os.environ.get("TTLORA_DEVICE")))
@@ -273,14 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
     base_rate = {r["phase"]: r["samples_per_s"] for r in rows if r["model"] == "base"}
     for row in rows:
         row["x_base"] = row["samples_per_s"] / base_rate[row["phase"]]
-    bundle = {r["phase"]: r for r in rows if r["model"] == "bundle"}
-    goals = {"zero_errors": all(r["errors"] == 0 for r in rows),
-             "peak_rss_at_most_1_5x_idle": all(r["peak_x_idle"] <= 1.5 for r in rows),
-             "bundle_at_least_0_9x_base": bundle["concurrent"]["x_base"] >= 0.9,
-             "concurrent_at_least_sequential": all(
-                 next(r for r in rows if r["model"] == m and r["phase"] == "concurrent")["samples_per_s"]
-                 >= next(r for r in rows if r["model"] == m and r["phase"] == "sequential")["samples_per_s"]
-                 for m in ("base", "bundle"))}
+    goals = serve_goals(rows)
     seconds = round(time.perf_counter() - start, 1)
     table = markdown_table(rows, COLUMNS) + (
         f"\n\nTasks {', '.join(tasks)}; requests of 1 to {args.max_rows} mixed rows; "

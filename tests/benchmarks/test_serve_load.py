@@ -18,3 +18,23 @@ def test_serve_load_serves_the_bundle_and_the_base_under_concurrent_load(project
     assert rows[("bundle", "concurrent")]["x_base"] == rows[("bundle", "concurrent")]["samples_per_s"] / \
         rows[("base", "concurrent")]["samples_per_s"]
     assert result["goals"]["zero_errors"] is True
+
+
+def test_serve_goals_judge_the_bundle_against_the_base_reference():
+    from benchmarks.serve_load import serve_goals
+
+    def row(model, phase, rate, x_base, peak_x_idle, errors=0):
+        return {"model": model, "phase": phase, "samples_per_s": rate, "x_base": x_base,
+                "peak_x_idle": peak_x_idle, "errors": errors}
+
+    rows = [row("base", "sequential", 65.0, 1.0, 1.4), row("base", "concurrent", 60.0, 1.0, 1.7),
+            row("bundle", "sequential", 63.0, 0.97, 1.1), row("bundle", "concurrent", 86.0, 1.43, 1.2)]
+    assert all(serve_goals(rows).values())  # the base reference's own RSS and concurrency do not count
+    slow = rows[:2] + [row("bundle", "sequential", 50.0, 0.77, 1.1), rows[3]]
+    assert serve_goals(slow) == {"zero_errors": True, "peak_rss_at_most_1_5x_idle": True,
+                                 "bundle_at_least_0_9x_base": False, "concurrent_at_least_sequential": True}
+    broken = [{**r, "errors": 1} if r["model"] == "base" else r for r in rows]
+    fat = rows[:3] + [row("bundle", "concurrent", 40.0, 0.67, 1.6)]
+    assert not serve_goals(broken)["zero_errors"]
+    assert serve_goals(fat) == {"zero_errors": True, "peak_rss_at_most_1_5x_idle": False,
+                                "bundle_at_least_0_9x_base": False, "concurrent_at_least_sequential": False}

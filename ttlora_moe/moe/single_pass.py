@@ -63,7 +63,8 @@ def check_route_after_layer(k: int, layout: dict[str, Any], num_layers: int, whe
     early = sorted({i for i in (layer_index(name) for name in layout) if i is not None and i < k})
     if early:
         raise BadInput(f"{where} adapts layer(s) {early}, below router.route_after_layer={k}",
-                       f"train the experts with tt.layers_from >= {k}, or set router.route_after_layer to null")
+                       f"train the experts with tt.layers_from >= {k}, or route in two passes (router.route_after_layer: "
+                       "null; --profile two-pass)")
 
 
 def routing_record(route_after_layer: int | None) -> dict[str, Any]:
