@@ -41,14 +41,8 @@ def head_only_baseline(base: BaseModel, prepared: Path, metric: str, test_indice
                        seed: int = 0, options: int = 0) -> dict[str, Any]:
     """The baseline's ``metric`` on the test rows ``test_indices`` (whose labels are ``labels``);
     ``options``: the number of options of a multiple-choice task whose experts score each option."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     from ttlora_moe.data.prepared import load_split
 
-    spec = head_only_spec(pooling, max_length)
-    md5 = prepared_md5(prepared)
     train_index = sample_indices(num_rows(prepared, "train"), train_rows, seed)
     train = load_split(prepared, "train")
     if options:
@@ -57,16 +51,27 @@ def head_only_baseline(base: BaseModel, prepared: Path, metric: str, test_indice
                                    torch.tensor([int(train[i]["label"]) for i in train_index]))
         states = option_states(base, [test[i] for i in test_indices], max_length, pooling, options)
         predictions = scorer(states).argmax(-1).tolist()
-        scores = task_metrics(list(labels), predictions, metric)
-        return {"metric": headline(scores, metric), "scores": scores, "train_rows": len(train_index)}
+    else:
+        predictions = _pooled_predictions(base, prepared, train, train_index, test_indices, pooling, max_length)
+    scores = task_metrics(list(labels), predictions, metric)
+    return {"metric": headline(scores, metric), "scores": scores, "train_rows": len(train_index)}
+
+
+def _pooled_predictions(base: BaseModel, prepared: Path, train: Sequence[dict[str, Any]], train_index: list[int],
+                        test_indices: Sequence[int], pooling: str, max_length: int) -> list[int]:
+    """Logistic regression on the frozen base's cached pooled features: its test predictions."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    spec = head_only_spec(pooling, max_length)
+    md5 = prepared_md5(prepared)
     x, _ = cached_features(base, prepared, "train", train_index, spec, md5, rows=train, progress=False)
     y = np.array([train[i]["label"] for i in train_index])
     test_x, _ = cached_features(base, prepared, "test", list(test_indices), spec, md5, progress=False)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     model.fit(x.numpy(), y)
-    predictions = model.predict(test_x.numpy()).tolist()
-    scores = task_metrics(list(labels), predictions, metric)
-    return {"metric": headline(scores, metric), "scores": scores, "train_rows": len(train_index)}
+    return model.predict(test_x.numpy()).tolist()
 
 
 @torch.no_grad()
