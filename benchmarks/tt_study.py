@@ -9,7 +9,7 @@ models when it ran first with the same budget (kept in ``outputs/bench_experts/f
 variants are kept under ``tt_study/<variant>`` there and reused by a re-run.
 
     python -m benchmarks.tt_study [--task qqp] [--variants default rank-8 ...] [--samples N] [--epochs N] [--quick]
-        [--seed N] [--results NAME]
+        [--seed N] [--profile NAME] [--results NAME]
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the training rows and initialisation (default params.yaml train.seed; "
                              "another seed keeps its experts in a seed-N folder, as peft_quality --seeds)")
+    parser.add_argument("--profile", default=None,
+                        help="a params.yaml profile under the variants (two-pass: adapters in every block)")
     parser.add_argument("--results", default="tt_study",
                         help="name of the results/<name>.{md,json} to write (default tt_study)")
     args = parser.parse_args(argv)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise BadInput(f"unknown variant(s) {', '.join(unknown)}", f"choose from {', '.join(VARIANTS)}")
-    params = load_params()
+    params = load_params(profile=args.profile)
     budget = driver.expert_budget(args.quick, args.samples, args.epochs)
     default_seed = int(section(params, "train").get("seed", 0))
     seed = default_seed if args.seed is None else args.seed
