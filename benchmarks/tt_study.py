@@ -43,7 +43,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
         "query", "key", "value", "attention.output.dense"]}, {}, "ttlora"),
     "qv-ffn-r3": ("query, value and the FFN's input layer, rank 3",
                   {"rank": 3, "target_modules": ["query", "value", "intermediate.dense"]}, {}, "ttlora"),
-    "lora": ("PEFT LoRA r=16, alpha 8 on query and value (the paper's baseline)", {}, {}, "lora"),
+    "lora": ("PEFT LoRA r=16, alpha 8 on query and value (the paper's baseline), at TT-LoRA's lr 1e-2", {}, {}, "lora"),
+    "lora-lr-5e-4": ("PEFT LoRA r=16, alpha 8 on query and value at the paper's LoRA lr 5e-4", {}, {"lr": 5e-4}, "lora"),
 }
 QUICK_VARIANTS = ["default", "rank-2", "qv-ffn-r3", "lora"]
 COLUMNS = ["variant", "change", "trainable_params", "pct_of_lora_qv", "metric", "test_metric", "delta_vs_default",

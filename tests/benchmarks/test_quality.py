@@ -85,6 +85,13 @@ def test_tt_study_changes_one_setting_per_row_and_reuses_peft_qualitys_models(pr
     assert (kept / "ttlora" / "toy" / "expert.json").stat().st_mtime_ns == default_mtime
     assert "seed 7," in (bench_results / "tt_study_toy.md").read_text() and len(other["rows"]) == 1
     assert "| qv-ffn-r3 |" in (bench_results / "tt_study.md").read_text()
+    # LoRA at its own lr, under a profile: both reach the trained expert
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    (project / "params.yaml").write_text(yaml.safe_dump({**params, "wide": {"tt": {"layers_from": 1}}}))
+    tt_study.main(["--task", "toy", *budget, "--variants", "lora-lr-5e-4", "--profile", "wide",
+                   "--results", "tt_study_toy"])
+    tuned = read_expert_meta(kept / "tt_study" / "lora-lr-5e-4" / "lora" / "toy")
+    assert tuned["train"]["lr"] == 5e-4 and tuned["tt"]["layers_from"] == 1
     with pytest.raises(BadInput, match="unknown variant"):
         tt_study.main(["--task", "toy", "--variants", "rank-3"])
 
