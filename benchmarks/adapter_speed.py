@@ -4,7 +4,8 @@ Three levels, batch sizes 1..128: one adapted linear layer (384 -> 384, the defa
 query); the whole default base model with query and value adapted by one expert, on SST-2 sentences
 (what an expert alone serves: merged, ``TTLoRALinear.merge``); and a mixture of six experts with the
 batch's rows spread over all six (what a bundle serves: each expert's rows through its merged
-weight, or the per-sample contraction; ``ttlora_moe.moe.expert_linear``). Forward
+weight, each sample's rank-r factors of ``ΔW``, the per-sample contraction, or ``auto``: merged for a
+one-expert batch, factors for a mixed one; ``ttlora_moe.moe.expert_linear``). Forward
 latency is the median of several rounds after warm-up, the four modes timed in turn within each
 round (so they share the machine's drift); ratios are taken within one run. Memory is
 the bytes the forward allocates beyond the frozen base (torch profiler), a proxy for peak memory
@@ -133,7 +134,7 @@ def model_rows(batch_sizes: list[int], repeats: int, device: torch.device) -> li
     return rows
 
 
-MIXTURE_MODES = ("base", "contract", "merged")
+MIXTURE_MODES = ("base", "merged", "factored", "contract", "auto")
 
 
 def random_experts(base_ref: str, tt: TTLoRAConfig, count: int) -> tuple[list[dict], list[dict]]:
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name in MODES[1:] + MIXTURE_MODES[1:]:
             if f"{name}_ms" in row:
                 row[f"{name}_x"] = row[f"{name}_ms"] / row["base_ms"]
-    columns = ["level", "batch", "base_ms", "contraction_x", "reconstruction_x", "merged_x", "contract_x",
+    columns = ["level", "batch", "base_ms", "contraction_x", "reconstruction_x", "merged_x", "factored_x", "contract_x",
+               "auto_x",
                "base_bytes", "contraction_bytes", "reconstruction_bytes"]
     table = markdown_table(rows, columns)
     write_results("adapter_speed", {"rows": rows, "quick": args.quick, "device": str(device)}, table)

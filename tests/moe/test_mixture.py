@@ -29,7 +29,8 @@ ALL_ATTENTION = {"bert": ["query", "key", "value", "attention.output.dense"],
 
 
 @pytest.mark.parametrize(("kind", "qkvo", "path"), [("bert", False, "auto"), ("llama", False, "auto"),
-                                                    ("bert", True, "merged"), ("llama", True, "contract")])
+                                                    ("bert", True, "merged"), ("llama", True, "contract"),
+                                                    ("bert", True, "factored"), ("llama", True, "factored")])
 def test_mixed_batch_equals_each_sample_alone_through_its_expert(kind, qkvo, path, tiny_bert, tiny_llama, tmp_path):
     ref = tiny_bert if kind == "bert" else tiny_llama
     names = ["senti", "nli", "quest"]  # 2, 3 and 2 labels
@@ -47,7 +48,7 @@ def test_mixed_batch_equals_each_sample_alone_through_its_expert(kind, qkvo, pat
                            adapter_path=path)
     adapted = sum(isinstance(m, MoETTLinear) for m in base.model.modules())
     assert adapted == (4 if qkvo else 2) * len(transformer_blocks(base.model))
-    assert {m.path for m in base.model.modules() if isinstance(m, MoETTLinear)} == {"merged" if path == "auto" else path}
+    assert {m.path for m in base.model.modules() if isinstance(m, MoETTLinear)} == {"merged+factored" if path == "auto" else path}
 
     rows = moe_rows("senti", 3) + moe_rows("nli", 3) + moe_rows("quest", 2) + moe_rows("nli", 1, 7)
     experts = [0, 1, 0, 1, 2, 1, 2, 0, 1]  # mixed, and some samples through another task's expert

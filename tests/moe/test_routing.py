@@ -56,10 +56,11 @@ def mixture(ref: str, root: Path, k: int | None, path: str) -> MixtureOfExperts:
                             metas, router, FeatureSpec(), 32, route_after_layer=k, adapter_path=path)
 
 
-@pytest.mark.parametrize("k,path", [(None, "merged"), (None, "contract"), (1, "merged"), (1, "contract")])
+@pytest.mark.parametrize("k,path", [(None, "merged"), (None, "contract"), (1, "merged"), (1, "contract"),
+                                    (None, "factored"), (1, "auto")])
 def test_eight_threads_get_exactly_the_sequential_answers(tiny_bert, tmp_path, k, path):
     moe = mixture(tiny_bert, tmp_path, k, path)
-    assert moe.adapter_path == path
+    assert moe.adapter_path == {"auto": "merged+factored"}.get(path, path)
     calls = requests(24)
     calls[5].append({"text": "  ", "text_pair": None})  # no text: abstains without being routed
     confidences = sorted(a["router_confidence"] for rows in calls for a in moe.predict(rows) if not a["abstained"])
@@ -95,15 +96,16 @@ def test_memory_stays_flat_over_a_thousand_concurrent_calls(tiny_bert, tmp_path)
     assert after - before < 40, f"resident memory grew {after - before:.0f} MB over 1,000 calls"
 
 
-def test_merged_and_contracted_layers_give_the_same_logits(tiny_bert, tmp_path):
-    merged = mixture(tiny_bert, tmp_path / "m", None, "merged")
-    contracted = mixture(tiny_bert, tmp_path / "c", None, "contract")
-    batch = tokenize(merged.base.tokenizer, MIXED_ROWS, 32)
+def test_every_adapter_path_gives_the_same_logits(tiny_bert, tmp_path):
+    paths = {p: mixture(tiny_bert, tmp_path / p, None, p) for p in ("merged", "factored", "contract", "auto")}
+    batch = tokenize(paths["merged"].base.tokenizer, MIXED_ROWS, 32)
     for experts in ([0, 1, 2, 1, 0, 2, 2], [1] * 7):  # mixed, and the whole batch through one expert
         index = torch.tensor(experts)
-        a = merged.expert_logits(batch["input_ids"], batch["attention_mask"], index)
-        b = contracted.expert_logits(batch["input_ids"], batch["attention_mask"], index)
-        assert torch.allclose(a, b, atol=1e-5, equal_nan=True)
+        logits = {p: m.expert_logits(batch["input_ids"], batch["attention_mask"], index) for p, m in paths.items()}
+        plain = paths["merged"].expert_logits(batch["input_ids"], batch["attention_mask"], torch.tensor([0] * 7))
+        assert not torch.allclose(logits["merged"], plain, atol=1e-3)  # the experts do differ
+        for p in ("factored", "contract", "auto"):
+            assert torch.allclose(logits["merged"], logits[p], atol=1e-5, equal_nan=True), p
 
 
 def test_routing_groups_rows_by_expert():

@@ -14,6 +14,7 @@ from ttlora_moe.tt.tensor_train import (
     init_cores,
     lora_param_count,
     tt_apply,
+    tt_factors,
     tt_param_count,
     tt_reconstruct,
     tt_shape,
@@ -41,6 +42,17 @@ def test_contraction_equals_dense_reconstruction(in_f, out_f):
     dense = tt_reconstruct(cores, in_f, out_f)
     assert dense.shape == (math.prod(out_f), math.prod(in_f))
     torch.testing.assert_close(tt_apply(x, cores, in_f, out_f), x @ dense.T, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("in_f,out_f", SHAPES)
+@pytest.mark.parametrize("rank", [1, 3])
+def test_factors_are_the_dense_update_at_the_tt_rank(in_f, out_f, rank):
+    cores = random_cores(in_f, out_f, rank=rank)
+    down, up = tt_factors(cores, in_f, out_f)
+    assert down.shape == (math.prod(in_f), rank) and up.shape == (rank, math.prod(out_f))
+    torch.testing.assert_close(down @ up, tt_reconstruct(cores, in_f, out_f).T, rtol=1e-10, atol=1e-10)
+    x = torch.randn(3, math.prod(in_f), dtype=torch.float64)
+    torch.testing.assert_close((x @ down) @ up, tt_apply(x, cores, in_f, out_f), rtol=1e-10, atol=1e-10)
 
 
 def test_digit_layout_matches_the_reference_formula():

@@ -1,18 +1,24 @@
 """One adapted linear of a mixture: a frozen ``W`` plus, for each sample, the update of its own expert.
 
-Two ways compute the same ``y_b = W x_b + b + alpha_e · ΔW_e x_b`` for sample ``b`` of expert ``e``:
+Three ways compute the same ``y_b = W x_b + b + alpha_e · ΔW_e x_b`` for sample ``b`` of expert ``e``:
 
 - ``merged``: every expert's ``W + alpha_e · ΔW_e`` is built once at load time; each expert's rows of
-  the batch go through their own merged weight (one matmul per expert present, none when the whole
-  batch has one expert). No extra FLOPs over the base model; memory ``E × out × in`` per layer.
+  the batch go through their own merged weight (one matmul per expert present, none extra when the
+  whole batch has one expert). Memory ``E × out × in`` per layer.
+- ``factored``: ``ΔW_e`` has matrix rank at most the TT rank ``r``
+  (:func:`~ttlora_moe.tt.tensor_train.tt_factors`), so each expert is kept as ``down_e`` (``in × r``)
+  and ``up_e`` (``r × out``); a mixed batch gathers them per sample and adds ``(x_b down_e) up_e`` to
+  the base output with two batched matmuls, whatever the number of experts present. Memory
+  ``E × r × (in + out)`` per layer.
 - ``contract``: the stacked ``[E, r, s, r']`` cores are gathered per sample and contracted with ``x``
-  (:func:`~ttlora_moe.tt.tensor_train.tt_apply`); memory is only the cores, the cost is six small
-  matmuls per layer on top of the base one.
+  (:func:`~ttlora_moe.tt.tensor_train.tt_apply`), one small matmul per core: the paper's form, kept
+  as the reference.
 
-``auto`` (the default) merges when the merged weights of all layers fit ``merged_cache_mb`` and
-contracts otherwise (a 17-expert Llama-3.2-1B bundle would need 5.7 GB merged); the adapter_speed
-and moe_throughput benchmarks measure both. The routing of a forward comes from the mixture's
-:class:`~ttlora_moe.moe.routing.RoutingSlot`, never from an attribute of this module.
+``auto`` (the default) serves a batch that goes to one expert through that expert's merged weight
+(the base model's cost) and a mixed batch through the factors, when the merged weights of all layers
+fit ``merged_cache_mb`` (a 17-expert Llama-3.2-1B bundle would need 5.7 GB merged); otherwise
+``factored`` alone. The adapter_speed benchmark measures each. The routing of a forward comes from
+the mixture's :class:`~ttlora_moe.moe.routing.RoutingSlot`, never from an attribute of this module.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from torch.nn import functional as F
 
 from ttlora_moe.errors import BadInput
 from ttlora_moe.moe.routing import Routing, RoutingSlot
-from ttlora_moe.tt.tensor_train import tt_apply, tt_reconstruct
+from ttlora_moe.tt.tensor_train import tt_apply, tt_factors, tt_reconstruct
 
-ADAPTER_PATHS = ("auto", "merged", "contract")
+ADAPTER_PATHS = ("auto", "merged", "factored", "contract")
+MERGED_AND_FACTORED = "merged+factored"  # what ``auto`` resolves to when the merged weights fit
 
 
 def merged_bytes(layout: dict[str, list], num_experts: int, bytes_per_value: int = 4) -> int:
@@ -37,12 +44,13 @@ def merged_bytes(layout: dict[str, list], num_experts: int, bytes_per_value: int
 
 
 def choose_path(path: str, layout: dict[str, list], num_experts: int, merged_cache_mb: float) -> str:
-    """``merged`` or ``contract`` for ``path`` (``auto``: merged iff it fits ``merged_cache_mb``)."""
+    """The path a mixture's layers take: ``path`` itself, or for ``auto`` :data:`MERGED_AND_FACTORED` when
+    every merged weight fits ``merged_cache_mb`` and ``factored`` otherwise."""
     if path not in ADAPTER_PATHS:
         raise BadInput(f"unknown adapter path {path!r}", f"use one of {', '.join(ADAPTER_PATHS)}")
     if path != "auto":
         return path
-    return "merged" if merged_bytes(layout, num_experts) <= merged_cache_mb * 2**20 else "contract"
+    return MERGED_AND_FACTORED if merged_bytes(layout, num_experts) <= merged_cache_mb * 2**20 else "factored"
 
 
 def _prod(values: Sequence[int]) -> int:
@@ -53,28 +61,38 @@ def _prod(values: Sequence[int]) -> int:
 
 
 class MoETTLinear(nn.Module):
-    """A frozen linear plus, per sample, the TT update of that sample's expert (merged or contracted)."""
+    """A frozen linear plus, per sample, the TT update of that sample's expert (see the module's paths)."""
 
     def __init__(self, base: nn.Linear, cores: Sequence[torch.Tensor], alphas: torch.Tensor,
                  in_factors: list[int], out_factors: list[int], slot: RoutingSlot, path: str) -> None:
         super().__init__()
+        if path not in ADAPTER_PATHS[1:] + (MERGED_AND_FACTORED,):
+            raise BadInput(f"unknown adapter path {path!r}", "resolve it with choose_path")
         self.base = base
         self.in_factors, self.out_factors = list(in_factors), list(out_factors)
         self.slot = slot
         self.path = path
         device = base.weight.device
-        if path == "merged":
-            with torch.no_grad():
-                deltas = [alphas[e] * tt_reconstruct([c[e] for c in cores], in_factors, out_factors)
-                          for e in range(len(alphas))]
-                merged = torch.stack([base.weight.float() + d for d in deltas]).to(base.weight.dtype)
-            self.register_buffer("merged_weight", merged.to(device))
-            self.num_cores = 0
-        else:
+        experts = range(len(alphas))
+        self.register_buffer("alpha", alphas.to(device=device, dtype=torch.float32))
+        for name in ("merged_weight", "down", "up"):  # the path's own tensors, set below
+            self.register_buffer(name, None)
+        self.num_cores = 0
+        with torch.no_grad():
+            if path in ("merged", MERGED_AND_FACTORED):
+                merged = torch.stack([base.weight.float() + alphas[e] * tt_reconstruct([c[e] for c in cores],
+                                                                                       in_factors, out_factors)
+                                      for e in experts])
+                self.register_buffer("merged_weight", merged.to(device=device, dtype=base.weight.dtype))
+            if path in ("factored", MERGED_AND_FACTORED):
+                factors = [tt_factors([c[e].float() for c in cores], in_factors, out_factors) for e in experts]
+                self.register_buffer("down", torch.stack([d for d, _ in factors]).to(device))  # [E, in, r]
+                self.register_buffer("up", torch.stack([alphas[e] * u for e, (_, u) in zip(experts, factors)])
+                                     .to(device))  # [E, r, out], alpha folded in
+        if path == "contract":
             self.num_cores = len(cores)
             for k, core in enumerate(cores):  # [E, r, s, r'] each
                 self.register_buffer(f"core_{k}", core.to(device=device, dtype=torch.float32))
-        self.register_buffer("alpha", alphas.to(device=device, dtype=torch.float32))
 
     def cores(self) -> list[torch.Tensor]:
         return [getattr(self, f"core_{k}") for k in range(self.num_cores)]
@@ -83,8 +101,10 @@ class MoETTLinear(nn.Module):
         routing = self.slot.get()
         if routing is None:
             return self.base(x)
-        if self.path == "merged":
+        if self.merged_weight is not None and (routing.single is not None or self.down is None):
             return self._merged(x, routing)
+        if self.down is not None:
+            return self._factored(x, routing.index)
         return self._contracted(x, routing.index)
 
     def _merged(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
@@ -96,9 +116,16 @@ class MoETTLinear(nn.Module):
             out[rows] = F.linear(x[rows], weights[expert].to(x.dtype), bias).to(out.dtype)
         return out
 
+    def _factored(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        # index_select, not advanced indexing: a third of the cost at the small batches where it shows
+        rows = x.reshape(len(index), -1, x.shape[-1])  # [B, tokens, in]
+        low = torch.bmm(rows, self.down.index_select(0, index).to(x.dtype))  # [B, tokens, r]
+        out = self.base(rows)
+        return torch.baddbmm(out, low, self.up.index_select(0, index).to(out.dtype)).reshape(*x.shape[:-1], -1)
+
     def _contracted(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        picked = [core[index].to(x.dtype) for core in self.cores()]  # [B, r, s, r'] per sample
-        scale = self.alpha[index].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        picked = [core.index_select(0, index).to(x.dtype) for core in self.cores()]  # [B, r, s, r'] per sample
+        scale = self.alpha.index_select(0, index).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
         return self.base(x) + scale * tt_apply(x, picked, self.in_factors, self.out_factors)
 
     def extra_repr(self) -> str:

@@ -5,8 +5,8 @@ For a batch of mixed-task inputs:
 1. **routing pass**: the plain frozen base (no adapter) computes the router's features; the
    router picks one expert per input (or abstains);
 2. **adapted pass**: one forward in which every adapted linear adds ``alpha_e · ΔW_e x`` with the
-   update of each sample's own expert (each expert's rows through its merged weight, or the stacked
-   ``[E, r, s, r']`` cores gathered per sample; no Python loop over samples), then each sample's own head.
+   update of each sample's own expert (a one-expert batch through that expert's merged weight, a mixed
+   one through each sample's rank-r factors of ``ΔW``; no Python loop over samples), then each sample's own head.
 
 With ``route_after_layer = k`` (single-pass routing, :mod:`ttlora_moe.moe.single_pass`) the two passes
 are one: the experts adapt only blocks ``>= k``, and a hook before block ``k`` pools
@@ -71,8 +71,8 @@ class MixtureOfExperts(nn.Module):
                  max_length: int, route_after_layer: int | None = None, adapter_path: str = "auto",
                  merged_cache_mb: float = 1024) -> None:
         """``route_after_layer``: ``None`` routes in a pass of its own; ``k`` routes inside the one forward.
-        ``adapter_path``: how adapted layers compute (``auto``, ``merged``, ``contract``: see
-        :mod:`ttlora_moe.moe.expert_linear`); ``auto`` merges when it fits ``merged_cache_mb``."""
+        ``adapter_path``: how adapted layers compute (``auto``, ``merged``, ``factored``, ``contract``: see
+        :mod:`ttlora_moe.moe.expert_linear`); ``auto`` keeps merged weights only when they fit ``merged_cache_mb``."""
         super().__init__()
         if not experts or len(experts) != len(expert_tensors) or len(experts) != len(expert_meta):
             raise ValueError("experts, tensors and metadata must be non-empty lists of one length")
@@ -161,12 +161,12 @@ class MixtureOfExperts(nn.Module):
         """``[B, C_max]``: each sample's own head on its pooled last state (a multiple-choice expert's: on
         each option's state)."""
         pooled = pool(hidden, mask, self.pooling).float()
-        weight, bias = self.head_weight[expert_index], self.head_bias[expert_index]
+        weight, bias = self.head_weight.index_select(0, expert_index), self.head_bias.index_select(0, expert_index)
         if not self.reads_options:
             return torch.einsum("bh,bch->bc", pooled, weight) + bias
         options = None if option_mask is None else option_mask.to(hidden.device)
         states = class_states(hidden.float(), pooled, options, weight.shape[1])
-        states = torch.where(self.option_heads[expert_index][:, None, None], states, pooled[:, None, :])
+        states = torch.where(self.option_heads.index_select(0, expert_index)[:, None, None], states, pooled[:, None, :])
         return torch.einsum("bch,bch->bc", states, weight) + bias
 
     @torch.no_grad()

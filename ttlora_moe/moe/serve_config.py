@@ -18,7 +18,9 @@ class ServeConfig(Section):
     section: ClassVar[str] = "serve"
 
     adapter_path: str = option("auto", "How adapted layers compute: merged (each expert's W + ΔW, built at load), "
-                                       "contract (TT cores per sample), auto (merged when it fits merged_cache_mb).")
+                                       "factored (each expert's ΔW as two rank-r factors, per sample), contract "
+                                       "(TT cores per sample), auto (merged for a batch of one expert, factored for a "
+                                       "mixed batch; factored alone when the merged weights exceed merged_cache_mb).")
     merged_cache_mb: float = option(1024.0, "Largest memory the merged weights of all experts may take (auto).")
     batch_size: int = option(32, "Inputs per forward inside one prediction (length-sorted).")
     batch_rows: int = option(64, "Micro-batching: rows of concurrent requests gathered into one prediction.")

@@ -14,6 +14,7 @@ digit that is contracted next is always the least significant one left, every st
 matrix product on a *view* of the running state: no transposes of activations, only of the tiny
 cores. The same function takes per-sample cores (a leading batch axis on every core), which is
 how a mixed-task batch runs each sample through its own expert in one pass.
+:func:`tt_factors` gives the same update as two thin matrices (its rank is at most the TT rank).
 :func:`tt_reconstruct` builds the dense ``ΔW`` by a different route; it is the test oracle and
 the baseline of the speed benchmark, never the training path.
 """
@@ -121,24 +122,52 @@ def tt_apply(
     Returns ``[..., out]`` with the leading shape of ``x``.
     """
     num_in = len(in_factors)
-    batched = cores[0].dim() == 4
-    lead = x.shape[:-1]
-    groups = x.shape[0] if batched else 1
+    groups = x.shape[0] if cores[0].dim() == 4 else 1
+    state = _contract_inputs(x.reshape(groups, -1, x.shape[-1]), cores[:num_in], in_factors)
+    return _contract_outputs(state, cores[num_in:]).reshape(*x.shape[:-1], -1)
+
+
+def _contract_inputs(x: torch.Tensor, cores: Sequence[torch.Tensor], in_factors: Sequence[int]) -> torch.Tensor:
+    """``[G, tokens, in]`` through the input cores: ``[G, tokens, r_K]``."""
+    groups = x.shape[0]
     # state rows: [tokens, m_{K-1}, …, m_k] flattened, columns: (m_k, r_k) flattened, m_k major.
     state = x.reshape(groups, -1, in_factors[0])
-    for k in range(num_in):
-        core = cores[k]
+    for k, core in enumerate(cores):
         r, m, r_next = core.shape[-3:]
         mat = core.movedim(-3, -2).reshape(*core.shape[:-3], m * r, r_next)
         state = torch.matmul(state, mat)  # [G, rows, r_next]
-        if k + 1 < num_in:
+        if k + 1 < len(cores):
             state = state.reshape(groups, -1, in_factors[k + 1] * r_next)
-    # state: [G, tokens, r_K]; each output core appends one output digit, most significant first.
-    for core in cores[num_in:]:
+    return state
+
+
+def _contract_outputs(state: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[G, tokens, r_K]`` through the output cores (each appends one output digit, most significant
+    first): ``[G, tokens, out]``."""
+    groups = state.shape[0]
+    for core in cores:
         r, n, r_next = core.shape[-3:]
         mat = core.reshape(*core.shape[:-3], r, n * r_next)
         state = torch.matmul(state, mat).reshape(groups, -1, r_next)
-    return state.reshape(*lead, -1)
+    return state
+
+
+def tt_factors(
+    cores: Sequence[torch.Tensor], in_factors: Sequence[int], out_factors: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(down, up)`` with ``x @ ΔWᵀ == (x @ down) @ up``: ``down`` is ``in × r_K``, ``up`` is ``r_K × out``.
+
+    The input digits come before the output digits in the chain, so ``ΔW`` has matrix rank at most
+    the TT rank ``r_K`` between them: two thin matrices carry it exactly (a LoRA-shaped view of the
+    same update, for serving many experts at once). Shared cores only.
+    """
+    num_in = len(in_factors)
+    dtype, device = cores[0].dtype, cores[0].device
+    down = _contract_inputs(torch.eye(math.prod(in_factors), dtype=dtype, device=device)[None], cores[:num_in],
+                            in_factors)[0]
+    rank = down.shape[-1]
+    up = _contract_outputs(torch.eye(rank, dtype=dtype, device=device)[None], cores[num_in:]).reshape(rank, -1)
+    return down, up
 
 
 def tt_reconstruct(
