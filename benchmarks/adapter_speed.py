@@ -6,8 +6,9 @@ query); the whole default base model with query and value adapted by one expert,
 batch's rows spread over all six (what a bundle serves: each expert's rows through its merged
 weight, each sample's rank-r factors of ``ΔW``, the per-sample contraction, or ``auto``: merged for a
 one-expert batch, factors for a mixed one; ``ttlora_moe.moe.expert_linear``). Forward
-latency is the median of several rounds after warm-up, the four modes timed in turn within each
-round (so they share the machine's drift); ratios are taken within one run. Memory is
+latency is the median of several rounds after warm-up (288 at batch 1, down to 9 from batch 32: a
+small batch is fast and noisy), the modes timed in turn within each round (so they share the
+machine's drift); ratios are taken within one run. Memory is
 the bytes the forward allocates beyond the frozen base (torch profiler), a proxy for peak memory
 on CPU (on a GPU, the true peak from ``torch.cuda.max_memory_allocated``).
 
@@ -110,7 +111,7 @@ def layer_rows(batch_sizes: list[int], seq_len: int, repeats: int, device: torch
     return rows
 
 
-def model_rows(batch_sizes: list[int], repeats: int, device: torch.device) -> list[dict]:
+def model_rows(rounds: dict[int, int], device: torch.device) -> list[dict]:
     """The configured base model (default all-MiniLM-L6-v2), q and v adapted, on SST-2 sentences."""
     from benchmarks.sst2_sentences import sst2_sentences
 
@@ -118,9 +119,9 @@ def model_rows(batch_sizes: list[int], repeats: int, device: torch.device) -> li
     base = load_base_model(section(params, "base_model").get("ref", DEFAULT_BASE_MODEL))
     attach_tt_lora(base.model, TTLoRAConfig.from_dict(section(params, "tt")))
     base.model.to(device)
-    sentences = sst2_sentences(max(batch_sizes))
+    sentences = sst2_sentences(max(rounds))
     rows = []
-    for bs in batch_sizes:
+    for bs, repeats in rounds.items():
         enc = base.tokenizer(sentences[:bs], padding=True, return_tensors="pt").to(device)
         row: dict[str, Any] = {"level": "model", "batch": bs, "tokens": int(enc["input_ids"].shape[1])}
         with torch.inference_mode():
@@ -149,7 +150,7 @@ def random_experts(base_ref: str, tt: TTLoRAConfig, count: int) -> tuple[list[di
     return tensors, metas
 
 
-def mixture_rows(batch_sizes: list[int], repeats: int, device: torch.device, experts: int = 6) -> list[dict]:
+def mixture_rows(rounds: dict[int, int], device: torch.device, experts: int = 6) -> list[dict]:
     """A bundle's adapted pass: the batch's rows spread round-robin over ``experts`` experts."""
     from benchmarks.sst2_sentences import sst2_sentences
     from ttlora_moe.moe.features import FeatureSpec, feature_dim
@@ -165,9 +166,9 @@ def mixture_rows(batch_sizes: list[int], repeats: int, device: torch.device, exp
     mixtures = {path: MixtureOfExperts(load_base_model(ref, device=device), infos, tensors, metas,
                                        Router(feature_dim(spec, plain), experts, "linear"), spec, 128,
                                        adapter_path=path).to(device) for path in MIXTURE_MODES[1:]}
-    sentences = sst2_sentences(max(batch_sizes))
+    sentences = sst2_sentences(max(rounds))
     rows = []
-    for bs in batch_sizes:
+    for bs, repeats in rounds.items():
         enc = plain.tokenizer(sentences[:bs], padding=True, return_tensors="pt").to(device)
         index = torch.arange(bs, device=device) % experts
         calls = {"base": lambda: plain.model(**enc)}
@@ -189,8 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     batch_sizes = [1, 32] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128]
     repeats = 3 if args.quick else 9
-    rows = (layer_rows(batch_sizes, 32, repeats, device) + model_rows(batch_sizes, repeats, device)
-            + mixture_rows(batch_sizes, repeats, device, 2 if args.quick else 6))
+    # small batches are fast and noisy: more rounds (about the same seconds per batch size) steady their medians
+    rounds = {bs: repeats if args.quick else max(repeats, repeats * 32 // bs) for bs in batch_sizes}
+    rows = (layer_rows(batch_sizes, 32, repeats, device) + model_rows(rounds, device)
+            + mixture_rows(rounds, device, 2 if args.quick else 6))
     for row in rows:
         row["device"] = str(device)
     for row in rows:
