@@ -114,3 +114,28 @@ def test_routing_groups_rows_by_expert():
     assert {e: rows.tolist() for e, rows in mixed.groups} == {0: [1, 4], 1: [3], 2: [0, 2]}
     one = Routing.of(torch.tensor([1, 1, 1]))
     assert one.single == 1 and one.groups[0][1].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_every_path_of_an_adapted_linear_gives_each_row_its_experts_update(bias):
+    from ttlora_moe.moe.expert_linear import MERGED_AND_FACTORED, MoETTLinear
+    from ttlora_moe.moe.routing import RoutingSlot
+    from ttlora_moe.tt.tensor_train import tt_ranks, tt_reconstruct, tt_shape
+
+    torch.manual_seed(0)
+    in_f, out_f, rank, experts = [4, 6], [6, 4], 3, 3
+    base = torch.nn.Linear(24, 24, bias=bias)
+    sizes = tt_shape(in_f, out_f)
+    ranks = tt_ranks(len(sizes), rank)
+    cores = [torch.randn(experts, ranks[k], n, ranks[k + 1]) for k, n in enumerate(sizes)]
+    alphas = torch.tensor([0.5, 1.0, 2.0])
+    slot = RoutingSlot()
+    layers = {path: MoETTLinear(base, cores, alphas, in_f, out_f, slot, path)
+              for path in ("merged", "factored", "contract", MERGED_AND_FACTORED)}
+    x = torch.randn(6, 5, 24)
+    for index in ([2, 0, 2, 1, 0, 1], [0, 0, 1, 1, 1, 2], [2] * 6):
+        expected = torch.stack([base(x[b]) + alphas[e] * x[b] @ tt_reconstruct([c[e] for c in cores], in_f, out_f).T
+                                for b, e in enumerate(index)])
+        with slot.use(Routing.of(torch.tensor(index))), torch.no_grad():
+            for path, layer in layers.items():
+                assert torch.allclose(layer(x), expected, atol=1e-4), (path, index)

@@ -162,8 +162,8 @@ class MixtureOfExperts(nn.Module):
         each option's state)."""
         pooled = pool(hidden, mask, self.pooling).float()
         weight, bias = self.head_weight.index_select(0, expert_index), self.head_bias.index_select(0, expert_index)
-        if not self.reads_options:
-            return torch.einsum("bh,bch->bc", pooled, weight) + bias
+        if not self.reads_options:  # one batched matmul: [B, C, H] @ [B, H, 1] + [B, C, 1]
+            return torch.baddbmm(bias.unsqueeze(-1), weight, pooled.unsqueeze(-1)).squeeze(-1)
         options = None if option_mask is None else option_mask.to(hidden.device)
         states = class_states(hidden.float(), pooled, options, weight.shape[1])
         states = torch.where(self.option_heads.index_select(0, expert_index)[:, None, None], states, pooled[:, None, :])

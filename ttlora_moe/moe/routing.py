@@ -7,14 +7,15 @@ out of memory). :class:`RoutingSlot` is a :class:`contextvars.ContextVar` owned 
 ``with slot.use(routing): model(...)`` makes ``routing`` visible to the adapted linears of *this*
 forward only, in this thread or asyncio task.
 
-A :class:`Routing` also groups the samples by expert once per forward (one host sync), so every
-adapted layer can run each expert's rows through that expert's merged weight without looking at
-the index again.
+A :class:`Routing` reads the index once per forward (one host sync): whether the whole batch goes
+to one expert (then every adapted layer runs it through that expert's merged weight). Its
+``groups`` (the rows of each expert) are computed only if a layer asks for them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -29,22 +30,24 @@ _SLOT_IDS = itertools.count()
 class Routing:
     """Sample ``b`` of the forward goes through expert ``index[b]`` (``index`` is on the model's device).
 
-    ``groups``: ``(expert, row indices)`` for every expert present; ``single``: the expert when all
-    samples share one (then no rows are gathered at all).
+    ``single``: the expert when all samples share one, else ``None``.
     """
 
     index: torch.Tensor
-    groups: tuple[tuple[int, torch.Tensor], ...]
     single: int | None
 
     @classmethod
     def of(cls, index: torch.Tensor) -> Routing:
-        """Group ``index`` by expert (the one place a routed forward waits for the device)."""
-        experts = [int(e) for e in torch.unique(index).tolist()]
-        if len(experts) == 1:
-            return cls(index, ((experts[0], torch.arange(len(index), device=index.device)),), experts[0])
-        groups = tuple((e, (index == e).nonzero().flatten()) for e in experts)
-        return cls(index, groups, None)
+        """Whether ``index`` names one expert (the one place a routed forward waits for the device)."""
+        if not len(index):
+            return cls(index, None)
+        low, high = torch.stack(torch.aminmax(index)).tolist()
+        return cls(index, low if low == high else None)
+
+    @functools.cached_property
+    def groups(self) -> tuple[tuple[int, torch.Tensor], ...]:
+        """``(expert, row indices)`` for every expert present (computed on first use)."""
+        return tuple((e, (self.index == e).nonzero().flatten()) for e in torch.unique(self.index).tolist())
 
 
 class RoutingSlot:
