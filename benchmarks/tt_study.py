@@ -45,6 +45,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], str]] = {
                   {"rank": 3, "target_modules": ["query", "value", "intermediate.dense"]}, {}, "ttlora"),
     "lora": ("PEFT LoRA r=16, alpha 8 on query and value (the paper's baseline), at TT-LoRA's lr 1e-2", {}, {}, "lora"),
     "lora-lr-5e-4": ("PEFT LoRA r=16, alpha 8 on query and value at the paper's LoRA lr 5e-4", {}, {"lr": 5e-4}, "lora"),
+    "head-only": ("head-only: the frozen base and a trained head (the floor)", {}, {}, "head-only"),
 }
 QUICK_VARIANTS = ["default", "rank-2", "qv-ffn-r3", "lora"]
 COLUMNS = ["variant", "change", "trainable_params", "pct_of_lora_qv", "metric", "test_metric", "delta_vs_default",
@@ -54,7 +55,7 @@ COLUMNS = ["variant", "change", "trainable_params", "pct_of_lora_qv", "metric", 
 def run_variant(name: str, task: str, params: dict[str, Any], budget: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Train (or reuse) the ``name`` variant of ``task``'s expert; its row of the table."""
     change, tt, train, adapter = VARIANTS[name]
-    place = folder if name in ("default", "lora") else folder / "tt_study" / name
+    place = folder if name in ("default", "lora", "head-only") else folder / "tt_study" / name
     meta = read_expert_meta(bench_expert(task, adapter, place, params, {**budget, **train}, tt))
     test, validation = meta["metrics"]["test"], meta["metrics"].get("validation", {})
     metric = meta["metric"]

@@ -65,9 +65,12 @@ def test_tt_study_changes_one_setting_per_row_and_reuses_peft_qualitys_models(pr
     peft_quality.main(["--tasks", "toy", *budget, "--no-pfeiffer"])
     kept = bench_results.parent / "bench-outputs" / "bench_experts" / "full"
     default_mtime = (kept / "ttlora" / "toy" / "expert.json").stat().st_mtime_ns
+    head_mtime = (kept / "head-only" / "toy" / "expert.json").stat().st_mtime_ns
     rows = {r["variant"]: r for r in tt_study.main(
-        ["--task", "toy", *budget, "--variants", "default", "rank-8", "qkvo-r3", "qv-ffn-r3", "lora"])["rows"]}
+        ["--task", "toy", *budget, "--variants", "default", "rank-8", "qkvo-r3", "qv-ffn-r3", "lora", "head-only"])["rows"]}
     assert (kept / "ttlora" / "toy" / "expert.json").stat().st_mtime_ns == default_mtime  # reused, not retrained
+    assert (kept / "head-only" / "toy" / "expert.json").stat().st_mtime_ns == head_mtime
+    assert rows["head-only"]["trainable_params"] < rows["default"]["trainable_params"]
     assert (kept / "tt_study" / "qkvo-r3" / "ttlora" / "toy" / "expert.json").exists()
     assert rows["default"]["delta_vs_default"] == 0.0
     assert rows["default"]["trainable_params"] < rows["rank-8"]["trainable_params"] < rows["lora"]["trainable_params"]
