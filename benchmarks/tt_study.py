@@ -55,7 +55,8 @@ COLUMNS = ["variant", "change", "trainable_params", "pct_of_lora_qv", "metric", 
 def run_variant(name: str, task: str, params: dict[str, Any], budget: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Train (or reuse) the ``name`` variant of ``task``'s expert; its row of the table."""
     change, tt, train, adapter = VARIANTS[name]
-    place = folder if name in ("default", "lora", "head-only") else folder / "tt_study" / name
+    # a variant without overrides is exactly peft_quality's expert of that method: share its folder
+    place = folder if not tt and not train else folder / "tt_study" / name
     meta = read_expert_meta(bench_expert(task, adapter, place, params, {**budget, **train}, tt))
     test, validation = meta["metrics"]["test"], meta["metrics"].get("validation", {})
     metric = meta["metric"]

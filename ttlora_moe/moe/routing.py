@@ -38,7 +38,8 @@ class Routing:
 
     @classmethod
     def of(cls, index: torch.Tensor) -> Routing:
-        """Whether ``index`` names one expert (the one place a routed forward waits for the device)."""
+        """Whether ``index`` names one expert (a routed forward's one wait for the device, unless a layer
+        asks for :attr:`groups`)."""
         if not len(index):
             return cls(index, None)
         low, high = torch.stack(torch.aminmax(index)).tolist()
