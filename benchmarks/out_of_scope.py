@@ -8,7 +8,7 @@ code, SQL, URLs, emoji, another language) are scored. Reported per held-out task
 - AUROC and FPR at 95% TPR of the score (held-out rows vs in-scope test rows);
 - the abstain rate of the held-out rows, of the junk and of the in-scope test rows (false abstain);
 
-for every detector method (``knn``, ``fused``: fitted on the same router and rows, the configured
+for every detector method (``knn``, ``fused``, ``relative``: fitted on the same router and rows, the configured
 one first) and, as the reference, the router's confidence alone (what routers did before the
 detector). Goals (issue): mean AUROC >= 0.95, junk abstains >= 99%, in-scope
 false abstain <= 2%.
@@ -41,7 +41,7 @@ from ttlora_moe.params import load_params, section
 
 JUNK = Path(__file__).resolve().parents[1] / "data" / "ood" / "junk.txt"
 QUICK_TASKS = ["cola", "mrpc", "rte", "sst2"]
-DETECTORS = ("knn", "fused")  # compared on the same router; "confidence alone" is the reference
+DETECTORS = ("knn", "fused", "relative")  # compared on the same router; "confidence alone" is the reference
 COLUMNS = ["held_out", "detector", "auroc", "fpr_at_95_tpr", "abstain_held_out", "abstain_junk", "false_abstain_in_scope"]
 
 

@@ -40,7 +40,7 @@ def test_blocks_are_normalised_one_by_one_and_counts_dropped():
     assert out.shape == (4, 2 * BLOCK) and torch.allclose(out.norm(dim=1), torch.ones(4))
 
 
-@pytest.mark.parametrize("method", ["fused", "knn"])
+@pytest.mark.parametrize("method", ["relative", "fused", "knn"])
 def test_unseen_clusters_and_junk_score_above_the_calibrated_threshold(method):
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(5, 2 * BLOCK, generator=g)
@@ -110,9 +110,38 @@ def test_confidence_method_and_a_zero_rate():
     assert math.isinf(float(never.threshold))
 
 
-@pytest.mark.parametrize("options", [{"method": "mahalanobis"}, {"k": 0}, {"components": "many"}, {"shrinkage": 0.1},
+@pytest.mark.parametrize("options", [{"method": "mahalanobis"}, {"k": 0}, {"components": "many"}, {"shrinkage": 0},
+                                     {"shrinkage": "a lot"}, {"whitening": True},
                                      {"confidence_weight": -1}, {"bank_per_task": True}])
 def test_bad_options_are_one_line(options):
     with pytest.raises(BadInput, match="router.out_of_scope is"):
         check_options(options)
     check_options({"method": "knn", "k": 5})
+    check_options({"method": "relative", "shrinkage": 0.5})
+
+
+def test_relative_mahalanobis_is_the_task_distance_minus_the_mix_distance():
+    """The whitened computation equals the textbook one: min over tasks of (z - mu_t)' S^-1 (z - mu_t), S the
+    task-balanced within-task covariance, minus (z - mu)' S0^-1 (z - mu) for the whole mix, both shrunk."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 2 * BLOCK, generator=g)
+    train_x, train_y = clusters(120, centres, seed=1)
+    train_x, train_y = train_x[40:], train_y[40:]  # task 0 has fewer rows: every task still weighs the same
+    ones = torch.ones(60)
+    val_x, val_y = clusters(20, centres, seed=2)
+    detector = fit_detector(train_x, train_y, val_x, ones, val_y, ones, 3, BLOCK,
+                            {"method": "relative", "components": 6, "bank_per_task": 50, "shrinkage": 0.2}, 0.05)
+    _, z = detector._project(train_x)
+    z, y = z.double(), train_y
+    means = torch.stack([z[y == t].mean(0) for t in range(3)])
+    within = sum(torch.cov((z[y == t] - means[t]).T, correction=0) for t in range(3)) / 3
+    mix_mean = means.mean(0)  # task-balanced
+    mix = sum(((z[y == t] - mix_mean).T @ (z[y == t] - mix_mean)) / int((y == t).sum()) for t in range(3)) / 3
+    shrink = lambda c: c + 0.2 * c.diagonal().mean() * torch.eye(len(c), dtype=c.dtype)  # noqa: E731
+    p, p0 = torch.linalg.inv(shrink(within)), torch.linalg.inv(shrink(mix))
+    test_x, _ = clusters(10, torch.randn(2, 2 * BLOCK, generator=g), seed=3)
+    _, q = detector._project(test_x)
+    q = q.double()
+    to_tasks = torch.stack([torch.einsum("bi,ij,bj->b", q - m, p, q - m) for m in means], 1).min(1).values
+    expected = to_tasks - torch.einsum("bi,ij,bj->b", q - mix_mean, p0, q - mix_mean)
+    assert torch.allclose(detector.relative_mahalanobis(test_x).double(), expected, rtol=1e-3, atol=1e-3)

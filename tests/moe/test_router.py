@@ -76,13 +76,14 @@ def test_temperature_threshold_and_weights():
     assert 0.09 <= float((conf < t).float().mean()) <= 0.11
 
 
-@pytest.mark.parametrize("method", ["fused", "knn"])  # knn: what routers saved before the fused detector hold
+@pytest.mark.parametrize("method", ["relative", "fused", "knn"])  # knn: what routers saved before the fused detector hold
 def test_router_files_round_trip_and_bad_files(tmp_path, method):
     tx, ty = _blobs(40)
     config = RouterConfig(kind="mlp", hidden=8, max_epochs=3, out_of_scope={"method": method})
     router, report = train_router(tx, ty, tx, ty, ["a", "b", "c"], config, progress=False)
     save_router(tmp_path, router, {"experts": ["a", "b", "c"]})
-    assert ("detector.expert_scales" in router.state_dict()) == (method == "fused")
+    assert ("detector.expert_scales" in router.state_dict()) == (method != "knn")
+    assert ("detector.whiten" in router.state_dict()) == (method == "relative")
     loaded, meta = load_router(tmp_path)
     assert meta["experts"] == ["a", "b", "c"] and meta["temperature"] == pytest.approx(report.temperature)
     assert meta["out_of_scope"]["method"] == method and meta["out_of_scope"]["block"] == 8  # no block given: the whole row

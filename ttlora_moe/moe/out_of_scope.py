@@ -20,13 +20,21 @@ looks in scope but leaves the router unsure. The ``fused`` detector uses both:
   inputs keep their order), and the score is their sum: a Fisher-style combination in which either
   signal alone can push an input out.
 
-``method: knn`` (the default) scores by the distance alone (optionally plus ``confidence_weight``
-times the doubt's global z-score), ``method: confidence`` by the confidence alone (what routers
-before the detector did). Which is better depends on the pool: on the 15-task pool ``fused`` lifts
-the leave-one-task-out AUROC a lot, on the six-task default bundle ``knn`` is slightly better and
-lets less junk through (README "Abstention"); profile ``pool`` uses ``fused``. The threshold is the score above which ``false_abstain_rate`` of the (task-weighted)
-in-scope validation inputs lie. benchmarks/out_of_scope.py measures it leave-one-task-out; the
-README has its table.
+``method: relative`` adds a third surprisal to ``fused``'s two: the *relative Mahalanobis distance*
+(Ren et al., 2021, "A Simple Fix to Mahalanobis Distance for Improving Near-OOD Detection") in the
+same principal subspace: the smallest, over the served tasks, of the squared Mahalanobis distance to
+the task's mean under the covariance shared by all tasks (within-task scatter), minus the distance
+to the mean of the whole training mix under its own covariance. Subtracting the background term
+removes what every input of this kind of text shares, so what is left is how unlike *each task*
+the input is; both covariances get ``shrinkage`` times their mean variance on the diagonal.
+
+``method: relative`` is the default: leave-one-task-out on the 15-task pool and on the six paper
+tasks it separates unseen tasks better than ``fused`` and ``knn`` and lets less junk through
+(README "Abstention"). ``method: knn`` scores by the distance alone (optionally plus
+``confidence_weight`` times the doubt's global z-score), ``method: confidence`` by the confidence
+alone (what routers before the detector did). The threshold is the score above which
+``false_abstain_rate`` of the (task-weighted) in-scope validation inputs lie.
+benchmarks/out_of_scope.py measures every method leave-one-task-out; the README has its table.
 """
 
 from __future__ import annotations
@@ -39,9 +47,11 @@ from torch import nn
 
 from ttlora_moe.errors import BadInput
 
-METHODS = ("fused", "knn", "confidence")
-OPTIONS = ("method", "components", "k", "bank_per_task", "confidence_weight")
-DEFAULTS: dict[str, Any] = {"method": "knn", "components": 256, "k": 10, "bank_per_task": 1000, "confidence_weight": 0.0}
+METHODS = ("relative", "fused", "knn", "confidence")
+SURPRISALS = {"fused": 2, "relative": 3}  # methods that sum surprisals: how many (distance, doubt[, relative])
+OPTIONS = ("method", "components", "k", "bank_per_task", "confidence_weight", "shrinkage")
+DEFAULTS: dict[str, Any] = {"method": "relative", "components": 256, "k": 10, "bank_per_task": 1000, "confidence_weight": 0.0,
+                            "shrinkage": 0.1}
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -50,11 +60,12 @@ def check_options(options: dict[str, Any]) -> None:
     merged = {**DEFAULTS, **options}
     ints_ok = all(isinstance(merged[k], int) and not isinstance(merged[k], bool) and merged[k] >= 1
                   for k in ("components", "k", "bank_per_task"))
-    weight = merged["confidence_weight"]
-    if unknown or merged["method"] not in METHODS or not ints_ok or not isinstance(weight, (int, float)) or weight < 0:
+    floats_ok = all(isinstance(merged[k], (int, float)) and not isinstance(merged[k], bool) and merged[k] >= 0
+                    for k in ("confidence_weight", "shrinkage")) and merged["shrinkage"] > 0
+    if unknown or merged["method"] not in METHODS or not ints_ok or not floats_ok:
         raise BadInput(f"router.out_of_scope is {options}",
-                       f"use method ({', '.join(METHODS)}), components, k and bank_per_task (integers >= 1) "
-                       "and confidence_weight (>= 0) only")
+                       f"use method ({', '.join(METHODS)}), components, k and bank_per_task (integers >= 1), "
+                       "confidence_weight (>= 0) and shrinkage (> 0) only")
 
 
 TAIL_LEVEL = 0.9  # above this quantile of the validation scores a surprisal extrapolates exponentially
@@ -125,14 +136,24 @@ class OutOfScopeDetector(nn.Module):
         self.register_buffer("bank", torch.zeros(0 if method == "confidence" else bank_rows, q))
         self.register_buffer("scales", torch.tensor([[0.0, 1.0]] * 3))  # (median, spread) of distance, residual, surprise
         self.register_buffer("threshold", torch.tensor(math.inf))
-        if method == "fused":  # only then, so that routers saved before it load unchanged
+        if method in SURPRISALS:  # only then, so that routers saved before them load unchanged
             self.register_buffer("expert_scales", torch.tensor([[0.0, 1.0]] * num_experts))  # doubt, per routed expert
-            self.register_buffer("surprisals", torch.zeros(2, GRID + 1))  # of distance, of doubt (fit_surprisal)
+            # of distance, of doubt[, of the relative Mahalanobis distance] (fit_surprisal)
+            self.register_buffer("surprisals", torch.zeros(SURPRISALS[method], GRID + 1))
+        if method == "relative":  # in the principal subspace, whitened: x -> x @ whiten (whiten @ whiten.T = inverse covariance)
+            self.register_buffer("task_means", torch.zeros(num_experts, q))  # each task's mean, whitened
+            self.register_buffer("whiten", torch.zeros(q, q))  # of the covariance shared by the tasks
+            self.register_buffer("mix_mean", torch.zeros(q))  # the training mix's mean, whitened by whiten_mix
+            self.register_buffer("whiten_mix", torch.zeros(q, q))  # of the training mix's own covariance
+
+    def _project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block-normalised centred features, their coordinates on the principal directions)."""
+        centered = normalise_blocks(features, self.block) - self.center
+        return centered, centered @ self.components.T
 
     def parts(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (kNN cosine distance, residual norm), ``[B]`` each."""
-        centered = normalise_blocks(features, self.block) - self.center
-        projected = centered @ self.components.T
+        centered, projected = self._project(features)
         residual = (centered - projected @ self.components).norm(dim=1)
         similarity = nn.functional.normalize(projected, dim=1) @ self.bank.T
         distance = 1 - similarity.topk(min(self.k, len(self.bank)), dim=1).values.mean(1)
@@ -144,6 +165,15 @@ class OutOfScopeDetector(nn.Module):
         (dc, ds), (rc, rs) = self.scales[:2].tolist()
         return (distance - dc) / ds + (residual - rc) / rs
 
+    def relative_mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B]``: min over tasks of the squared Mahalanobis distance to the task's mean (shared covariance),
+        minus the squared distance to the training mix's mean under the mix's covariance."""
+        _, projected = self._project(features)
+        z = projected @ self.whiten
+        to_tasks = z.square().sum(1, keepdim=True) - 2 * z @ self.task_means.T + self.task_means.square().sum(1)
+        to_mix = (projected @ self.whiten_mix - self.mix_mean).square().sum(1)
+        return to_tasks.min(1).values - to_mix
+
     def doubt(self, confidence: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """``[B]``: ``-log(confidence)`` on the validation scale of the expert each input is routed to."""
         median, spread = self.expert_scales[expert].unbind(-1)
@@ -152,9 +182,12 @@ class OutOfScopeDetector(nn.Module):
     def score(self, features: torch.Tensor, confidence: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """``[B]`` out-of-scope scores of raw router ``features``, given the router's ``confidence`` and
         chosen ``expert`` for each input."""
-        if self.method == "fused":
-            return (surprisal(self.distance(features), self.surprisals[0])
-                    + surprisal(self.doubt(confidence, expert), self.surprisals[1]))
+        if self.method in SURPRISALS:
+            score = (surprisal(self.distance(features), self.surprisals[0])
+                     + surprisal(self.doubt(confidence, expert), self.surprisals[1]))
+            if self.method == "relative":
+                score = score + surprisal(self.relative_mahalanobis(features), self.surprisals[2])
+            return score
         surprise = -torch.log(confidence.float().clamp_min(1e-12))
         if self.method == "confidence":
             return surprise
@@ -170,6 +203,34 @@ def _robust_scale(values: torch.Tensor, floor: float) -> list[float]:
     must not turn a tiny difference into a huge one)."""
     q1, median, q3 = torch.quantile(values.float(), torch.tensor([0.25, 0.5, 0.75])).tolist()
     return [median, max(q3 - q1, floor)]
+
+
+def _whitener(covariance: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """``L`` with ``L @ L.T`` the inverse of ``covariance`` plus ``shrinkage`` times its mean variance on the diagonal."""
+    eye = torch.eye(len(covariance), dtype=covariance.dtype)
+    shrunk = covariance + shrinkage * covariance.diagonal().mean().clamp_min(1e-12) * eye
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(shrunk)))
+
+
+def _fit_gaussians(detector: OutOfScopeDetector, train_x: torch.Tensor, train_y: torch.Tensor, num_tasks: int,
+                   shrinkage: float) -> None:
+    """The task means and the two covariances of ``relative`` on every training input (not only the bank),
+    in the detector's principal subspace; every task weighs the same, however many rows it has."""
+    _, z = detector._project(train_x)
+    z = z.double()
+    weights = (len(train_y) / (num_tasks * torch.bincount(train_y, minlength=num_tasks).clamp_min(1)).double())[train_y]
+    weights = (weights / weights.sum()).unsqueeze(1)
+    means = torch.stack([z[train_y == e].mean(0) if (train_y == e).any() else z.new_zeros(z.shape[1])
+                         for e in range(num_tasks)])
+    within = z - means[train_y]
+    mix_mean = (weights * z).sum(0)
+    mix = z - mix_mean
+    whiten = _whitener(within.T @ (weights * within), shrinkage)
+    whiten_mix = _whitener(mix.T @ (weights * mix), shrinkage)
+    detector.task_means.copy_((means @ whiten).float())
+    detector.whiten.copy_(whiten.float())
+    detector.mix_mean.copy_((mix_mean @ whiten_mix).float())
+    detector.whiten_mix.copy_(whiten_mix.float())
 
 
 def weighted_quantile_threshold(scores: torch.Tensor, rate: float, weights: torch.Tensor) -> float:
@@ -216,7 +277,10 @@ def fit_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
         distance, residual = detector.parts(val_x)
         scales[0], scales[1] = _robust_scale(distance, 1e-4), _robust_scale(residual, 1e-4)
     detector.scales.copy_(torch.tensor(scales))
-    if opts["method"] == "fused":
+    if opts["method"] == "relative":
+        _fit_gaussians(detector, train_x, train_y, num_tasks, float(opts["shrinkage"]))
+        detector.surprisals[2] = fit_surprisal(detector.relative_mahalanobis(val_x), val_weights)
+    if opts["method"] in SURPRISALS:
         for e in range(num_tasks):
             mine = val_expert == e
             detector.expert_scales[e] = torch.tensor(

@@ -70,9 +70,9 @@ class RouterConfig(Section):
     false_abstain_rate: float = option(0.01, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
     out_of_scope: dict[str, Any] = option(
         dict(DEFAULTS),
-        "Out-of-scope detector (see moe/out_of_scope.py): method knn (default: distance to the training mix), "
-        "fused (distance and the router's doubt) or confidence; "
-        "principal components, neighbours k, bank_per_task, confidence_weight.")
+        "Out-of-scope detector (see moe/out_of_scope.py): method knn (distance to the training mix), "
+        "fused (distance and the router's doubt), relative (fused plus the relative Mahalanobis distance) or "
+        "confidence; principal components, neighbours k, bank_per_task, confidence_weight, shrinkage.")
     features: dict[str, Any] = option({}, "Feature spec (see features.FeatureSpec); {} = defaults.")
     batch_size_features: int = option(64, "Inputs per base-model forward when computing features.")
     threads: int = option(1, "Intra-op threads while training the router: it is tiny, and a busy thread pool costs more than it gains.")
