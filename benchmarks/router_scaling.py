@@ -51,7 +51,7 @@ QUICK_SIZES = (2, 4)
 QUICK_ROUTER = {"train_per_task": 300, "validation_per_task": 100, "unlabelled_per_task": 100}
 QUICK_TEST_PER_TASK = 100
 COLUMNS = ["tasks", "router_accuracy", "balanced_accuracy", "worst_task", "worst_task_accuracy", "abstain_rate",
-           "train_rows", "epochs", "features_s", "train_s"]
+           "generative_weight", "train_rows", "epochs", "features_s", "train_s"]
 
 
 def available(task: str, params: dict[str, Any]) -> bool:
@@ -133,7 +133,8 @@ def fit(base: BaseModel, tasks: list[str], spec: FeatureSpec, config: RouterConf
     t2 = time.perf_counter()
     return router, {"features_s": t1 - t0, "train_s": t2 - t1, "feature_rows_computed": stats.computed,
                     "train_rows": report.train_rows, "epochs": report.epochs,
-                    "validation_balanced_accuracy": report.validation_balanced_accuracy}
+                    "validation_balanced_accuracy": report.validation_balanced_accuracy,
+                    "generative_weight": report.generative_weight}
 
 
 def fill_cache(base: BaseModel, order: list[str], spec: FeatureSpec, config: RouterConfig, params: dict[str, Any],

@@ -96,3 +96,37 @@ def test_router_files_round_trip_and_bad_files(tmp_path, method):
     (tmp_path / "router.safetensors").write_bytes(b"garbage")
     with pytest.raises(BadInput, match="router.safetensors"):
         load_router(tmp_path)
+
+
+def test_the_detectors_task_gaussians_join_the_logits_only_when_validation_says_so(tmp_path):
+    """An under-trained router (one epoch at a tiny lr) routes near chance; the relative detector's Gaussians
+    separate the blobs, so validation picks a weight > 0 and routing follows it. [0] keeps the router alone."""
+    tx, ty = _blobs(150)
+    vx, vy = _blobs(80, seed=1)
+    weak = dict(kind="linear", lr=1e-6, max_epochs=1, patience=1, out_of_scope={"method": "relative", "components": 4})
+    alone, report_alone = train_router(tx, ty, vx, vy, ["a", "b", "c"], RouterConfig(**weak, generative_weights=[0]),
+                                       progress=False)
+    mixed, report = train_router(tx, ty, vx, vy, ["a", "b", "c"], RouterConfig(**weak, generative_weights=[0, 0.5, 2.0]),
+                                 progress=False)
+    assert report_alone.generative_weight == 0 and report_alone.validation_balanced_accuracy < 0.8
+    assert report.generative_weight in (0.5, 2.0) and report.validation_balanced_accuracy > 0.97
+    with torch.no_grad():
+        z = (vx - mixed.mean) / mixed.scale
+        expected = mixed.net(z) + report.generative_weight * mixed.detector.task_log_likelihood(vx)
+        assert torch.allclose(mixed.logits(vx), expected)
+        assert torch.allclose(alone.logits(vx), alone.net((vx - alone.mean) / alone.scale))
+    save_router(tmp_path, mixed, {"experts": ["a", "b", "c"]})
+    loaded, meta = load_router(tmp_path)
+    assert meta["generative_weight"] == report.generative_weight == loaded.generative_weight
+    for got, want in zip(loaded.route(vx), mixed.route(vx)):
+        assert torch.equal(got, want)
+    # a detector without Gaussians: the candidates are ignored, the router stays alone
+    knn, report_knn = train_router(tx, ty, vx, vy, ["a", "b", "c"],
+                                   RouterConfig(**{**weak, "out_of_scope": {"method": "knn", "components": 4}}), progress=False)
+    assert report_knn.generative_weight == 0 and knn.generative_weight == 0
+
+
+@pytest.mark.parametrize("weights", [[], [-0.1], ["big"], [True]])
+def test_bad_generative_weights_are_one_line(weights):
+    with pytest.raises(BadInput, match="router.generative_weights"):
+        RouterConfig(generative_weights=weights)

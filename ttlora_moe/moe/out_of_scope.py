@@ -165,14 +165,25 @@ class OutOfScopeDetector(nn.Module):
         (dc, ds), (rc, rs) = self.scales[:2].tolist()
         return (distance - dc) / ds + (residual - rc) / rs
 
+    def _to_tasks(self, projected: torch.Tensor) -> torch.Tensor:
+        """``[B, E]``: squared Mahalanobis distances to each task's mean under the shared covariance."""
+        z = projected @ self.whiten
+        return z.square().sum(1, keepdim=True) - 2 * z @ self.task_means.T + self.task_means.square().sum(1)
+
     def relative_mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
         """``[B]``: min over tasks of the squared Mahalanobis distance to the task's mean (shared covariance),
         minus the squared distance to the training mix's mean under the mix's covariance."""
         _, projected = self._project(features)
-        z = projected @ self.whiten
-        to_tasks = z.square().sum(1, keepdim=True) - 2 * z @ self.task_means.T + self.task_means.square().sum(1)
         to_mix = (projected @ self.whiten_mix - self.mix_mean).square().sum(1)
-        return to_tasks.min(1).values - to_mix
+        return self._to_tasks(projected).min(1).values - to_mix
+
+    def task_log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B, E]``: log P(task | input) under the ``relative`` method's Gaussians (shared covariance, equal
+        priors): a generative task classifier the router can add to its logits."""
+        if self.method != "relative":
+            raise BadInput(f"an out-of-scope detector of method {self.method!r} has no task Gaussians",
+                           "set router.out_of_scope.method: relative, or router.generative_weights: [0]")
+        return torch.log_softmax(-0.5 * self._to_tasks(self._project(features)[1]), -1)
 
     def doubt(self, confidence: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """``[B]``: ``-log(confidence)`` on the validation scale of the expert each input is routed to."""
@@ -252,6 +263,16 @@ def fit_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
     ``val_confidence`` and ``val_expert`` are the router's confidence and choice on ``val_x``;
     ``block`` is the width of one pooled vector (the base model's hidden size; None: the whole row).
     """
+    detector = build_detector(train_x, train_y, val_x, val_weights, num_tasks, block, options, seed)
+    calibrate_detector(detector, val_x, val_confidence, val_expert, val_weights, false_abstain_rate)
+    return detector
+
+
+@torch.no_grad()
+def build_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_weights: torch.Tensor,
+                   num_tasks: int, block: int | None, options: dict[str, Any], seed: int = 0) -> OutOfScopeDetector:
+    """The parts of the detector that do not depend on the router: bank, principal directions, Gaussians, and
+    the validation scales of the distances. :func:`calibrate_detector` then adds the router's part."""
     opts = {**DEFAULTS, **options}
     block = int(block or train_x.shape[1])
     generator = torch.Generator().manual_seed(seed)
@@ -262,9 +283,6 @@ def fit_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
     components = max(1, min(int(opts["components"]), len(bank_x) - 1, bank_x.shape[1]))
     detector = OutOfScopeDetector(train_x.shape[1], block, components, len(bank_x), int(opts["k"]),
                                   str(opts["method"]), float(opts["confidence_weight"]), num_tasks)
-    val_surprise = -torch.log(val_confidence.float().clamp_min(1e-12))
-    surprise = _robust_scale(val_surprise, 0.05)
-    scales = [[0.0, 1.0], [0.0, 1.0], surprise]
     if opts["method"] != "confidence":
         center = bank_x.mean(0)
         state = torch.random.get_rng_state()
@@ -275,18 +293,28 @@ def fit_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
         detector.components.copy_(v[:, :components].T)
         detector.bank.copy_(nn.functional.normalize((bank_x - center) @ detector.components.T, dim=1))
         distance, residual = detector.parts(val_x)
-        scales[0], scales[1] = _robust_scale(distance, 1e-4), _robust_scale(residual, 1e-4)
-    detector.scales.copy_(torch.tensor(scales))
+        detector.scales[:2] = torch.tensor([_robust_scale(distance, 1e-4), _robust_scale(residual, 1e-4)])
     if opts["method"] == "relative":
         _fit_gaussians(detector, train_x, train_y, num_tasks, float(opts["shrinkage"]))
         detector.surprisals[2] = fit_surprisal(detector.relative_mahalanobis(val_x), val_weights)
     if opts["method"] in SURPRISALS:
-        for e in range(num_tasks):
+        detector.surprisals[0] = fit_surprisal(detector.distance(val_x), val_weights)
+    return detector
+
+
+@torch.no_grad()
+def calibrate_detector(detector: OutOfScopeDetector, val_x: torch.Tensor, val_confidence: torch.Tensor,
+                       val_expert: torch.Tensor, val_weights: torch.Tensor, false_abstain_rate: float) -> None:
+    """The router's part, on validation: the scales of its doubt (overall and per routed expert), and the
+    threshold above which ``false_abstain_rate`` of the (weighted) validation inputs score."""
+    val_surprise = -torch.log(val_confidence.float().clamp_min(1e-12))
+    surprise = _robust_scale(val_surprise, 0.05)
+    detector.scales[2] = torch.tensor(surprise)
+    if detector.method in SURPRISALS:
+        for e in range(len(detector.expert_scales)):
             mine = val_expert == e
             detector.expert_scales[e] = torch.tensor(
                 _robust_scale(val_surprise[mine], DOUBT_FLOOR) if int(mine.sum()) >= MIN_EXPERT_ROWS else surprise)
-        detector.surprisals[0] = fit_surprisal(detector.distance(val_x), val_weights)
         detector.surprisals[1] = fit_surprisal(detector.doubt(val_confidence, val_expert), val_weights)
     scores = detector.score(val_x, val_confidence, val_expert)
     detector.threshold.fill_(weighted_quantile_threshold(scores, false_abstain_rate, val_weights))
-    return detector

@@ -38,8 +38,9 @@ from ttlora_moe.files import read_format_json, write_json
 from ttlora_moe.moe.out_of_scope import (
     DEFAULTS,
     OutOfScopeDetector,
+    build_detector,
+    calibrate_detector,
     check_options,
-    fit_detector,
 )
 
 ROUTER_FORMAT = "ttlora-moe/router@1"
@@ -73,6 +74,11 @@ class RouterConfig(Section):
         "Out-of-scope detector (see moe/out_of_scope.py): method knn (distance to the training mix), "
         "fused (distance and the router's doubt), relative (fused plus the relative Mahalanobis distance) or "
         "confidence; principal components, neighbours k, bank_per_task, confidence_weight, shrinkage.")
+    generative_weights: tuple[float, ...] = option(
+        (0.0,),
+        "Candidate weights of the detector's task Gaussians (method relative) added to the router's logits; the one "
+        "with the lowest task-weighted validation loss after temperature scaling is kept (ties: the smaller); "
+        "[0] (the default) = the trained router alone: the Gaussians make it surer of out-of-scope inputs too.")
     features: dict[str, Any] = option({}, "Feature spec (see features.FeatureSpec); {} = defaults.")
     batch_size_features: int = option(64, "Inputs per base-model forward when computing features.")
     threads: int = option(1, "Intra-op threads while training the router: it is tiny, and a busy thread pool costs more than it gains.")
@@ -91,6 +97,11 @@ class RouterConfig(Section):
         if int(self.unlabelled_per_task) < 0:
             raise BadInput("router.unlabelled_per_task must be >= 0", "fix params.yaml")
         check_options(self.out_of_scope)
+        weights = tuple(self.generative_weights)
+        if not weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights):
+            raise BadInput(f"router.generative_weights must be a list of numbers >= 0, got {self.generative_weights!r}",
+                           "fix params.yaml (e.g. [0] for the trained router alone)")
+        self.generative_weights = tuple(float(w) for w in weights)
         k = self.route_after_layer
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 0):
             raise BadInput(f"router.route_after_layer must be a block index >= 0 or null, got {self.route_after_layer!r}",
@@ -98,8 +109,9 @@ class RouterConfig(Section):
 
 
 class Router(nn.Module):
-    """``probs = softmax(net((x - mean) / scale) / temperature)``; abstain when the out-of-scope ``detector``
-    scores an input above its threshold (routers without one: when the confidence is below ``threshold``)."""
+    """``probs = softmax((net((x - mean) / scale) + generative_weight * log P_gauss(task | x)) / temperature)``;
+    abstain when the out-of-scope ``detector`` scores an input above its threshold (routers without one: when
+    the confidence is below ``threshold``). The Gaussian term is the ``relative`` detector's (0: none)."""
 
     def __init__(self, in_dim: int, num_experts: int, kind: str = "mlp", hidden: int = 256, dropout: float = 0.0,
                  detector: OutOfScopeDetector | None = None):
@@ -116,10 +128,14 @@ class Router(nn.Module):
         else:
             self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_experts))
         self.detector = detector
+        self.generative_weight = 0.0  # set once after training (or from router.json), never per call
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Uncalibrated logits ``[B, E]``."""
-        return self.net((features.float() - self.mean) / self.scale)
+        logits = self.net((features.float() - self.mean) / self.scale)
+        if self.generative_weight and self.detector is not None:
+            logits = logits + self.generative_weight * self.detector.task_log_likelihood(features)
+        return logits
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities ``[B, E]``."""
@@ -200,6 +216,7 @@ class RouterReport:
     validation_abstain_rate: float
     temperature: float
     threshold: float
+    generative_weight: float = 0.0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -295,14 +312,17 @@ def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress
     router.load_state_dict(best_state)
     router.eval()
     with torch.no_grad():
-        val_logits = router.net(val_z)
+        router.detector = build_detector(train_x, train_y, val_x, w_val, num_experts, block, config.out_of_scope,
+                                         config.seed)
+        router.generative_weight = _choose_generative_weight(router, val_z, val_x, val_y, w_val,
+                                                             config.generative_weights)
+        val_logits = router.logits(val_x)
         temperature = fit_temperature(val_logits, val_y, w_val)
         router.temperature.fill_(temperature)
         confidence, preds = torch.softmax(val_logits / temperature, -1).max(-1)
         threshold = abstain_threshold(confidence, config.false_abstain_rate, w_val)
         router.threshold.fill_(threshold)
-        router.detector = fit_detector(train_x, train_y, val_x, confidence, preds, w_val, num_experts, block,
-                                       config.out_of_scope, config.false_abstain_rate, config.seed)
+        calibrate_detector(router.detector, val_x, confidence, preds, w_val, config.false_abstain_rate)
         abstained = router.route(val_x)[0] < 0
     per_task = {name: float((preds[val_y == e] == e).float().mean()) for e, name in enumerate(expert_names)
                 if (val_y == e).any()}
@@ -312,10 +332,30 @@ def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress
         validation_balanced_accuracy=balanced_accuracy(preds, val_y, num_experts),
         validation_per_task=per_task,
         validation_abstain_rate=float((abstained.float() * w_val).sum() / w_val.sum()),
-        temperature=temperature, threshold=float(router.detector.threshold), seconds=round(time.perf_counter() - start, 2),
+        temperature=temperature, threshold=float(router.detector.threshold), generative_weight=router.generative_weight,
+        seconds=round(time.perf_counter() - start, 2),
         history=history,
     )
     return router, report
+
+
+def _choose_generative_weight(router: Router, val_z: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                              weights: torch.Tensor, candidates: tuple[float, ...]) -> float:
+    """The candidate weight of the detector's task Gaussians whose logits have the lowest (task-weighted) validation
+    loss once their temperature is fitted (ties: the smaller); 0 when the detector has no Gaussians (a method other
+    than ``relative``). The loss, not the accuracy: at 98% validation accuracy the arg-max barely moves."""
+    if router.detector is None or router.detector.method != "relative":
+        return 0.0
+    trained, generative = router.net(val_z), router.detector.task_log_likelihood(val_x)
+    best, best_loss = 0.0, math.inf
+    for weight in sorted(set(candidates)):
+        logits = trained + weight * generative
+        temperature = fit_temperature(logits, val_y, weights)
+        loss = float((nn.functional.cross_entropy(logits / temperature, val_y, reduction="none") * weights).sum()
+                     / weights.sum())
+        if loss < best_loss - 1e-9:
+            best, best_loss = weight, loss
+    return best
 
 
 # --- artifact -------------------------------------------------------------------------------------
@@ -329,6 +369,7 @@ def save_router(directory: Path, router: Router, meta: dict[str, Any]) -> None:
     write_json(directory / ROUTER_META, {
         "format": ROUTER_FORMAT, "kind": router.kind, "in_dim": router.in_dim, "num_experts": router.num_experts,
         "hidden": router.hidden, "temperature": float(router.temperature), "threshold": float(router.threshold),
+        "generative_weight": router.generative_weight,
         "out_of_scope": None if detector is None else {
             "method": detector.method, "block": detector.block, "components": int(detector.components.shape[0]),
             "bank_rows": int(detector.bank.shape[0]), "k": detector.k, "confidence_weight": detector.confidence_weight,
@@ -355,5 +396,6 @@ def load_router(directory: Path) -> tuple[Router, dict[str, Any]]:
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise BadInput(f"{directory / ROUTER_WEIGHTS} does not match {meta_path}: {first}", "rebuild the bundle") from None
+    router.generative_weight = float(meta.get("generative_weight", 0.0))  # routers saved before it have none
     router.eval()
     return router, meta
