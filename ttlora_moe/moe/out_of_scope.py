@@ -153,7 +153,9 @@ class OutOfScopeDetector(nn.Module):
 
     def parts(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw (kNN cosine distance, residual norm), ``[B]`` each."""
-        centered, projected = self._project(features)
+        return self._parts(*self._project(features))
+
+    def _parts(self, centered: torch.Tensor, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         residual = (centered - projected @ self.components).norm(dim=1)
         similarity = nn.functional.normalize(projected, dim=1) @ self.bank.T
         distance = 1 - similarity.topk(min(self.k, len(self.bank)), dim=1).values.mean(1)
@@ -161,7 +163,10 @@ class OutOfScopeDetector(nn.Module):
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
         """``[B]``: kNN distance plus residual, each on its validation scale."""
-        distance, residual = self.parts(features)
+        return self._distance(*self._project(features))
+
+    def _distance(self, centered: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        distance, residual = self._parts(centered, projected)
         (dc, ds), (rc, rs) = self.scales[:2].tolist()
         return (distance - dc) / ds + (residual - rc) / rs
 
@@ -173,7 +178,9 @@ class OutOfScopeDetector(nn.Module):
     def relative_mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
         """``[B]``: min over tasks of the squared Mahalanobis distance to the task's mean (shared covariance),
         minus the squared distance to the training mix's mean under the mix's covariance."""
-        _, projected = self._project(features)
+        return self._relative_mahalanobis(self._project(features)[1])
+
+    def _relative_mahalanobis(self, projected: torch.Tensor) -> torch.Tensor:
         to_mix = (projected @ self.whiten_mix - self.mix_mean).square().sum(1)
         return self._to_tasks(projected).min(1).values - to_mix
 
@@ -194,10 +201,11 @@ class OutOfScopeDetector(nn.Module):
         """``[B]`` out-of-scope scores of raw router ``features``, given the router's ``confidence`` and
         chosen ``expert`` for each input."""
         if self.method in SURPRISALS:
-            score = (surprisal(self.distance(features), self.surprisals[0])
+            centered, projected = self._project(features)  # once: the distance and the Gaussians share it
+            score = (surprisal(self._distance(centered, projected), self.surprisals[0])
                      + surprisal(self.doubt(confidence, expert), self.surprisals[1]))
             if self.method == "relative":
-                score = score + surprisal(self.relative_mahalanobis(features), self.surprisals[2])
+                score = score + surprisal(self._relative_mahalanobis(projected), self.surprisals[2])
             return score
         surprise = -torch.log(confidence.float().clamp_min(1e-12))
         if self.method == "confidence":
@@ -229,7 +237,7 @@ def _fit_gaussians(detector: OutOfScopeDetector, train_x: torch.Tensor, train_y:
     in the detector's principal subspace; every task weighs the same, however many rows it has."""
     _, z = detector._project(train_x)
     z = z.double()
-    weights = (len(train_y) / (num_tasks * torch.bincount(train_y, minlength=num_tasks).clamp_min(1)).double())[train_y]
+    weights = 1 / torch.bincount(train_y, minlength=num_tasks).clamp_min(1).double()[train_y]
     weights = (weights / weights.sum()).unsqueeze(1)
     means = torch.stack([z[train_y == e].mean(0) if (train_y == e).any() else z.new_zeros(z.shape[1])
                          for e in range(num_tasks)])

@@ -176,12 +176,17 @@ def balanced_accuracy(preds: torch.Tensor, labels: torch.Tensor, num_experts: in
     return sum(scores) / max(1, len(scores))
 
 
+def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> float:
+    """Cross-entropy of ``logits`` averaged under per-example ``weights``."""
+    return float((nn.functional.cross_entropy(logits, labels, reduction="none") * weights).sum() / weights.sum())
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> float:
     """The temperature minimising (task-weighted) validation NLL, by a fine log-spaced grid search."""
     weights = torch.ones(len(labels)) if weights is None else weights
     best_t, best_nll = 1.0, math.inf
     for t in torch.logspace(math.log10(0.05), math.log10(20.0), 241).tolist():
-        nll = float((nn.functional.cross_entropy(logits / t, labels, reduction="none") * weights).sum() / weights.sum())
+        nll = weighted_nll(logits / t, labels, weights)
         if nll < best_nll:
             best_t, best_nll = t, nll
     return best_t
@@ -350,9 +355,7 @@ def _choose_generative_weight(router: Router, val_z: torch.Tensor, val_x: torch.
     best, best_loss = 0.0, math.inf
     for weight in sorted(set(candidates)):
         logits = trained + weight * generative
-        temperature = fit_temperature(logits, val_y, weights)
-        loss = float((nn.functional.cross_entropy(logits / temperature, val_y, reduction="none") * weights).sum()
-                     / weights.sum())
+        loss = weighted_nll(logits / fit_temperature(logits, val_y, weights), val_y, weights)
         if loss < best_loss - 1e-9:
             best, best_loss = weight, loss
     return best
