@@ -32,7 +32,7 @@ from benchmarks.common import markdown_table, run_benchmark, write_results
 from ttlora_moe.data.cards import list_tasks
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.moe.detection import auroc, fpr_at_tpr
-from ttlora_moe.moe.features import compute_features
+from ttlora_moe.moe.features import FeatureSpec, compute_features
 from ttlora_moe.moe.out_of_scope import fit_detector
 from ttlora_moe.moe.router import RouterConfig, task_weights, train_router
 from ttlora_moe.moe.router_data import router_data, test_features
@@ -66,7 +66,7 @@ def refit(router, data: dict[str, tuple[torch.Tensor, torch.Tensor]], config: Ro
     _, confidence, probs, _ = router.route(val_x)
     detector = fit_detector(train_x, train_y, val_x, confidence, probs.argmax(-1), task_weights(val_y, router.num_experts),
                             router.num_experts, block, {**config.out_of_scope, "method": method}, config.false_abstain_rate,
-                            config.seed)
+                            config.seed, FeatureSpec.from_dict(config.features).fragmentation)
     scores = {n: detector.score(sets[n], r[1], r[2].argmax(-1)) for n, r in routed.items()}
     return measure(scores, float(detector.threshold))
 

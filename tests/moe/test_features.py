@@ -53,3 +53,21 @@ def test_features_do_not_depend_on_batch_composition(tiny_bert_base):
     together = compute_features(tiny_bert_base, SHORT_MIXED_ROWS, spec, batch_size=4, progress=False)
     alone = torch.cat([compute_features(tiny_bert_base, [r], spec, progress=False) for r in SHORT_MIXED_ROWS])
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_fragmentation_counts_tokens_per_word_of_each_segment(tiny_bert_base):
+    h = torch.zeros(2, 6, 3)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    seg = torch.tensor([[-1, 0, 0, 0, 0, -1], [-1, 0, -1, 1, 1, -1]])
+    spec = FeatureSpec(segment_layers=[0], lengths=False, fragmentation=True)
+    f = pool_states([h], mask, seg, spec, word_counts=torch.tensor([[1, 0], [1, 3]]))
+    # row 0: 4 tokens for 1 word, no pair; row 1: 1 token for 1 word, 2 tokens for 3 words
+    want = torch.log(torch.tensor([[5 / 2, 1.0], [1.0, 3 / 4]]))
+    assert f.shape == (2, 3 * 2 + 2) and torch.allclose(f[:, -2:], want)
+    with pytest.raises(BadInput, match="no word_counts"):
+        pool_states([h], mask, seg, spec)
+    # through the tokenizer: code breaks into more pieces per word than a plain sentence
+    rows = [{"text": "the cat sat on the mat", "text_pair": None}, {"text": "x = [[1, 0], [0, 1]]", "text_pair": None}]
+    feats = compute_features(tiny_bert_base, rows, FeatureSpec(fragmentation=True), progress=False)
+    assert feats.shape[1] == feature_dim(FeatureSpec(fragmentation=True), tiny_bert_base) == 24 * 6 + 3 + 2
+    assert feats[1, -2] > feats[0, -2] and torch.all(feats[:, -1] == 0)

@@ -101,6 +101,34 @@ def test_surprisal_follows_the_validation_tail_and_never_saturates():
     assert float(weighted_quantiles(uniform, weights, torch.tensor([0.5]))) == pytest.approx(333, abs=2)
 
 
+@pytest.mark.parametrize("method", ["relative", "fused"])
+def test_fragmented_text_abstains_through_the_lexical_surprisal(method):
+    """Inputs whose pooled features look in scope but break into many pieces per word (code, another language)
+    abstain once the fragmentation columns are read; without them, they pass."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 2 * BLOCK, generator=g)
+
+    def with_fragmentation(x: torch.Tensor, level: float) -> torch.Tensor:
+        frag = level + 0.1 * torch.rand(len(x), 2, generator=g)
+        return torch.cat([x, frag], 1)
+
+    (train_x, train_y), (val_x, val_y) = clusters(200, centres, seed=1), clusters(100, centres, seed=2)
+    test_x, test_y = clusters(100, centres, seed=3)
+    ones = torch.ones(len(val_x))
+    options = {"method": method, "components": 8, "bank_per_task": 50, "lexical_weight": 1.0}
+    fitted = {lexical: fit_detector(with_fragmentation(train_x, 0.2), train_y, with_fragmentation(val_x, 0.2), ones,
+                                    val_y, ones, 3, BLOCK, options, 0.02, fragmentation=lexical)
+              for lexical in (True, False)}
+    assert fitted[True].lexical_weight == 1.0 and fitted[False].lexical_weight == 0.0
+    assert len(fitted[True].surprisals) == len(fitted[False].surprisals) + 1
+    conf, expert = torch.ones(len(test_x)), test_y
+    plain, fragmented = with_fragmentation(test_x, 0.2), with_fragmentation(test_x, 1.5)
+    for lexical, detector in fitted.items():
+        abstains = lambda x: float((detector.score(x, conf, expert) > detector.threshold).float().mean())  # noqa: E731
+        assert abstains(plain) < 0.1
+        assert (abstains(fragmented) > 0.95) if lexical else (abstains(fragmented) < 0.1)
+
+
 def test_confidence_method_and_a_zero_rate():
     x, y = clusters(30, torch.randn(2, 2 * BLOCK), seed=5)
     conf = torch.linspace(0.5, 1.0, len(x))
@@ -112,7 +140,8 @@ def test_confidence_method_and_a_zero_rate():
 
 @pytest.mark.parametrize("options", [{"method": "mahalanobis"}, {"k": 0}, {"components": "many"}, {"shrinkage": 0},
                                      {"shrinkage": "a lot"}, {"whitening": True},
-                                     {"confidence_weight": -1}, {"bank_per_task": True}])
+                                     {"confidence_weight": -1}, {"bank_per_task": True},
+                                     {"lexical_weight": -0.5}])
 def test_bad_options_are_one_line(options):
     with pytest.raises(BadInput, match="router.out_of_scope is"):
         check_options(options)

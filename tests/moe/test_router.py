@@ -76,10 +76,12 @@ def test_temperature_threshold_and_weights():
     assert 0.09 <= float((conf < t).float().mean()) <= 0.11
 
 
-@pytest.mark.parametrize("method", ["relative", "fused", "knn"])  # knn: what routers saved before the fused detector hold
-def test_router_files_round_trip_and_bad_files(tmp_path, method):
+# knn: what routers saved before the fused detector hold; fragmentation: the features end in its columns
+@pytest.mark.parametrize("method,fragmentation", [("relative", True), ("relative", False), ("fused", True), ("knn", True)])
+def test_router_files_round_trip_and_bad_files(tmp_path, method, fragmentation):
     tx, ty = _blobs(40)
-    config = RouterConfig(kind="mlp", hidden=8, max_epochs=3, out_of_scope={"method": method})
+    config = RouterConfig(kind="mlp", hidden=8, max_epochs=3, out_of_scope={"method": method},
+                          features={"fragmentation": fragmentation})
     router, report = train_router(tx, ty, tx, ty, ["a", "b", "c"], config, progress=False)
     save_router(tmp_path, router, {"experts": ["a", "b", "c"]})
     assert ("detector.expert_scales" in router.state_dict()) == (method != "knn")
@@ -87,6 +89,8 @@ def test_router_files_round_trip_and_bad_files(tmp_path, method):
     loaded, meta = load_router(tmp_path)
     assert meta["experts"] == ["a", "b", "c"] and meta["temperature"] == pytest.approx(report.temperature)
     assert meta["out_of_scope"]["method"] == method and meta["out_of_scope"]["block"] == 8  # no block given: the whole row
+    assert meta["out_of_scope"]["lexical_weight"] == (0.5 if fragmentation and method != "knn" else 0.0)
+    assert loaded.detector.lexical_weight == router.detector.lexical_weight
     for got, want in zip(loaded.route(tx), router.route(tx)):
         assert torch.equal(got, want)
     with pytest.raises(BadInput, match=r"unknown router key\(s\) \[.kinds.\]"):

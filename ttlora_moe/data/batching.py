@@ -24,7 +24,8 @@ class Collator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out = tokenize(self.tokenizer, rows, self.max_length, options=self.options)
-        del out["segment_ids"]
+        for router_only in ("segment_ids", "word_counts"):
+            del out[router_only]
         if all(r.get("label") is not None for r in rows):
             out["labels"] = torch.tensor([int(r["label"]) for r in rows])
         return out
@@ -35,7 +36,8 @@ def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int,
     """``input_ids`` and ``attention_mask`` (right padding, to the longest row), plus ``segment_ids``.
 
     ``segment_ids`` is 0 for ``text`` tokens, 1 for ``text_pair`` tokens and -1 for special and pad
-    tokens. Single texts and pairs may be mixed in one call. With ``options``, ``option_mask``
+    tokens; ``word_counts`` ``[B, 2]`` counts the whitespace-separated words of ``text`` and ``text_pair``
+    (before truncation; 0 for no pair). Single texts and pairs may be mixed in one call. With ``options``, ``option_mask``
     ``[B, C, T]`` marks the tokens of each multiple-choice option of a row's ``text_pair``
     (:func:`~ttlora_moe.data.choices.option_spans`; ``C`` = the most options of any row, at least 1;
     a row without options, or an option cut off by truncation, has no tokens).
@@ -62,7 +64,9 @@ def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int,
         input_ids[i, : len(ids)] = torch.tensor(ids)
         attention[i, : len(ids)] = 1
         segments[i, : len(ids)] = torch.tensor(seq)
-    out = {"input_ids": input_ids, "attention_mask": attention, "segment_ids": segments}
+    words = torch.tensor([[len(str(r["text"]).split()), len(str(r.get("text_pair") or "").split())] for r in rows],
+                         dtype=torch.long).reshape(len(rows), 2)
+    out = {"input_ids": input_ids, "attention_mask": attention, "segment_ids": segments, "word_counts": words}
     if options:
         count = max([1] + [max(owners, default=-1) + 1 for _, _, owners in encoded])
         mask = torch.zeros((len(rows), count, width), dtype=torch.bool)

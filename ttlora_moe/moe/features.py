@@ -5,7 +5,7 @@ features depend only on (base model, data, feature spec): they are computed once
 A :class:`FeatureSpec` says which hidden states (embeddings = 0, then every block) are pooled over
 the whole input and how (masked ``mean``, masked ``max``, ``cls``, ``last`` non-pad token), which
 hidden states are mean-pooled over the ``text`` and the ``text_pair`` tokens separately, and whether
-token counts are appended. The default (segments of every hidden state + counts) is what
+token counts and the fragmentation (tokens per word) are appended. The default (segments of every hidden state + counts) is what
 docs/router.md found best for all-MiniLM-L6-v2. Pads and special tokens are never pooled into a
 segment. The same :func:`batch_features` runs in training (through the cache) and inside the
 mixture-of-experts forward, so a router always sees features computed by the same code.
@@ -30,6 +30,7 @@ from ttlora_moe.moe.block_hooks import early_hidden_states
 
 FEATURE_VERSION = 1  # bump when the feature code changes meaning: old caches are then ignored
 POOLINGS = ("mean", "max", "cls", "last")
+FRAGMENTATION_COLUMNS = 2  # the last columns of features with ``fragmentation``: text, text_pair
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class FeatureSpec(Section):
     segment_layers: tuple[int, ...] | str = option(
         "all", "Hidden states whose text and text_pair tokens are mean-pooled separately.")
     lengths: bool = option(True, "Append log token counts of text and text_pair and a has-pair flag.")
+    fragmentation: bool = option(
+        False, "Append log(tokens per whitespace word) of text and text_pair, last: high for code, URLs, numbers, "
+        "noise and other languages (the out-of-scope detector reads it); off for routers saved before it.")
     max_length: int = option(128, "Tokens per input (as the experts).")
 
     def __post_init__(self) -> None:
@@ -85,7 +89,8 @@ def num_hidden_states(base: BaseModel) -> int:
 
 def feature_dim(spec: FeatureSpec, base: BaseModel) -> int:
     layers, segments = spec.resolve(num_hidden_states(base))
-    return base.hidden_size * (len(layers) * len(spec.pooling) + 2 * len(segments)) + (3 if spec.lengths else 0)
+    return (base.hidden_size * (len(layers) * len(spec.pooling) + 2 * len(segments)) + (3 if spec.lengths else 0)
+            + (FRAGMENTATION_COLUMNS if spec.fragmentation else 0))
 
 
 # --- pooling --------------------------------------------------------------------------------------
@@ -101,11 +106,13 @@ def pool_states(
     segment_ids: torch.Tensor,
     spec: FeatureSpec,
     num_states: int | None = None,
+    word_counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[B, D]`` router features from a model's ``hidden_states`` (embeddings first).
 
     ``hidden_states`` may be only the first states of a model with ``num_states`` (default: all given);
-    the spec's layers (``all``, negative indices) are resolved against ``num_states``.
+    the spec's layers (``all``, negative indices) are resolved against ``num_states``. ``word_counts``
+    (``tokenize``'s) is needed when the spec appends the fragmentation.
     """
     layers, segment_layers = spec.resolve(num_states or len(hidden_states))
     valid = attention_mask.bool()
@@ -130,7 +137,24 @@ def pool_states(
         n_a = (segment_ids == 0).sum(1).float()
         n_b = (segment_ids == 1).sum(1).float()
         parts.append(torch.stack([torch.log1p(n_a), torch.log1p(n_b), (n_b > 0).float()], 1))
+    if spec.fragmentation:
+        parts.append(fragmentation(segment_ids, word_counts))
     return torch.cat(parts, 1)
+
+
+def fragmentation(segment_ids: torch.Tensor, word_counts: torch.Tensor | None) -> torch.Tensor:
+    """``[B, 2]``: ``log((tokens + 1) / (words + 1))`` of ``text`` and of ``text_pair`` (0 without a pair).
+
+    Prose of the tokenizer's language takes a little over one token per word; code, URLs, hashes,
+    numbers, keyboard noise and other languages break into many pieces per word. Tokens are counted
+    after truncation and words before it, so a truncated long text reads as less fragmented, never more.
+    """
+    if word_counts is None:
+        raise BadInput("the router's feature spec appends the fragmentation, but the batch has no word_counts",
+                       "tokenise with ttlora_moe.data.batching.tokenize")
+    tokens = torch.stack([(segment_ids == 0).sum(1), (segment_ids == 1).sum(1)], 1).float()
+    words = word_counts.to(tokens.device).float()
+    return torch.log((tokens + 1) / (words + 1))
 
 
 def last_state_needed(spec: FeatureSpec, num_states: int) -> int:
@@ -153,7 +177,8 @@ def batch_features(base: BaseModel, batch: dict[str, torch.Tensor], spec: Featur
             states = early_hidden_states(base.model, ids, mask, upto)
         else:
             states = list(base.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states)
-        return pool_states(states, mask, batch["segment_ids"].to(device), spec, num_states).float().cpu()
+        return pool_states(states, mask, batch["segment_ids"].to(device), spec, num_states,
+                           batch.get("word_counts")).float().cpu()
 
 
 def compute_features(

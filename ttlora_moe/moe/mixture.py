@@ -196,7 +196,8 @@ class MixtureOfExperts(nn.Module):
         routed: dict[str, torch.Tensor] = {}
 
         def route_here(states: list[torch.Tensor]) -> None:
-            features = pool_states(states, mask, segments, self.feature_spec, num_hidden_states(self.base))
+            features = pool_states(states, mask, segments, self.feature_spec, num_hidden_states(self.base),
+                                   batch.get("word_counts"))
             routed["index"], routed["confidence"], routed["probs"], routed["score"] = self.router.route(features)
             routed["ride"] = routed["probs"].argmax(-1)
             self.slot.set(Routing.of(routed["ride"]))  # read by every adapted linear of the blocks to come

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ttlora_moe.config_fields import Section, option
 from ttlora_moe.errors import BadInput
 from ttlora_moe.files import read_format_json, write_json
+from ttlora_moe.moe.features import FeatureSpec
 from ttlora_moe.moe.out_of_scope import (
     DEFAULTS,
     OutOfScopeDetector,
@@ -318,7 +319,7 @@ def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress
     router.eval()
     with torch.no_grad():
         router.detector = build_detector(train_x, train_y, val_x, w_val, num_experts, block, config.out_of_scope,
-                                         config.seed)
+                                         config.seed, FeatureSpec.from_dict(config.features).fragmentation)
         router.generative_weight = _choose_generative_weight(router, val_z, val_x, val_y, w_val,
                                                              config.generative_weights)
         val_logits = router.logits(val_x)
@@ -376,7 +377,7 @@ def save_router(directory: Path, router: Router, meta: dict[str, Any]) -> None:
         "out_of_scope": None if detector is None else {
             "method": detector.method, "block": detector.block, "components": int(detector.components.shape[0]),
             "bank_rows": int(detector.bank.shape[0]), "k": detector.k, "confidence_weight": detector.confidence_weight,
-            "threshold": float(detector.threshold)},
+            "lexical_weight": detector.lexical_weight, "threshold": float(detector.threshold)},
         **meta,
     })
 
@@ -391,7 +392,8 @@ def load_router(directory: Path) -> tuple[Router, dict[str, Any]]:
     oos = meta.get("out_of_scope")  # routers written before 0.2 have none: they abstain on confidence
     detector = None if not oos else OutOfScopeDetector(int(meta["in_dim"]), int(oos["block"]), int(oos["components"]),
                                                       int(oos["bank_rows"]), int(oos["k"]), oos["method"],
-                                                      float(oos["confidence_weight"]), int(meta["num_experts"]))
+                                                      float(oos["confidence_weight"]), int(meta["num_experts"]),
+                                                      float(oos.get("lexical_weight", 0.0)))  # routers saved before it: none
     router = Router(int(meta["in_dim"]), int(meta["num_experts"]), meta["kind"], int(meta.get("hidden", 256)), 0.0, detector)
     tensors = load_tensors(directory / ROUTER_WEIGHTS)
     try:
