@@ -21,7 +21,8 @@ def test_pooling_ignores_pads_and_segments_pool_separately():
     h = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     seg = torch.tensor([[-1, 0, 1, -1], [-1, 0, -1, -1]])
-    spec = FeatureSpec(layers=[0], pooling=("mean", "max", "cls", "last"), segment_layers=[0], lengths=True)
+    spec = FeatureSpec(layers=[0], pooling=("mean", "max", "cls", "last"), segment_layers=[0], lengths=True,
+                       fragmentation=False)
     f = pool_states([h], mask, seg, spec)
     assert f.shape == (2, 3 * 6 + 3)
     assert torch.allclose(f[1, 0:3], h[1, :2].mean(0))          # mean over real tokens only
@@ -33,10 +34,10 @@ def test_pooling_ignores_pads_and_segments_pool_separately():
 
 
 def test_feature_spec_checks_and_dimensions(tiny_bert_base):
-    # default: text and text_pair mean-pooled apart on all 3 hidden states, plus 3 length features
-    assert feature_dim(FeatureSpec(), tiny_bert_base) == 24 * 3 * 2 + 3
-    assert compute_features(tiny_bert_base, SHORT_MIXED_ROWS, FeatureSpec(), batch_size=3, progress=False).shape == (4, 24 * 6 + 3)
-    spec = FeatureSpec(layers="all", pooling=("mean", "max"), segment_layers=[-1], lengths=False)
+    # default: text and text_pair mean-pooled apart on all 3 hidden states, plus 3 length features and 2 of fragmentation
+    assert feature_dim(FeatureSpec(), tiny_bert_base) == 24 * 3 * 2 + 3 + 2
+    assert compute_features(tiny_bert_base, SHORT_MIXED_ROWS, FeatureSpec(), batch_size=3, progress=False).shape == (4, 24 * 6 + 5)
+    spec = FeatureSpec(layers="all", pooling=("mean", "max"), segment_layers=[-1], lengths=False, fragmentation=False)
     assert compute_features(tiny_bert_base, SHORT_MIXED_ROWS, spec, progress=False).shape == (4, 24 * (3 * 2 + 2))
     with pytest.raises(BadInput, match="pools no hidden state"):
         FeatureSpec(segment_layers=())
@@ -66,6 +67,8 @@ def test_fragmentation_counts_tokens_per_word_of_each_segment(tiny_bert_base):
     assert f.shape == (2, 3 * 2 + 2) and torch.allclose(f[:, -2:], want)
     with pytest.raises(BadInput, match="no word_counts"):
         pool_states([h], mask, seg, spec)
+    # a router saved before the fragmentation existed names no such key: its spec has none
+    assert not FeatureSpec.saved({"segment_layers": "all"}).fragmentation and FeatureSpec.saved({}).lengths
     # through the tokenizer: code breaks into more pieces per word than a plain sentence
     rows = [{"text": "the cat sat on the mat", "text_pair": None}, {"text": "x = [[1, 0], [0, 1]]", "text_pair": None}]
     feats = compute_features(tiny_bert_base, rows, FeatureSpec(fragmentation=True), progress=False)

@@ -170,7 +170,7 @@ def load_moe(bundle: Bundle | Path, base: BaseModel | None = None, device: str |
     tensors = [load_tensors(bundle.path / e["path"] / WEIGHTS_FILE) for e in manifest["experts"]]
     infos = [ExpertInfo(e["name"], e.get("version"), e["task"], list(m["label_names"]), m.get("metric", "accuracy"))
              for e, m in zip(manifest["experts"], bundle.expert_meta)]
-    spec = FeatureSpec.from_dict(router_meta["features"])
+    spec = FeatureSpec.saved(router_meta["features"])
     k = recorded_route_after_layer(manifest)
     if (router_meta.get("config") or {}).get("route_after_layer") != k:
         raise BadInput(f"{bundle.path / MANIFEST} routes {routing_record(k)['mode']} (after layer {k}), its router was "

@@ -46,8 +46,8 @@ class FeatureSpec(Section):
         "all", "Hidden states whose text and text_pair tokens are mean-pooled separately.")
     lengths: bool = option(True, "Append log token counts of text and text_pair and a has-pair flag.")
     fragmentation: bool = option(
-        False, "Append log(tokens per whitespace word) of text and text_pair, last: high for code, URLs, numbers, "
-        "noise and other languages (the out-of-scope detector reads it); off for routers saved before it.")
+        True, "Append log(tokens per whitespace word) of text and text_pair, last: high for code, URLs, numbers, "
+        "noise and other languages (the out-of-scope detector reads it).")
     max_length: int = option(128, "Tokens per input (as the experts).")
 
     def __post_init__(self) -> None:
@@ -65,6 +65,12 @@ class FeatureSpec(Section):
         if not (self.layers and self.pooling) and not self.segment_layers:
             raise BadInput("the router feature spec pools no hidden state",
                            "set router.features.layers and pooling, or segment_layers")
+
+    @classmethod
+    def saved(cls, data: dict[str, Any]) -> FeatureSpec:
+        """The spec a saved router was trained with (``router.json``'s ``features``): one saved before the
+        fragmentation existed has none."""
+        return cls.from_dict({"fragmentation": False, **data})
 
     def resolve(self, num_states: int) -> tuple[list[int], list[int]]:
         """Concrete (pooled layers, segment layers) for a model with ``num_states`` hidden states."""
