@@ -36,9 +36,9 @@ def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int,
     """``input_ids`` and ``attention_mask`` (right padding, to the longest row), plus ``segment_ids``.
 
     ``segment_ids`` is 0 for ``text`` tokens, 1 for ``text_pair`` tokens and -1 for special and pad
-    tokens; ``word_counts`` ``[B, 2]`` counts the whitespace-separated words of ``text`` and ``text_pair``
-    (before truncation; 0 for no pair). Single texts and pairs may be mixed in one call. With ``options``, ``option_mask``
-    ``[B, C, T]`` marks the tokens of each multiple-choice option of a row's ``text_pair``
+    tokens; ``word_counts`` ``[B, 2]`` counts the whitespace-separated words of ``text`` and
+    ``text_pair`` (before truncation; 0 for no pair). Single texts and pairs may be mixed in one call.
+    With ``options``, ``option_mask`` ``[B, C, T]`` marks the tokens of each multiple-choice option of a row's ``text_pair``
     (:func:`~ttlora_moe.data.choices.option_spans`; ``C`` = the most options of any row, at least 1;
     a row without options, or an option cut off by truncation, has no tokens).
     """

@@ -5,8 +5,9 @@ features depend only on (base model, data, feature spec): they are computed once
 A :class:`FeatureSpec` says which hidden states (embeddings = 0, then every block) are pooled over
 the whole input and how (masked ``mean``, masked ``max``, ``cls``, ``last`` non-pad token), which
 hidden states are mean-pooled over the ``text`` and the ``text_pair`` tokens separately, and whether
-token counts and the fragmentation (tokens per word) are appended. The default (segments of every hidden state + counts) is what
-docs/router.md found best for all-MiniLM-L6-v2. Pads and special tokens are never pooled into a
+token counts and the fragmentation (tokens per word) are appended. The default (segments of every
+hidden state + counts) is what docs/router.md found best for all-MiniLM-L6-v2; the fragmentation is
+for the out-of-scope detector. Pads and special tokens are never pooled into a
 segment. The same :func:`batch_features` runs in training (through the cache) and inside the
 mixture-of-experts forward, so a router always sees features computed by the same code.
 The cache of computed features is :mod:`ttlora_moe.moe.feature_cache`.
