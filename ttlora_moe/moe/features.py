@@ -140,17 +140,17 @@ def pool_states(
         h = hidden_states[layer].float()
         parts.append(_masked_mean(h, segment_ids == 0))
         parts.append(_masked_mean(h, segment_ids == 1))
+    tokens = torch.stack([(segment_ids == 0).sum(1), (segment_ids == 1).sum(1)], 1).float()  # of text, text_pair
     if spec.lengths:
-        n_a = (segment_ids == 0).sum(1).float()
-        n_b = (segment_ids == 1).sum(1).float()
-        parts.append(torch.stack([torch.log1p(n_a), torch.log1p(n_b), (n_b > 0).float()], 1))
+        parts.append(torch.cat([torch.log1p(tokens), (tokens[:, 1:] > 0).float()], 1))
     if spec.fragmentation:
-        parts.append(fragmentation(segment_ids, word_counts))
+        parts.append(fragmentation(tokens, word_counts))
     return torch.cat(parts, 1)
 
 
-def fragmentation(segment_ids: torch.Tensor, word_counts: torch.Tensor | None) -> torch.Tensor:
-    """``[B, 2]``: ``log((tokens + 1) / (words + 1))`` of ``text`` and of ``text_pair`` (0 without a pair).
+def fragmentation(tokens: torch.Tensor, word_counts: torch.Tensor | None) -> torch.Tensor:
+    """``[B, 2]``: ``log((tokens + 1) / (words + 1))`` of ``text`` and of ``text_pair`` (0 without a pair), from
+    the ``[B, 2]`` token counts of the two segments.
 
     Prose of the tokenizer's language takes a little over one token per word; code, URLs, hashes,
     numbers, keyboard noise and other languages break into many pieces per word. Tokens are counted
@@ -159,7 +159,6 @@ def fragmentation(segment_ids: torch.Tensor, word_counts: torch.Tensor | None) -
     if word_counts is None:
         raise BadInput("the router's feature spec appends the fragmentation, but the batch has no word_counts",
                        "tokenise with ttlora_moe.data.batching.tokenize")
-    tokens = torch.stack([(segment_ids == 0).sum(1), (segment_ids == 1).sum(1)], 1).float()
     words = word_counts.to(tokens.device).float()
     return torch.log((tokens + 1) / (words + 1))
 

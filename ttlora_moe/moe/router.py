@@ -74,7 +74,8 @@ class RouterConfig(Section):
         dict(DEFAULTS),
         "Out-of-scope detector (see moe/out_of_scope.py): method knn (distance to the training mix), "
         "fused (distance and the router's doubt), relative (fused plus the relative Mahalanobis distance) or "
-        "confidence; principal components, neighbours k, bank_per_task, confidence_weight, shrinkage.")
+        "confidence; principal components, neighbours k, bank_per_task, confidence_weight, shrinkage, lexical_weight "
+        "(the fragmentation's weight, when router.features.fragmentation).")
     generative_weights: tuple[float, ...] = option(
         (0.0,),
         "Candidate weights of the detector's task Gaussians (method relative) added to the router's logits; the one "
