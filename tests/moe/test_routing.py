@@ -139,3 +139,19 @@ def test_every_path_of_an_adapted_linear_gives_each_row_its_experts_update(bias)
         with slot.use(Routing.of(torch.tensor(index))), torch.no_grad():
             for path, layer in layers.items():
                 assert torch.allclose(layer(x), expected, atol=1e-4), (path, index)
+
+
+@pytest.mark.parametrize("path", ["merged", "factored", "contract", "merged+factored"])
+def test_every_path_builds_where_the_base_is_from_experts_loaded_on_the_cpu(path):
+    """A base on another device (``meta`` stands in for a GPU here) with the experts' tensors as they come
+    off the disk, on the CPU: every path builds, and every buffer lands beside the base."""
+    from ttlora_moe.moe.expert_linear import MoETTLinear
+    from ttlora_moe.moe.routing import RoutingSlot
+    from ttlora_moe.tt.tensor_train import tt_ranks, tt_shape
+
+    in_f, out_f = [4, 6], [6, 4]
+    sizes, base = tt_shape(in_f, out_f), torch.nn.Linear(24, 24).to("meta")
+    ranks = tt_ranks(len(sizes), 3)
+    cores = [torch.randn(2, ranks[k], n, ranks[k + 1]) for k, n in enumerate(sizes)]
+    layer = MoETTLinear(base, cores, torch.tensor([0.5, 2.0]), in_f, out_f, RoutingSlot(), path)
+    assert {b.device.type for b in layer.buffers()} == {"meta"}

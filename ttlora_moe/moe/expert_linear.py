@@ -72,7 +72,8 @@ class MoETTLinear(nn.Module):
         self.in_factors, self.out_factors = list(in_factors), list(out_factors)
         self.slot = slot
         self.path = path
-        device = base.weight.device
+        device = base.weight.device  # the expert tensors arrive from disk on the CPU: work where the base is
+        cores, alphas = [c.to(device) for c in cores], alphas.to(device)
         experts = range(len(alphas))
         self.register_buffer("alpha", alphas.to(device=device, dtype=torch.float32))
         for name in ("merged_weight", "down", "up"):  # the path's own tensors, set below
