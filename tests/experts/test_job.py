@@ -21,6 +21,7 @@ def test_a_multiple_choice_expert_trains_end_to_end_and_reloads(project):
     meta = read_expert_meta(out)
     assert meta["task_kind"] == "multiple_choice" and meta["label_names"] == ["A", "B", "C", "D"]
     assert meta["num_labels"] == 4 and summary["steps"] >= 1 and meta["head"] == "options"
+    assert summary["skipped_steps"] == meta["skipped_steps"] == 0  # every step's loss was finite
     assert summary["selection"] == meta["selection"] and meta["selection"]["metric"] == "accuracy"
     assert meta["selection"]["best_step"] == meta["best_step"] and meta["selection"]["best"] == max(
         h["val_accuracy"] for h in meta["history"])

@@ -124,6 +124,40 @@ def test_loader_workers_give_the_batches_of_the_loop_in_order(tiny_bert):
         TrainConfig(loader_workers=-1)
 
 
+def poison(model: nn.Module, steps: set[int] | None) -> None:
+    """Make the model's training forwards number ``steps`` (1-based; ``None``: every one from the 4th) give NaN."""
+    calls = [0]
+
+    def hook(module, inputs, logits):
+        if not module.training:
+            return logits
+        calls[0] += 1
+        return logits * math.nan if (calls[0] >= 4 if steps is None else calls[0] in steps) else logits
+
+    model.register_forward_hook(hook)
+
+
+def test_a_step_whose_loss_is_not_finite_is_skipped_and_training_goes_on(tiny_bert, capsys):
+    base, model = make_classifier(tiny_bert)
+    poison(model, {3, 5})
+    collate = Collate(base.tokenizer)
+    result = train(model, toy_rows(160, 1), toy_rows(64, 2), collate, TrainConfig(**CONFIG), "accuracy", progress=False)
+    assert result.skipped_steps == 2 and result.steps == 30
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert evaluate(model, toy_rows(64, 2), collate, "accuracy", progress=False)["accuracy"] >= 0.7  # it still learns
+    assert "2 of 30 steps skipped: loss or gradient not finite" in capsys.readouterr().err
+
+
+def test_a_run_that_stays_non_finite_stops_and_keeps_its_best_finite_weights(tiny_bert, capsys):
+    base, model = make_classifier(tiny_bert)
+    poison(model, None)  # from the 4th step on
+    config = TrainConfig(**{**CONFIG, "evals_per_epoch": 5})  # a validation pass every 2 steps
+    result = train(model, toy_rows(160, 1), toy_rows(64, 2), Collate(base.tokenizer), config, "accuracy", progress=False)
+    assert result.skipped_steps == 10 and result.steps == 13 and result.best_step <= 4
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert "stopping at step 13: loss or gradient not finite in 10 steps in a row" in capsys.readouterr().err
+
+
 def test_a_typo_in_head_mode_is_bad_input():
     with pytest.raises(BadInput, match="unknown train.head_mode 'froze'.*trainable, frozen"):
         TrainConfig.from_dict({"head_mode": "froze"})

@@ -140,6 +140,7 @@ def train_expert(
         "train_seconds": round(result.seconds, 2),
         "best_step": result.best_step,
         "steps": result.steps,
+        "skipped_steps": result.skipped_steps,
     }
     save_expert(output, classifier, meta)
     clear_checkpoint(checkpoint_dir)
@@ -158,6 +159,7 @@ def train_expert(
         "train_samples_per_second": meta["train_samples_per_second"],
         "resumed_from_step": result.resumed_from_step,
         "steps": result.steps,
+        "skipped_steps": result.skipped_steps,
         "artifact": str(output.resolve()),
         "data_md5": data_md5,
         "base_fingerprint": base.fingerprint,

@@ -109,6 +109,10 @@ class TrainResult:
     seconds: float
     samples_seen: int
     selection: dict[str, Any]  # {"metric", "best", "best_loss", "best_step"}: how the kept weights were chosen
+    skipped_steps: int = 0  # steps whose loss or gradient was not finite: no update was made
+
+
+MAX_NONFINITE_IN_A_ROW = 10  # then training stops, keeping the best weights so far
 
 
 def _autocast(enabled: bool, device: torch.device):
@@ -250,7 +254,7 @@ def train(
     step, best_score, best_step, bad_evals = 0, (-math.inf, -math.inf), 0, 0
     history: list[dict[str, float]] = []
     best_state = {n: p.detach().clone() for n, p in params.items()}
-    resumed_from, stopped = 0, False
+    resumed_from, stopped, skipped, nonfinite_in_a_row = 0, False, 0, 0
     saved = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
     if saved and saved[1].get("fingerprint") == fingerprint and saved[1].get("selection_metric") == metric:
         tensors, meta = saved
@@ -262,7 +266,7 @@ def train(
         scheduler.load_state_dict(meta["scheduler"])
         step, best_step, bad_evals = meta["step"], meta["best_step"], meta["bad_evals"]
         best_score, history, resumed_from = tuple(meta["best_score"]), meta["history"], meta["step"]
-        stopped = meta.get("stopped", False)
+        stopped, skipped = meta.get("stopped", False), meta.get("skipped", 0)
         print(f"resuming from step {step} of {total_steps} ({checkpoint_dir})", file=sys.stderr)
 
     def checkpoint() -> None:
@@ -275,7 +279,7 @@ def train(
         meta = {
             "fingerprint": fingerprint, "step": step, "best_step": best_step, "bad_evals": bad_evals,
             "best_score": list(best_score), "history": history, "optimizer": opt_meta,
-            "scheduler": scheduler.state_dict(), "stopped": stopped, "selection_metric": metric,
+            "scheduler": scheduler.state_dict(), "stopped": stopped, "selection_metric": metric, "skipped": skipped,
         }
         save_checkpoint(checkpoint_dir, tensors, meta)
 
@@ -298,22 +302,35 @@ def train(
             loss = _loss(logits.float(), labels, loss_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
-            optimizer.step()
+            norm = torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm or math.inf)
+            finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+            if finite:  # a NaN or inf gradient would poison every weight and Adam's moments for good: skip it
+                optimizer.step()
+                nonfinite_in_a_row = 0
+            else:
+                skipped += 1
+                nonfinite_in_a_row += 1
+                if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                    bar.write(f"stopping at step {step + 1}: loss or gradient not finite in {nonfinite_in_a_row} steps "
+                              f"in a row (lower train.lr, or turn bf16 off); keeping the best weights so far",
+                              file=sys.stderr)
+                    stopped = True
             scheduler.step()
             step += 1
-            running_loss += loss.detach().item() * len(ids)
-            running_correct += int((logits.argmax(-1) == labels).sum())
-            running_seen += len(ids)
+            if finite:
+                running_loss += loss.detach().item() * len(ids)
+                running_correct += int((logits.argmax(-1) == labels).sum())
+                running_seen += len(ids)
             samples_seen += len(ids)
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{running_loss / running_seen:.3f}", acc=f"{running_correct / running_seen:.3f}")
+            if running_seen:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{running_loss / running_seen:.3f}",
+                                acc=f"{running_correct / running_seen:.3f}")
             if batch_index + 1 in eval_points:
                 scores = evaluate(model, val_rows, collate, metric, bf16=config.bf16, progress=False)
                 model.train()
-                record = {"step": step, "epoch": step / steps_per_epoch, "train_loss": running_loss / running_seen,
-                          "train_accuracy": running_correct / running_seen,
+                record = {"step": step, "epoch": step / steps_per_epoch, "train_loss": running_loss / max(running_seen, 1),
+                          "train_accuracy": running_correct / max(running_seen, 1),
                           **{f"val_{k}": v for k, v in scores.items()}}
                 history.append(record)
                 running_loss, running_correct, running_seen = 0.0, 0, 0
@@ -339,8 +356,10 @@ def train(
         for n, p in params.items():
             p.copy_(best_state[n])
     selection = {"metric": metric, "best": best_score[0], "best_loss": -best_score[1], "best_step": best_step}
+    if skipped:
+        print(f"{skipped} of {step - resumed_from} steps skipped: loss or gradient not finite", file=sys.stderr)
     return TrainResult(best_score[0], best_step, step, history, resumed_from, time.perf_counter() - start_time,
-                       samples_seen, selection)
+                       samples_seen, selection, skipped)
 
 
 def clear_checkpoint(checkpoint_dir: Path) -> None:
