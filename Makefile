@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup demo demo-add-task test test-distributed test-serving-env gpu-check down up status bench bench-quick screenshots demo-s3 demo-pool clean
+.PHONY: setup demo demo-add-task test test-distributed test-serving-env gpu-check gpu-test down up status bench bench-quick screenshots demo-s3 demo-pool clean
 
 setup: $(STAMP)
 
@@ -67,6 +67,10 @@ bench-quick: setup
 GPU_DEVICE ?= cuda
 gpu-check: setup
 	$(BIN)/python -m benchmarks.gpu_check --device $(GPU_DEVICE)
+
+# The same check with tiny random models (seconds): the CUDA plumbing before the long run.
+gpu-test: setup
+	TTLORA_TEST_DEVICE=$(GPU_DEVICE) $(BIN)/python -m pytest -q tests/benchmarks/test_gpu_check.py
 
 screenshots: setup
 	bash infra/local/screenshots.sh

@@ -5,7 +5,8 @@
 
 | step | base | device | seconds | samples/s | metric | value |
 
-Steps: ``train`` (a TT-LoRA expert at params.yaml's budget, on the default base and on SmolLM2-135M),
+Steps: ``train`` (a TT-LoRA expert at params.yaml's budget, on the default base and on SmolLM2-135M, the
+latter with ``--decoder-profile``),
 ``bundle`` (router on the default-base experts) and ``evaluate`` (the bundle on mixed test rows),
 then ``serve_load`` (its concurrent phase) and ``adapter_speed`` (the mixture at batch 32), when those
 benchmarks are present. ``--device cpu`` with small ``--max-train-samples`` is a smoke run anywhere;
@@ -37,8 +38,10 @@ def short(ref: str) -> str:
     return {DEFAULT_BASE_MODEL: "all-MiniLM-L6-v2", SMOLLM2: "SmolLM2-135M"}.get(ref, Path(ref).name or ref)
 
 
-def train_rows(params: dict[str, Any], tasks: list[str], bases: list[str], device: str, root: Path) -> tuple[list[dict], list[Path]]:
-    """Train every task on the first base and the first task on the others; the first base's expert folders."""
+def train_rows(params: list[dict[str, Any]], tasks: list[str], bases: list[str], device: str,
+               root: Path) -> tuple[list[dict], list[Path]]:
+    """Train every task on the first base and the first task on the others (``params[b]``: base ``b``'s);
+    the first base's expert folders."""
     from ttlora_moe.experts.job import train_expert
 
     rows, first_base = [], []
@@ -46,7 +49,7 @@ def train_rows(params: dict[str, Any], tasks: list[str], bases: list[str], devic
         for task in tasks if b == 0 else tasks[:1]:
             out = root / f"{b}-{task}"
             start = time.perf_counter()
-            summary = train_expert(task, out, params=params, base_model=ref, progress=False, device=device)
+            summary = train_expert(task, out, params=params[b], base_model=ref, progress=False, device=device)
             metric = summary["selection"]["metric"]  # the task's own metric (f1 for mrpc), not always accuracy
             rows.append({"step": f"train {task}", "base": short(ref), "device": device,
                          "seconds": time.perf_counter() - start, "samples_per_s": summary["train_samples_per_second"],
@@ -102,7 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", nargs="+", default=["sst2", "rte"], help="tasks of the bundle (default sst2 rte)")
     parser.add_argument("--bases", nargs="+", default=[DEFAULT_BASE_MODEL, SMOLLM2],
                         help="base models: the first carries the bundle (default all-MiniLM-L6-v2, SmolLM2-135M)")
-    parser.add_argument("--profile", default=None, help="params.yaml profile, e.g. demo (default: none, the default budget)")
+    parser.add_argument("--profile", default=None, help="params.yaml profile of the first base, e.g. demo "
+                        "(default: none, the default budget)")
+    parser.add_argument("--decoder-profile", default="decoder",
+                        help="params.yaml profile of the other bases (default decoder: every block adapted, lr 5e-3)")
     parser.add_argument("--max-train-samples", type=int, default=None, help="override params.yaml's budget (smoke runs)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the experts and the bundle in this folder (default: a temporary one, deleted)")
@@ -114,10 +120,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.max_train_samples:
         overrides["train"] = {"max_train_samples": args.max_train_samples}
     params = load_params(profile=args.profile, overrides=overrides)
+    others = load_params(profile=args.decoder_profile, overrides={"train": overrides.get("train", {})})
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         root = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-check-")))
-        rows, experts = train_rows(params, args.tasks, args.bases, device, root)
+        rows, experts = train_rows([params] + [others] * (len(args.bases) - 1), args.tasks, args.bases, device, root)
         rows += bundle_rows(params, experts, device, root)
     if "serve_load" not in args.skip:
         rows += serve_rows(device, args.bases[0], args.tasks)
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows += speed_rows(device)
     table = markdown_table(rows, COLUMNS) + f"\n\nThe whole check took {time.perf_counter() - start:.0f} s."
     write_results("gpu_check", {"rows": rows, "device": device, "tasks": args.tasks, "bases": args.bases, "profile": args.profile,
+                                "decoder_profile": args.decoder_profile,
                                 "max_train_samples": section(params, "train").get("max_train_samples")}, table)
     return {"rows": rows}
 

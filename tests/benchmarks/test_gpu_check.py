@@ -1,16 +1,28 @@
-"""Smoke run of `make gpu-check` on the CPU: every step's row, on the device asked for, in one table."""
+"""Smoke run of `make gpu-check` on the CPU: every step's row, on the device asked for, in one table.
+
+``TTLORA_TEST_DEVICE=cuda`` (``make gpu-test``) runs the same smoke, with tiny models, on a GPU.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
 import torch
+import yaml
 
 
 def test_gpu_check_trains_bundles_and_reports_one_table(moe_env, tiny_llama, bench_results, monkeypatch, tmp_path):
     from benchmarks import gpu_check, serve_load
+
+    from ttlora_moe.devices import resolve_device
+
+    device = str(resolve_device(os.environ.get("TTLORA_TEST_DEVICE", "cpu")))  # cuda -> cuda:0, as the table names it
+    params = {**moe_env["params"], "decoder": {"train": {"lr": 0.003}}}  # the second base's profile
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("TTLORA_PARAMS", str(tmp_path / "params.yaml"))
 
     served = []
 
@@ -21,19 +33,21 @@ def test_gpu_check_trains_bundles_and_reports_one_table(moe_env, tiny_llama, ben
             {"rows": [{"model": "bundle", "phase": "concurrent", "samples_per_s": 7.0, "x_base": 0.5}]}))
 
     monkeypatch.setattr(serve_load, "main", fake_serve_load)
-    gpu_check.main(["--device", "cpu", "--tasks", "senti", "nli", "--bases", moe_env["ref"], tiny_llama,
+    gpu_check.main(["--device", device, "--tasks", "senti", "nli", "--bases", moe_env["ref"], tiny_llama,
                     "--max-train-samples", "16", "--skip", "adapter_speed", "--keep", str(tmp_path / "kept")])
     # served on the bundle's base and tasks (serve_load's own quick tasks are the tests' toy ones)
-    assert served == [["--quick", "--device", "cpu", "--base", moe_env["ref"], "--tasks", "senti", "nli"]]
+    assert served == [["--quick", "--device", device, "--base", moe_env["ref"], "--tasks", "senti", "nli"]]
     result = json.loads((bench_results / "gpu_check.json").read_text())
     steps = [(r["step"], r["base"].rstrip("0123456789")) for r in result["rows"]]
     assert steps == [("train senti", "tiny-bert"), ("train nli", "tiny-bert"), ("train senti", "tiny-llama"),
                      ("bundle", "tiny-bert"), ("evaluate", "tiny-bert"), ("serve_load (concurrent)", "tiny-bert")]
-    assert all(r["device"] == "cpu" and r.get("seconds", 1) > 0 and 0 <= r["value"] <= 1 for r in result["rows"])
+    assert all(r["device"] == device and r.get("seconds", 1) > 0 and 0 <= r["value"] <= 1 for r in result["rows"])
     assert result["rows"][-1]["samples_per_s"] == 7.0
     assert "| step | base | device |" in (bench_results / "gpu_check.md").read_text()
     kept = tmp_path / "kept"  # --keep: the experts (senti on the second base too) and the bundle stay
     assert {p.name for p in kept.iterdir()} == {"0-senti", "0-nli", "1-senti", "bundle"}
+    lr = {name: json.loads((kept / name / "expert.json").read_text())["train"]["lr"] for name in ("0-senti", "1-senti")}
+    assert lr["1-senti"] == 0.003 and lr["0-senti"] != 0.003  # --decoder-profile (default decoder) for the other bases
     metrics = {r["step"]: r["metric"] for r in result["rows"]}
     assert metrics["train senti"] == f"test {json.loads((kept / '0-senti' / 'expert.json').read_text())['metric']}"
 
