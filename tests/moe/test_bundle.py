@@ -41,6 +41,21 @@ def test_bundle_predicts_routes_and_abstains(moe_bundle):
         assert set(a["router_probabilities"]) == {"senti", "nli", "quest"}
 
 
+@pytest.mark.parametrize("path", ["auto", "merged", "factored", "contract"])
+def test_a_bundle_loads_whole_onto_the_device_of_its_base(moe_bundle, path):
+    """Every tensor of a loaded mixture (adapters, heads, router, detector) sits where the base model is.
+    ``meta`` stands in for a GPU: expert files load onto the CPU, so a tensor left behind shows here."""
+    from ttlora_moe.experts.base_model import load_base_model
+    from ttlora_moe.moe.bundle import load_bundle, load_moe, serve_config
+
+    bundle = load_bundle(moe_bundle[0])
+    base = load_base_model(bundle.manifest["base_model"]["ref"])
+    base.model.to("meta")
+    serve = serve_config(bundle)
+    moe = load_moe(bundle, base=base, serve=type(serve)(**{**vars(serve), "adapter_path": path}))
+    assert {t.device.type for t in [*moe.parameters(), *moe.buffers()]} == {"meta"}
+
+
 def _copy(moe_bundle, tmp_path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(moe_bundle[0], target)

@@ -111,8 +111,9 @@ class MixtureOfExperts(nn.Module):
         device = next(base.model.parameters()).device
         self.register_buffer("head_weight", weight.to(device))
         self.register_buffer("head_bias", bias.to(device))
-        self.register_buffer("option_heads", torch.tensor([scores_options(m) for m in expert_meta], device=device))
-        self.reads_options = bool(self.option_heads.any())  # then batches carry option_mask
+        options = [scores_options(m) for m in expert_meta]
+        self.register_buffer("option_heads", torch.tensor(options, device=device))
+        self.reads_options = any(options)  # then batches carry option_mask
         self.eval()
 
     def _attach(self, expert_tensors: list[dict[str, torch.Tensor]], expert_meta: list[dict[str, Any]]) -> None:
