@@ -11,6 +11,8 @@ latter with ``--decoder-profile``),
 then ``serve_load`` (its concurrent phase) and ``adapter_speed`` (the mixture at batch 32), when those
 benchmarks are present. ``--device cpu`` with small ``--max-train-samples`` is a smoke run anywhere;
 ``--keep DIR`` keeps the experts and the bundle (by default they go with a temporary folder).
+A step that raises gets a ``failed: ...`` row and the check goes on, so a run on a lent GPU keeps
+what it measured; the command then exits 1.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import contextlib
 import json
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,21 @@ def short(ref: str) -> str:
     return {DEFAULT_BASE_MODEL: "all-MiniLM-L6-v2", SMOLLM2: "SmolLM2-135M"}.get(ref, Path(ref).name or ref)
 
 
+def failed(step: str, base: str, device: str, exc: Exception) -> dict:
+    """The row of a step that raised (the traceback goes to stderr)."""
+    traceback.print_exception(exc)
+    why = " ".join(f"{type(exc).__name__}: {exc}".split()).replace("|", "/")
+    return {"step": step, "base": base, "device": device, "metric": f"failed: {why[:160]}"}
+
+
+def attempt(rows: list[dict], step: str, base: str, device: str, run: Callable[[], list[dict]]) -> None:
+    """Add ``run()``'s rows to ``rows``, or a :func:`failed` row if it raises."""
+    try:
+        rows += run()
+    except Exception as exc:  # noqa: BLE001 - one broken step must not lose the rows measured before it
+        rows.append(failed(step, base, device, exc))
+
+
 def train_rows(params: list[dict[str, Any]], tasks: list[str], bases: list[str], device: str,
                root: Path) -> tuple[list[dict], list[Path]]:
     """Train every task on the first base and the first task on the others (``params[b]``: base ``b``'s);
@@ -49,7 +68,11 @@ def train_rows(params: list[dict[str, Any]], tasks: list[str], bases: list[str],
         for task in tasks if b == 0 else tasks[:1]:
             out = root / f"{b}-{task}"
             start = time.perf_counter()
-            summary = train_expert(task, out, params=params[b], base_model=ref, progress=False, device=device)
+            try:
+                summary = train_expert(task, out, params=params[b], base_model=ref, progress=False, device=device)
+            except Exception as exc:  # noqa: BLE001 - the other experts still train
+                rows.append(failed(f"train {task}", short(ref), device, exc))
+                continue
             metric = summary["selection"]["metric"]  # the task's own metric (f1 for mrpc), not always accuracy
             rows.append({"step": f"train {task}", "base": short(ref), "device": device,
                          "seconds": time.perf_counter() - start, "samples_per_s": summary["train_samples_per_second"],
@@ -60,22 +83,29 @@ def train_rows(params: list[dict[str, Any]], tasks: list[str], bases: list[str],
 
 
 def bundle_rows(params: dict[str, Any], experts: list[Path], device: str, root: Path) -> list[dict]:
-    """Build and evaluate a bundle of ``experts``."""
+    """Build the bundle of ``experts`` in ``root / "bundle"``."""
     from ttlora_moe.moe.build import build_bundle
-    from ttlora_moe.moe.evaluate import evaluate_bundle
 
-    ref = short(section(params, "base_model").get("ref", DEFAULT_BASE_MODEL))
     start = time.perf_counter()
     built = build_bundle(experts, root / "bundle", params=params, progress=False, device=device)
-    rows = [{"step": "bundle", "base": ref, "device": device, "seconds": time.perf_counter() - start,
+    return [{"step": "bundle", "base": base_name(params), "device": device, "seconds": time.perf_counter() - start,
              "metric": "router validation accuracy", "value": built["router_validation_accuracy"]}]
+
+
+def evaluate_rows(params: dict[str, Any], device: str, root: Path) -> list[dict]:
+    """Evaluate the bundle in ``root / "bundle"`` on mixed test rows."""
+    from ttlora_moe.moe.evaluate import evaluate_bundle
+
     start = time.perf_counter()
     report = evaluate_bundle(root / "bundle", params=params, progress=False, device=device, record=False)
-    seconds = time.perf_counter() - start
-    rows.append({"step": "evaluate", "base": ref, "device": device, "seconds": seconds,
-                 "samples_per_s": report["rows"] / max(report["seconds"]["bundle_predict"], 1e-9),
-                 "metric": "mixed metric", "value": report["mixed_metric"]})
-    return rows
+    return [{"step": "evaluate", "base": base_name(params), "device": device, "seconds": time.perf_counter() - start,
+             "samples_per_s": report["rows"] / max(report["seconds"]["bundle_predict"], 1e-9),
+             "metric": "mixed metric", "value": report["mixed_metric"]}]
+
+
+def base_name(params: dict[str, Any]) -> str:
+    """The table name of ``params``' base model."""
+    return short(section(params, "base_model").get("ref", DEFAULT_BASE_MODEL))
 
 
 def serve_rows(device: str, base: str, tasks: list[str]) -> list[dict]:
@@ -120,20 +150,28 @@ def main(argv: list[str] | None = None) -> dict:
     if args.max_train_samples:
         overrides["train"] = {"max_train_samples": args.max_train_samples}
     params = load_params(profile=args.profile, overrides=overrides)
-    others = load_params(profile=args.decoder_profile, overrides={"train": overrides.get("train", {})})
+    others = (load_params(profile=args.decoder_profile, overrides={"train": overrides.get("train", {})})
+              if len(args.bases) > 1 else params)
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         root = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-check-")))
         rows, experts = train_rows([params] + [others] * (len(args.bases) - 1), args.tasks, args.bases, device, root)
-        rows += bundle_rows(params, experts, device, root)
+        attempt(rows, "bundle", short(args.bases[0]), device, lambda: bundle_rows(params, experts, device, root))
+        if (root / "bundle").is_dir():
+            attempt(rows, "evaluate", short(args.bases[0]), device, lambda: evaluate_rows(params, device, root))
     if "serve_load" not in args.skip:
-        rows += serve_rows(device, args.bases[0], args.tasks)
+        attempt(rows, "serve_load (concurrent)", short(args.bases[0]), device,
+                lambda: serve_rows(device, args.bases[0], args.tasks))
     if "adapter_speed" not in args.skip:
-        rows += speed_rows(device)
+        attempt(rows, "adapter_speed (mixture, batch 32)", "", device, lambda: speed_rows(device))
     table = markdown_table(rows, COLUMNS) + f"\n\nThe whole check took {time.perf_counter() - start:.0f} s."
     write_results("gpu_check", {"rows": rows, "device": device, "tasks": args.tasks, "bases": args.bases, "profile": args.profile,
                                 "decoder_profile": args.decoder_profile,
                                 "max_train_samples": section(params, "train").get("max_train_samples")}, table)
+    broken = [r["step"] for r in rows if str(r.get("metric", "")).startswith("failed")]
+    if broken:
+        raise SystemExit(f"error: {len(broken)} step(s) of the check failed ({', '.join(broken)}); "
+                         f"their rows say why, the others were measured")
     return {"rows": rows}
 
 

@@ -52,6 +52,25 @@ def test_gpu_check_trains_bundles_and_reports_one_table(moe_env, tiny_llama, ben
     assert metrics["train senti"] == f"test {json.loads((kept / '0-senti' / 'expert.json').read_text())['metric']}"
 
 
+def test_a_failing_step_keeps_the_rows_measured_around_it_and_exits_1(moe_env, bench_results, monkeypatch):
+    from benchmarks import gpu_check
+
+    def broken(*args):
+        raise RuntimeError("Expected all tensors to be on the same device | cuda:0 and cpu")
+
+    monkeypatch.setattr(gpu_check, "evaluate_rows", broken)
+    monkeypatch.setattr(gpu_check, "speed_rows", lambda device: [{"step": "adapter_speed (mixture, batch 32)",
+                                                                   "device": device, "value": 1.0}])
+    with pytest.raises(SystemExit, match=r"1 step\(s\) of the check failed \(evaluate\)"):
+        gpu_check.main(["--device", "cpu", "--tasks", "senti", "nli", "--bases", moe_env["ref"],
+                        "--max-train-samples", "16", "--skip", "serve_load"])
+    rows = json.loads((bench_results / "gpu_check.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == ["train senti", "train nli", "bundle", "evaluate",
+                                         "adapter_speed (mixture, batch 32)"]
+    assert rows[3]["metric"] == "failed: RuntimeError: Expected all tensors to be on the same device / cuda:0 and cpu"
+    assert "| evaluate | tiny-bert" in (bench_results / "gpu_check.md").read_text()  # the table stays one table
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_gpu_check_without_a_gpu_stops_before_any_work(bench_results, monkeypatch):
     from benchmarks import gpu_check
