@@ -50,35 +50,39 @@ def failed(step: str, base: str, device: str, exc: Exception) -> dict:
     return {"step": step, "base": base, "device": device, "metric": f"failed: {why[:160]}"}
 
 
-def attempt(rows: list[dict], step: str, base: str, device: str, run: Callable[[], list[dict]]) -> None:
-    """Add ``run()``'s rows to ``rows``, or a :func:`failed` row if it raises."""
+def attempt(rows: list[dict], step: str, base: str, device: str, run: Callable[[], list[dict]]) -> bool:
+    """Add ``run()``'s rows to ``rows``, or a :func:`failed` row if it raises; whether it ran."""
     try:
         rows += run()
+        return True
     except Exception as exc:  # noqa: BLE001 - one broken step must not lose the rows measured before it
         rows.append(failed(step, base, device, exc))
+        return False
+
+
+def train_row(params: dict[str, Any], task: str, ref: str, device: str, out: Path) -> list[dict]:
+    """Train ``task``'s expert on base ``ref`` into ``out``: its row."""
+    from ttlora_moe.experts.job import train_expert
+
+    start = time.perf_counter()
+    summary = train_expert(task, out, params=params, base_model=ref, progress=False, device=device)
+    metric = summary["selection"]["metric"]  # the task's own metric (f1 for mrpc), not always accuracy
+    return [{"step": f"train {task}", "base": short(ref), "device": device, "seconds": time.perf_counter() - start,
+             "samples_per_s": summary["train_samples_per_second"], "metric": f"test {metric}",
+             "value": summary["test_metrics"][metric]}]
 
 
 def train_rows(params: list[dict[str, Any]], tasks: list[str], bases: list[str], device: str,
                root: Path) -> tuple[list[dict], list[Path]]:
     """Train every task on the first base and the first task on the others (``params[b]``: base ``b``'s);
-    the first base's expert folders."""
-    from ttlora_moe.experts.job import train_expert
-
+    the first base's expert folders (of the experts that trained)."""
     rows, first_base = [], []
     for b, ref in enumerate(bases):
         for task in tasks if b == 0 else tasks[:1]:
             out = root / f"{b}-{task}"
-            start = time.perf_counter()
-            try:
-                summary = train_expert(task, out, params=params[b], base_model=ref, progress=False, device=device)
-            except Exception as exc:  # noqa: BLE001 - the other experts still train
-                rows.append(failed(f"train {task}", short(ref), device, exc))
-                continue
-            metric = summary["selection"]["metric"]  # the task's own metric (f1 for mrpc), not always accuracy
-            rows.append({"step": f"train {task}", "base": short(ref), "device": device,
-                         "seconds": time.perf_counter() - start, "samples_per_s": summary["train_samples_per_second"],
-                         "metric": f"test {metric}", "value": summary["test_metrics"][metric]})
-            if b == 0:
+            trained = attempt(rows, f"train {task}", short(ref), device,
+                              lambda: train_row(params[b], task, ref, device, out))  # noqa: B023 - called at once
+            if trained and b == 0:
                 first_base.append(out)
     return rows, first_base
 
@@ -159,11 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
     with contextlib.ExitStack() as stack:
         root = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-check-")))
         rows, experts = train_rows([params] + [others] * (len(args.bases) - 1), args.tasks, args.bases, device, root)
-        attempt(rows, "bundle", short(args.bases[0]), device, lambda: bundle_rows(params, experts, device, root))
+        attempt(rows, "bundle", base_name(params), device, lambda: bundle_rows(params, experts, device, root))
         if (root / "bundle").is_dir():
-            attempt(rows, "evaluate", short(args.bases[0]), device, lambda: evaluate_rows(params, device, root))
+            attempt(rows, "evaluate", base_name(params), device, lambda: evaluate_rows(params, device, root))
     if "serve_load" not in args.skip:
-        attempt(rows, "serve_load (concurrent)", short(args.bases[0]), device,
+        attempt(rows, "serve_load (concurrent)", base_name(params), device,
                 lambda: serve_rows(device, args.bases[0], args.tasks))
     if "adapter_speed" not in args.skip:
         attempt(rows, "adapter_speed (mixture, batch 32)", "", device, lambda: speed_rows(device))

@@ -303,7 +303,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm or math.inf)
-            finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+            loss_value, norm_value = torch.stack([loss.detach(), norm.detach().to(loss.dtype)]).tolist()  # one host read
+            finite = math.isfinite(loss_value) and math.isfinite(norm_value)
             if finite:  # a NaN or inf gradient would poison every weight and Adam's moments for good: skip it
                 optimizer.step()
                 nonfinite_in_a_row = 0
@@ -318,7 +319,7 @@ def train(
             scheduler.step()
             step += 1
             if finite:
-                running_loss += loss.detach().item() * len(ids)
+                running_loss += loss_value * len(ids)
                 running_correct += int((logits.argmax(-1) == labels).sum())
                 running_seen += len(ids)
             samples_seen += len(ids)

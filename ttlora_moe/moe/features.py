@@ -140,11 +140,12 @@ def pool_states(
         h = hidden_states[layer].float()
         parts.append(_masked_mean(h, segment_ids == 0))
         parts.append(_masked_mean(h, segment_ids == 1))
-    tokens = torch.stack([(segment_ids == 0).sum(1), (segment_ids == 1).sum(1)], 1).float()  # of text, text_pair
-    if spec.lengths:
-        parts.append(torch.cat([torch.log1p(tokens), (tokens[:, 1:] > 0).float()], 1))
-    if spec.fragmentation:
-        parts.append(fragmentation(tokens, word_counts))
+    if spec.lengths or spec.fragmentation:
+        tokens = torch.stack([(segment_ids == 0).sum(1), (segment_ids == 1).sum(1)], 1).float()  # of text, text_pair
+        if spec.lengths:
+            parts.append(torch.cat([torch.log1p(tokens), (tokens[:, 1:] > 0).float()], 1))
+        if spec.fragmentation:
+            parts.append(fragmentation(tokens, word_counts))
     return torch.cat(parts, 1)
 
 
