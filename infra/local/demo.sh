@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the whole pipeline on the embedded local stack, from raw data to a gated bundle.
 #
-#   1. infra/local/stack.sh up: Prefect server + process worker + MLflow server on 127.0.0.1 (.run/)
+#   1. infra/local/stack.sh up: Prefect server + process worker + MLflow server on 127.0.0.1 (${TTLORA_RUN_DIR:-.run}/)
 #   2. DVC: init + default remote (idempotent; .dvc-remote/, or S3 with TTLORA_S3=1), then the six
 #      default tasks' raw data from the mirror under DVC: dvc add, dvc repro prepare@<task>, dvc push
 #   3. prefect deploy --name local (prefect.yaml: the four `local` deployments on the process pool)
@@ -49,7 +49,7 @@ fi
 say "starting the local stack"
 bash infra/local/stack.sh up
 # shellcheck disable=SC1091
-source .run/env.sh
+source "${TTLORA_RUN_DIR:-.run}/env.sh"
 export TTLORA_WORK_POOL=${TTLORA_WORK_POOL:-local-process}
 
 say "data under DVC: ${TASKS[*]}"
