@@ -82,7 +82,7 @@ demo-s3: setup
 	TTLORA_S3=1 bash infra/local/demo.sh
 
 # Every task card in data/tasks (the paper's pool, 15 tasks) at the demo budget, profile pool (max_length 256);
-# params.yaml `tasks` lists every card for the run (dvc.yaml prepares those) and is restored at exit.
+# params.yaml `tasks` lists every card for the run (dvc.yaml prepares those); params.yaml and dvc.lock are restored at exit.
 demo-pool: setup
 	TTLORA_DEMO_PROFILE=pool TTLORA_DEMO_TASKS=all TTLORA_DEMO_TIMEOUT=9000 bash infra/local/demo.sh
 

@@ -33,13 +33,14 @@ say() { echo "demo [$((SECONDS - t0))s]: $*" >&2; }
 [[ -d $TTLORA_DATA_MIRROR ]] || { echo "demo: error: data mirror $TTLORA_DATA_MIRROR does not exist (set TTLORA_DATA_MIRROR)" >&2; exit 2; }
 if [[ ${TTLORA_DEMO_TASKS:-} == all ]]; then
     mapfile -t TASKS < <(python -c 'from ttlora_moe.data.cards import list_tasks; print("\n".join(list_tasks()))')
-    # dvc.yaml prepares the tasks listed in params.yaml: list every card for this run only
-    SAVED_PARAMS=$(mktemp)
-    cp params.yaml "$SAVED_PARAMS"
-    trap 'cp "$SAVED_PARAMS" params.yaml; rm -f "$SAVED_PARAMS"' EXIT
+    # dvc.yaml prepares the tasks listed in params.yaml: list every card for this run only, and put
+    # params.yaml and dvc.lock back at exit (the extra tasks' lock entries must not reach a commit)
+    SAVED=$(mktemp -d)
+    cp params.yaml "$SAVED/"; [[ ! -f dvc.lock ]] || cp dvc.lock "$SAVED/"
+    trap 'cp "$SAVED"/* .; rm -rf "$SAVED"' EXIT
     python -c 'import sys; from ttlora_moe.pipeline.params_file import add_to_task_list as add
 added = [t for t in sys.argv[1:] if add(t)]
-print("demo: params.yaml `tasks` lists", " ".join(added) or "nothing new", "for this run (restored at exit)", file=sys.stderr)' "${TASKS[@]}"
+print("demo: params.yaml `tasks` lists", " ".join(added) or "nothing new", "for this run (params.yaml and dvc.lock restored at exit)", file=sys.stderr)' "${TASKS[@]}"
 elif [[ -n ${TTLORA_DEMO_TASKS:-} ]]; then
     read -r -a TASKS <<<"$TTLORA_DEMO_TASKS"
 else
