@@ -1,7 +1,7 @@
 """Workers that share nothing: ``train-all-experts`` fans its experts out to two process workers started
 from two different clones (only one with a data mirror); every flow run clones its code from git, gets
 its data from the DVC remote (or the mirror) and sends its expert to the MLflow registry; the bundle
-is built in a third checkout from registry downloads alone. ``make test-distributed`` runs this."""
+is built in a third checkout from registry downloads alone. ``make test`` and ``make test-distributed`` run this."""
 
 from __future__ import annotations
 
