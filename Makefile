@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
+DISTRIBUTED_TEST := $(PYTEST) --timeout=900 -m distributed tests/distributed
 export TTLORA_DATA_MIRROR ?= $(abspath ../shared/datasets)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -30,20 +32,19 @@ $(STAMP): pyproject.toml
 
 # The suite, then the distributed test in a process of its own (1.5-3 minutes on an idle 2-core machine).
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 -m distributed tests/distributed
+	$(PYTEST) --timeout=600
+	$(DISTRIBUTED_TEST)
 
 # Workers that share nothing: a real Prefect server, an MLflow server, S3 on moto, a bare git repository
 # and two process workers started from two clones, one without a data mirror; prints which worker trained what.
 test-distributed: setup
-	TTLORA_DISTRIBUTED_REPORT=$(CURDIR)/.run/distributed-report.md $(BIN)/python -m pytest -q -p no:cacheprovider \
-		--timeout=900 --durations=3 -m distributed tests/distributed
+	TTLORA_DISTRIBUTED_REPORT=$(CURDIR)/.run/distributed-report.md $(DISTRIBUTED_TEST) --durations=3
 	@cat .run/distributed-report.md
 
 # A registered bundle served by `mlflow models serve` (default environment manager) from a fresh
 # virtualenv without this project: minutes, it installs torch and transformers into a new environment.
 test-serving-env: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=3600 -m serving_env tests/serving_env
+	$(PYTEST) --timeout=3600 -m serving_env tests/serving_env
 
 demo: setup
 	bash infra/local/demo.sh
@@ -71,7 +72,7 @@ gpu-check: setup
 
 # The same check with tiny random models (seconds): the CUDA plumbing before the long run.
 gpu-test: setup
-	TTLORA_TEST_DEVICE=$(GPU_DEVICE) $(BIN)/python -m pytest -q tests/benchmarks/test_gpu_check.py
+	TTLORA_TEST_DEVICE=$(GPU_DEVICE) $(PYTEST) tests/benchmarks/test_gpu_check.py
 
 screenshots: setup
 	bash infra/local/screenshots.sh
