@@ -13,7 +13,8 @@ retrains nothing, an uncommitted code change does) and the MLflow registry it go
 Re-running with the same inputs returns the registered version without training again (Prefect
 persists the JSON result in its result storage); ``force=True`` retrains. While it trains, the task
 holds one slot of the Prefect global concurrency limit ``gpu`` when one exists (``prefect gcl create
-gpu --limit M``: M experts train at once, however many workers run them). The MLflow run records
+gpu --limit M``: M experts train at once, however many workers run them); without it, one info line
+says so (instead of Prefect's warning on every run). The MLflow run records
 the worker that trained it (tag ``ttlora.worker``: ``TTLORA_WORKER_NAME``, else the host name) and
 the flow run (``prefect.flow_run_id``).
 
@@ -22,14 +23,19 @@ the flow run (``prefect.flow_run_id``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import INPUTS, NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from flows import check_services, work_dir, worker_name
@@ -49,6 +55,22 @@ from ttlora_moe.provenance import code_cache_key
 
 
 TRAINING_SLOTS = "gpu"  # the Prefect global concurrency limit a training run holds one slot of (when it exists)
+
+
+@contextlib.contextmanager
+def training_slot(logger: logging.Logger | logging.LoggerAdapter) -> Iterator[None]:
+    """Hold one slot of the global concurrency limit ``gpu`` while the block runs; without that limit, run at
+    once and say how to create it (Prefect's own ``concurrency`` would warn on every run)."""
+    with get_client(sync_client=True) as prefect_client:
+        try:
+            prefect_client.read_global_concurrency_limit_by_name(TRAINING_SLOTS)
+        except ObjectNotFound:
+            logger.info("no Prefect global concurrency limit %r: training without waiting for a slot "
+                        "(`prefect gcl create %s --limit M` lets M experts train at once)", TRAINING_SLOTS, TRAINING_SLOTS)
+            yield
+            return
+    with concurrency(TRAINING_SLOTS, occupy=1):
+        yield
 
 
 @task(cache_policy=NO_CACHE, task_run_name="prepare-{task_name}")
@@ -77,7 +99,7 @@ def train_and_register(task_name: str, data_md5: str, config: dict[str, Any], co
     key = hashlib.sha256(json.dumps([data_md5, config, code], sort_keys=True).encode()).hexdigest()[:12]
     output = work_dir("experts") / f"{task_name}-{key}"
     params = {"train": config["train"], "tt": config["tt"], "base_model": config["base_model"]}
-    with concurrency(TRAINING_SLOTS, occupy=1), expert_run(task_name, params, run_name=f"{task_name}-{key}") as run:
+    with training_slot(get_run_logger()), expert_run(task_name, params, run_name=f"{task_name}-{key}") as run:
         client().set_tag(run.run_id, "ttlora.worker", worker_name())
         client().set_tag(run.run_id, "prefect.flow_run_id", str(flow_run.get_id()))
         summary = train_expert(task_name, output, params=params, progress=False, on_eval=run.log_eval)

@@ -270,3 +270,29 @@ def test_the_gpu_limit_decides_how_many_experts_train_at_once(project, monkeypat
     assert [r["model"] for r in results] == ["expert-toy", "expert-toy2"]
     (_, first_end), (second_start, _) = sorted(intervals)
     assert (first_end <= second_start) == (slots == 1)
+
+
+def test_without_a_gpu_limit_training_starts_at_once_and_says_how_to_set_one(prefect_harness, monkeypatch, gpu_limit):
+    """No limit named ``gpu``: the block runs without asking Prefect for a slot, and one info line (no warning)
+    names the command that creates the limit; with the limit, the slot is taken through Prefect's ``concurrency``."""
+    import flows.train_expert as module
+
+    asked, real = [], module.concurrency
+
+    def recording(*args, **kwargs):
+        asked.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "concurrency", recording)
+    seen: list[tuple[str, str]] = []
+    logger = SimpleNamespace(**{level: (lambda msg, *a, level=level: seen.append((level, msg % a)))
+                                for level in ("debug", "info", "warning", "error")})
+    with module.training_slot(logger):
+        ran = True
+    assert ran and asked == []
+    assert [level for level, _ in seen] == ["info"] and "prefect gcl create gpu --limit M" in seen[0][1]
+
+    gpu_limit(1)
+    with module.training_slot(logger):
+        pass
+    assert asked == [("gpu",)] and len(seen) == 1
