@@ -100,10 +100,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="four tasks, 100 test rows each")
     parser.add_argument("--method", choices=DETECTORS, default=None,
                         help="the configured detector (default: params.yaml router.out_of_scope.method)")
+    parser.add_argument("--solver", choices=("lbfgs", "adamw"), default=None, help="router.solver (default: params.yaml)")
+    parser.add_argument("--results", default="out_of_scope", help="results name under benchmarks/results/")
     args = parser.parse_args(argv)
     args.test_rows = args.test_rows or (100 if args.quick else 500)
     params = load_params()
-    config = RouterConfig.from_dict(section(params, "router"))
+    config = RouterConfig.from_dict({**section(params, "router"), **({"solver": args.solver} if args.solver else {})})
     if args.method:
         config.out_of_scope = {**config.out_of_scope, "method": args.method}
     base_section = section(params, "base_model")
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"\n\n{len(tasks)} tasks, {args.test_rows} test rows each, {len(junk)} junk strings; detector "
         f"{config.out_of_scope}; false_abstain_rate {config.false_abstain_rate}; goals: "
         f"{', '.join(f'{k} {v}' for k, v in goals.items())}; took {seconds:.0f} s.")
-    write_results("out_of_scope", {"rows": rows, "goals": goals, "tasks": tasks, "detector": config.out_of_scope,
+    write_results(args.results, {"rows": rows, "goals": goals, "tasks": tasks, "detector": config.out_of_scope,
                                    "false_abstain_rate": config.false_abstain_rate}, table)
     return {"rows": rows, "goals": goals}
 

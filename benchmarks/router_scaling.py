@@ -17,7 +17,10 @@ empty temporary cache, so the number is a real first computation even when the c
 ``first_features_s``) and the router is retrained on all of them with every feature cached
 (``retrain_s`` = read cached features + train: the largest subset's run).
 
-    python -m benchmarks.router_scaling [--quick] [--tasks ...] [--base-model REF]
+The features are the router's as ``build_bundle`` computes them (``router.route_after_layer``: states
+``0..k`` in single-pass mode); ``--profile pool`` measures the pool bundle's settings (two passes).
+
+    python -m benchmarks.router_scaling [--quick] [--tasks ...] [--base-model REF] [--profile pool]
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from ttlora_moe.moe.feature_cache import CacheStats, cached_features, sample_ind
 from ttlora_moe.moe.features import FeatureSpec
 from ttlora_moe.moe.router import Router, RouterConfig, balanced_accuracy, train_router
 from ttlora_moe.moe.router_data import router_data
+from ttlora_moe.moe.single_pass import router_feature_spec
 from ttlora_moe.params import load_params, section
 
 SIZES = (2, 4, 6, 10)
@@ -51,7 +55,7 @@ QUICK_SIZES = (2, 4)
 QUICK_ROUTER = {"train_per_task": 300, "validation_per_task": 100, "unlabelled_per_task": 100}
 QUICK_TEST_PER_TASK = 100
 COLUMNS = ["tasks", "router_accuracy", "balanced_accuracy", "worst_task", "worst_task_accuracy", "abstain_rate",
-           "generative_weight", "train_rows", "epochs", "features_s", "train_s"]
+           "generative_weight", "l2", "train_rows", "passes", "features_s", "train_s"]
 
 
 def available(task: str, params: dict[str, Any]) -> bool:
@@ -132,7 +136,7 @@ def fit(base: BaseModel, tasks: list[str], spec: FeatureSpec, config: RouterConf
                                   block=base.hidden_size)
     t2 = time.perf_counter()
     return router, {"features_s": t1 - t0, "train_s": t2 - t1, "feature_rows_computed": stats.computed,
-                    "train_rows": report.train_rows, "epochs": report.epochs,
+                    "train_rows": report.train_rows, "passes": report.epochs, "l2": report.l2,
                     "validation_balanced_accuracy": report.validation_balanced_accuracy,
                     "generative_weight": report.generative_weight}
 
@@ -162,12 +166,17 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"subsets {QUICK_SIZES}, router rows {QUICK_ROUTER}, {QUICK_TEST_PER_TASK} test rows per task")
     parser.add_argument("--tasks", nargs="*", default=None, help="the task order (default: params tasks, then the rest)")
     parser.add_argument("--base-model", default=None, help="base model reference (default: params.yaml)")
+    parser.add_argument("--profile", default=None, help="a params.yaml profile merged over the defaults, e.g. pool")
+    parser.add_argument("--solver", choices=("lbfgs", "adamw"), default=None, help="router.solver (default: params.yaml)")
+    parser.add_argument("--results", default="router_scaling", help="results name under benchmarks/results/")
     args = parser.parse_args(argv)
-    params = load_params()
-    config = RouterConfig.from_dict({**section(params, "router"), **(QUICK_ROUTER if args.quick else {})})
+    params = load_params(profile=args.profile)
+    config = RouterConfig.from_dict({**section(params, "router"), **(QUICK_ROUTER if args.quick else {}),
+                                     **({"solver": args.solver} if args.solver else {})})
     bparams = bundle_params(section(params, "bundle"))
     test_per_task = QUICK_TEST_PER_TASK if args.quick else int(bparams["test_per_task"])
-    spec = FeatureSpec.from_dict({"max_length": int(section(params, "train").get("max_length", 128)), **config.features})
+    spec = router_feature_spec(config.features, int(section(params, "train").get("max_length", 128)),
+                               config.route_after_layer)
     base_section = section(params, "base_model")
     base = load_base_model(args.base_model or base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"))
     order = task_order(params, args.tasks)
@@ -191,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
             "first_feature_rows": first_rows, "retrain_s": retrain["features_s"] + retrain["train_s"],
             "retrain_features_s": retrain["features_s"], "retrain_train_s": retrain["train_s"]}
 
-    table = (f"Task order: {', '.join(order)}. Router: {config.kind}, {config.train_per_task} train "
+    table = (f"Task order: {', '.join(order)}. Router: {config.kind} ({config.solver}), {config.train_per_task} train "
              f"(+ {config.unlabelled_per_task} unlabelled) and {config.validation_per_task} validation rows per task; "
              f"test: {test_per_task} seeded test rows per task. Feature cache fill before the runs: "
              f"{cache_fill['seconds']:.1f} s, {cache_fill['rows_computed']} rows computed, "
@@ -202,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
              "training).")
     payload = {"rows": rows, "order": order, "join": join, "cache_fill": cache_fill, "router": config.to_dict(),
                "test_per_task": test_per_task, "quick": args.quick}
-    write_results("router_scaling", payload, table)
+    write_results(args.results, payload, table)
     return payload
 
 

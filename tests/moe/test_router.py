@@ -32,11 +32,11 @@ def _blobs(n_per: int, dim: int = 8, seed: int = 0, sizes=(1.0, 1.0, 1.0)) -> tu
     return torch.cat(xs) * 10 + 5, torch.cat(ys)  # unscaled: standardisation must cope
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp"])
-def test_router_learns_calibrates_and_abstains(kind):
+@pytest.mark.parametrize("kind,solver", [("linear", "lbfgs"), ("linear", "adamw"), ("mlp", "adamw")])
+def test_router_learns_calibrates_and_abstains(kind, solver):
     tx, ty = _blobs(200, sizes=(1.0, 1.0, 0.2))  # task 2 has 5x fewer rows: balanced by weights
     vx, vy = _blobs(100, seed=1)
-    config = RouterConfig(kind=kind, hidden=16, lr=1e-2, batch_size=64, max_epochs=25, patience=5, false_abstain_rate=0.05)
+    config = RouterConfig(kind=kind, solver=solver, hidden=16, lr=1e-2, batch_size=64, max_epochs=25, patience=5, false_abstain_rate=0.05)
     router, report = train_router(tx, ty, vx, vy, ["a", "b", "c"], config, progress=False)
     assert report.validation_balanced_accuracy > 0.9 and min(report.validation_per_task.values()) > 0.85
     assert 0.03 <= report.validation_abstain_rate <= 0.07
@@ -63,6 +63,32 @@ def test_router_is_reproducible_with_its_seed():
     r1, _ = train_router(tx, ty, vx, vy, ["a", "b", "c"], config, progress=False)
     r2, _ = train_router(tx, ty, vx, vy, ["a", "b", "c"], config, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(r1.state_dict().values(), r2.state_dict().values()))
+
+
+def test_the_lbfgs_router_is_one_convex_fit_along_an_l2_path():
+    """Solver lbfgs: the same weights whatever the seed (zero start, full batch); penalties tried from the largest,
+    the kept one has the lowest validation loss of those tried, and the path stops at the first that does worse.
+    Overlapping blobs with few rows: a weak penalty overfits, so the path must stop before the end."""
+    tx, ty = _blobs(20, dim=40, seed=4)
+    tx = tx + 12 * torch.randn(tx.shape, generator=torch.Generator().manual_seed(5))
+    vx, vy = _blobs(60, dim=40, seed=6)
+    vx = vx + 12 * torch.randn(vx.shape, generator=torch.Generator().manual_seed(7))
+    penalties = [1e-5, 1.0, 1e-3, 0.1, 1e-2]  # any order: sorted largest first
+    routers = [train_router(tx, ty, vx, vy, ["a", "b", "c"], RouterConfig(seed=seed, l2=penalties), progress=False)
+               for seed in (0, 1)]
+    (r0, report), (r1, _) = routers
+    assert torch.equal(r0.net[0].weight, r1.net[0].weight) and report.solver == "lbfgs"
+    tried = [h["l2"] for h in report.history]
+    assert tried == sorted(penalties, reverse=True)[: len(tried)] and 3 <= len(tried) < len(penalties)
+    losses = [h["val_loss"] for h in report.history]
+    assert losses[-1] >= min(losses[:-1]) and all(a > b for a, b in zip(losses[:-2], losses[1:-1]))
+    assert report.l2 == tried[losses.index(min(losses))] and report.epochs == report.history[-1]["passes"]
+    assert report.best_epoch == report.history[losses.index(min(losses))]["passes"]
+    for bad in ([], [0.0], [-1e-3], ["big"], [True]):
+        with pytest.raises(BadInput, match="router.l2"):
+            RouterConfig(l2=bad)
+    with pytest.raises(BadInput, match="unknown router solver 'sgd'"):
+        RouterConfig(solver="sgd")
 
 
 def test_temperature_threshold_and_weights():
@@ -107,7 +133,7 @@ def test_the_detectors_task_gaussians_join_the_logits_only_when_validation_says_
     separate the blobs, so validation picks a weight > 0 and routing follows it. [0] keeps the router alone."""
     tx, ty = _blobs(150)
     vx, vy = _blobs(80, seed=1)
-    weak = dict(kind="linear", lr=1e-6, max_epochs=1, patience=1, out_of_scope={"method": "relative", "components": 4})
+    weak = dict(kind="linear", solver="adamw", lr=1e-6, max_epochs=1, patience=1, out_of_scope={"method": "relative", "components": 4})
     alone, report_alone = train_router(tx, ty, vx, vy, ["a", "b", "c"], RouterConfig(**weak, generative_weights=[0]),
                                        progress=False)
     mixed, report = train_router(tx, ty, vx, vy, ["a", "b", "c"], RouterConfig(**weak, generative_weights=[0, 0.5, 2.0]),
