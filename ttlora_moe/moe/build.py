@@ -149,7 +149,7 @@ def build_bundle(
         "router_validation_accuracy": report.validation_accuracy,
         "router_validation_balanced_accuracy": report.validation_balanced_accuracy,
         "router_validation_per_task": report.validation_per_task,
-        "router_epochs": report.epochs,
+        "router_passes": report.epochs,  # AdamW epochs or L-BFGS loss evaluations
         "temperature": report.temperature,
         "abstain_threshold": report.threshold,
         "gates": gates,
