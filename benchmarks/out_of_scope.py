@@ -34,7 +34,7 @@ from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.moe.detection import auroc, fpr_at_tpr
 from ttlora_moe.moe.features import FeatureSpec, compute_features
 from ttlora_moe.moe.out_of_scope import fit_detector
-from ttlora_moe.moe.router import RouterConfig, task_weights, train_router
+from ttlora_moe.moe.router import SOLVERS, RouterConfig, task_weights, train_router
 from ttlora_moe.moe.router_data import router_data, test_features
 from ttlora_moe.moe.single_pass import router_feature_spec
 from ttlora_moe.params import load_params, section
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="four tasks, 100 test rows each")
     parser.add_argument("--method", choices=DETECTORS, default=None,
                         help="the configured detector (default: params.yaml router.out_of_scope.method)")
-    parser.add_argument("--solver", choices=("lbfgs", "adamw"), default=None, help="router.solver (default: params.yaml)")
+    parser.add_argument("--solver", choices=SOLVERS, default=None, help="router.solver (default: params.yaml)")
     parser.add_argument("--results", default="out_of_scope", help="results name under benchmarks/results/")
     args = parser.parse_args(argv)
     args.test_rows = args.test_rows or (100 if args.quick else 500)

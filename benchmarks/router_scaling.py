@@ -45,7 +45,7 @@ from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, BaseModel, load_ba
 from ttlora_moe.moe.bundle import bundle_params
 from ttlora_moe.moe.feature_cache import CacheStats, cached_features, sample_indices
 from ttlora_moe.moe.features import FeatureSpec
-from ttlora_moe.moe.router import Router, RouterConfig, balanced_accuracy, train_router
+from ttlora_moe.moe.router import SOLVERS, Router, RouterConfig, balanced_accuracy, train_router
 from ttlora_moe.moe.router_data import router_data
 from ttlora_moe.moe.single_pass import router_feature_spec
 from ttlora_moe.params import load_params, section
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", nargs="*", default=None, help="the task order (default: params tasks, then the rest)")
     parser.add_argument("--base-model", default=None, help="base model reference (default: params.yaml)")
     parser.add_argument("--profile", default=None, help="a params.yaml profile merged over the defaults, e.g. pool")
-    parser.add_argument("--solver", choices=("lbfgs", "adamw"), default=None, help="router.solver (default: params.yaml)")
+    parser.add_argument("--solver", choices=SOLVERS, default=None, help="router.solver (default: params.yaml)")
     parser.add_argument("--results", default="router_scaling", help="results name under benchmarks/results/")
     args = parser.parse_args(argv)
     params = load_params(profile=args.profile)

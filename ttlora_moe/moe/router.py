@@ -205,6 +205,11 @@ def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
     return float((nn.functional.cross_entropy(logits, labels, reduction="none") * weights).sum() / weights.sum())
 
 
+def calibrated_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> float:
+    """The (task-weighted) NLL of ``logits`` once their temperature is fitted: how well they rank, whatever their scale."""
+    return weighted_nll(logits / fit_temperature(logits, labels, weights), labels, weights)
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> float:
     """The temperature minimising (task-weighted) validation NLL, by a fine log-spaced grid search."""
     weights = torch.ones(len(labels)) if weights is None else weights
@@ -307,7 +312,8 @@ def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress
     train = (train_z, train_y, task_weights(train_y, num_experts))
     val = (val_z, val_y, task_weights(val_y, num_experts))
     w_val = val[2]
-    fit = _fit_lbfgs if config.kind == "linear" and config.solver == "lbfgs" else _fit_adamw
+    solver = "lbfgs" if config.kind == "linear" and config.solver == "lbfgs" else "adamw"
+    fit = _fit_lbfgs if solver == "lbfgs" else _fit_adamw
     passes, best_pass, history, l2 = fit(router, train, val, num_experts, config, progress)
     router.eval()
     with torch.no_grad():
@@ -326,7 +332,7 @@ def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress
     per_task = {name: float((preds[val_y == e] == e).float().mean()) for e, name in enumerate(expert_names)
                 if (val_y == e).any()}
     report = RouterReport(
-        epochs=passes, best_epoch=best_pass, solver="lbfgs" if l2 is not None else "adamw", l2=l2,
+        epochs=passes, best_epoch=best_pass, solver=solver, l2=l2,
         train_rows=len(train_y), validation_rows=len(val_y),
         validation_accuracy=float((preds == val_y).float().mean()),
         validation_balanced_accuracy=balanced_accuracy(preds, val_y, num_experts),
@@ -416,7 +422,7 @@ def _fit_lbfgs(router: Router, train: Split, val: Split, num_experts: int, confi
         optimizer.step(objective)
         with torch.no_grad():
             val_logits = linear(val_z)
-        val_loss = weighted_nll(val_logits / fit_temperature(val_logits, val_y, w_val), val_y, w_val)
+        val_loss = calibrated_nll(val_logits, val_y, w_val)
         val_bacc = balanced_accuracy(val_logits.argmax(-1), val_y, num_experts)
         history.append({"l2": l2, "passes": passes, "val_loss": val_loss, "val_balanced_accuracy": val_bacc})
         bar.set_postfix(l2=f"{l2:g}", loss=f"{val_loss:.4f}", acc=f"{val_bacc:.4f}")
@@ -438,8 +444,7 @@ def _choose_generative_weight(router: Router, val_z: torch.Tensor, val_x: torch.
     trained, generative = router.net(val_z), router.detector.task_log_likelihood(val_x)
     best, best_loss = 0.0, math.inf
     for weight in sorted(set(candidates)):
-        logits = trained + weight * generative
-        loss = weighted_nll(logits / fit_temperature(logits, val_y, weights), val_y, weights)
+        loss = calibrated_nll(trained + weight * generative, val_y, weights)
         if loss < best_loss - 1e-9:
             best, best_loss = weight, loss
     return best
