@@ -117,8 +117,9 @@ def test_routing_groups_rows_by_expert():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_every_path_of_an_adapted_linear_gives_each_row_its_experts_update(bias):
+def test_every_path_of_an_adapted_linear_gives_each_row_its_experts_update(bias, monkeypatch):
     from ttlora_moe.moe.expert_linear import MERGED_AND_FACTORED, MoETTLinear
+    from ttlora_moe.moe.factor_bank import build_bank, layer_factors
     from ttlora_moe.moe.routing import RoutingSlot
     from ttlora_moe.tt.tensor_train import tt_ranks, tt_reconstruct, tt_shape
 
@@ -130,15 +131,20 @@ def test_every_path_of_an_adapted_linear_gives_each_row_its_experts_update(bias)
     cores = [torch.randn(experts, ranks[k], n, ranks[k + 1]) for k, n in enumerate(sizes)]
     alphas = torch.tensor([0.5, 1.0, 2.0])
     slot = RoutingSlot()
-    layers = {path: MoETTLinear(base, cores, alphas, in_f, out_f, slot, path)
+    # the layer's factors sit second in a bank of two layers (the first: the same factors, doubled)
+    down, up = layer_factors(cores, alphas, in_f, out_f)
+    bank, (_, part) = build_bank([(2 * down, 2 * up), (down, up)])
+    layers = {path: MoETTLinear(base, cores, alphas, in_f, out_f, slot, path, part)
               for path in ("merged", "factored", "contract", MERGED_AND_FACTORED)}
     x = torch.randn(6, 5, 24)
     for index in ([2, 0, 2, 1, 0, 1], [0, 0, 1, 1, 1, 2], [2] * 6):
         expected = torch.stack([base(x[b]) + alphas[e] * x[b] @ tt_reconstruct([c[e] for c in cores], in_f, out_f).T
                                 for b, e in enumerate(index)])
-        with slot.use(Routing.of(torch.tensor(index))), torch.no_grad():
-            for path, layer in layers.items():
-                assert torch.allclose(layer(x), expected, atol=1e-4), (path, index)
+        for once in (True, False):  # the forward's rows of the bank gathered once, or this layer's columns alone
+            monkeypatch.setattr("ttlora_moe.moe.routing.GATHER_ONCE_BYTES", 2**30 if once else 0)
+            with slot.use(Routing.of(torch.tensor(index), bank)), torch.no_grad():
+                for path, layer in layers.items():
+                    assert torch.allclose(layer(x), expected, atol=1e-4), (path, index, once)
 
 
 @pytest.mark.parametrize("path", ["merged", "factored", "contract", "merged+factored"])
@@ -146,6 +152,7 @@ def test_every_path_builds_where_the_base_is_from_experts_loaded_on_the_cpu(path
     """A base on another device (``meta`` stands in for a GPU here) with the experts' tensors as they come
     off the disk, on the CPU: every path builds, and every buffer lands beside the base."""
     from ttlora_moe.moe.expert_linear import MoETTLinear
+    from ttlora_moe.moe.factor_bank import FactorSlice
     from ttlora_moe.moe.routing import RoutingSlot
     from ttlora_moe.tt.tensor_train import tt_ranks, tt_shape
 
@@ -153,5 +160,6 @@ def test_every_path_builds_where_the_base_is_from_experts_loaded_on_the_cpu(path
     sizes, base = tt_shape(in_f, out_f), torch.nn.Linear(24, 24).to("meta")
     ranks = tt_ranks(len(sizes), 3)
     cores = [torch.randn(2, ranks[k], n, ranks[k + 1]) for k, n in enumerate(sizes)]
-    layer = MoETTLinear(base, cores, torch.tensor([0.5, 2.0]), in_f, out_f, RoutingSlot(), path)
+    layer = MoETTLinear(base, cores, torch.tensor([0.5, 2.0]), in_f, out_f, RoutingSlot(), path,
+                        FactorSlice(0, 24, 3, 24))
     assert {b.device.type for b in layer.buffers()} == {"meta"}

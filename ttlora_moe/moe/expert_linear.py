@@ -7,9 +7,10 @@ Three ways compute the same ``y_b = W x_b + b + alpha_e · ΔW_e x_b`` for sampl
   whole batch has one expert). Memory ``E × out × in`` per layer.
 - ``factored``: ``ΔW_e`` has matrix rank at most the TT rank ``r``
   (:func:`~ttlora_moe.tt.tensor_train.tt_factors`), so each expert is kept as ``down_e`` (``in × r``)
-  and ``up_e`` (``r × out``); a mixed batch gathers them per sample and adds ``(x_b down_e) up_e`` to
-  the base output with two batched matmuls, whatever the number of experts present. Memory
-  ``E × r × (in + out)`` per layer.
+  and ``up_e`` (``r × out``), in the mixture's factor bank (:mod:`~ttlora_moe.moe.factor_bank`); a
+  mixed batch takes each sample's factors from the rows its forward gathered once, and adds
+  ``(x_b down_e) up_e`` to the base output with two batched matmuls, whatever the number of experts
+  present. Memory ``E × r × (in + out)`` per layer.
 - ``contract``: the stacked ``[E, r, s, r']`` cores are gathered per sample and contracted with ``x``
   (:func:`~ttlora_moe.tt.tensor_train.tt_apply`), one small matmul per core: the paper's form, kept
   as the reference.
@@ -30,8 +31,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ttlora_moe.errors import BadInput
+from ttlora_moe.moe.factor_bank import FactorSlice
 from ttlora_moe.moe.routing import Routing, RoutingSlot
-from ttlora_moe.tt.tensor_train import tt_apply, tt_factors, tt_reconstruct
+from ttlora_moe.tt.tensor_train import tt_apply, tt_reconstruct
 
 ADAPTER_PATHS = ("auto", "merged", "factored", "contract")
 MERGED_AND_FACTORED = "merged+factored"  # what ``auto`` resolves to when the merged weights fit
@@ -64,32 +66,31 @@ class MoETTLinear(nn.Module):
     """A frozen linear plus, per sample, the TT update of that sample's expert (see the module's paths)."""
 
     def __init__(self, base: nn.Linear, cores: Sequence[torch.Tensor], alphas: torch.Tensor,
-                 in_factors: list[int], out_factors: list[int], slot: RoutingSlot, path: str) -> None:
+                 in_factors: list[int], out_factors: list[int], slot: RoutingSlot, path: str,
+                 factors: FactorSlice | None = None) -> None:
+        """``factors``: where this layer sits in the mixture's factor bank (the ``factored`` paths)."""
         super().__init__()
         if path not in ADAPTER_PATHS[1:] + (MERGED_AND_FACTORED,):
             raise BadInput(f"unknown adapter path {path!r}", "resolve it with choose_path")
+        self.factors = factors if path in ("factored", MERGED_AND_FACTORED) else None
+        if path in ("factored", MERGED_AND_FACTORED) and factors is None:
+            raise ValueError(f"path {path} reads a factor bank: give the layer its FactorSlice")
         self.base = base
+        self.plain = type(base) is nn.Linear  # then F.linear on its weight skips a module call per layer
         self.in_factors, self.out_factors = list(in_factors), list(out_factors)
         self.slot = slot
         self.path = path
         device = base.weight.device  # the expert tensors arrive from disk on the CPU: work where the base is
         cores, alphas = [c.to(device) for c in cores], alphas.to(device)
-        experts = range(len(alphas))
         self.register_buffer("alpha", alphas.to(device=device, dtype=torch.float32))
-        for name in ("merged_weight", "down", "up"):  # the path's own tensors, set below
-            self.register_buffer(name, None)
+        self.register_buffer("merged_weight", None)
         self.num_cores = 0
-        with torch.no_grad():
-            if path in ("merged", MERGED_AND_FACTORED):
+        if path in ("merged", MERGED_AND_FACTORED):
+            with torch.no_grad():
                 merged = torch.stack([base.weight.float() + alphas[e] * tt_reconstruct([c[e] for c in cores],
                                                                                        in_factors, out_factors)
-                                      for e in experts])
-                self.register_buffer("merged_weight", merged.to(device=device, dtype=base.weight.dtype))
-            if path in ("factored", MERGED_AND_FACTORED):
-                factors = [tt_factors([c[e].float() for c in cores], in_factors, out_factors) for e in experts]
-                self.register_buffer("down", torch.stack([d for d, _ in factors]).to(device))  # [E, in, r]
-                self.register_buffer("up", torch.stack([alphas[e] * u for e, (_, u) in zip(experts, factors)])
-                                     .to(device))  # [E, r, out], alpha folded in
+                                      for e in range(len(alphas))])
+            self.register_buffer("merged_weight", merged.to(device=device, dtype=base.weight.dtype))
         if path == "contract":
             self.num_cores = len(cores)
             for k, core in enumerate(cores):  # [E, r, s, r'] each
@@ -101,33 +102,42 @@ class MoETTLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         routing = self.slot.get()
         if routing is None:
-            return self.base(x)
-        if self.merged_weight is not None and (routing.single is not None or self.down is None):
+            return self._base(x)
+        if self.merged_weight is not None and (routing.single is not None or self.factors is None):
             return self._merged(x, routing)
-        if self.down is not None:
-            return self._factored(x, routing.index)
+        if self.factors is not None:
+            return self._factored(x, routing)
         return self._contracted(x, routing.index)
+
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.base.weight, self.base.bias) if self.plain else self.base(x)
 
     def _merged(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         weights, bias = self.merged_weight, self.base.bias
         if routing.single is not None:
-            return F.linear(x, weights[routing.single].to(x.dtype), bias)
+            return F.linear(x, _as(weights[routing.single], x.dtype), bias)
         out = x.new_empty(*x.shape[:-1], weights.shape[1])
         for expert, rows in routing.groups:
-            out[rows] = F.linear(x[rows], weights[expert].to(x.dtype), bias).to(out.dtype)
+            out[rows] = F.linear(x[rows], _as(weights[expert], x.dtype), bias).to(out.dtype)
         return out
 
-    def _factored(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        # index_select, not advanced indexing: a third of the cost at the small batches where it shows
-        rows = x.reshape(len(index), -1, x.shape[-1])  # [B, tokens, in]
-        low = torch.bmm(rows, self.down.index_select(0, index).to(x.dtype))  # [B, tokens, r]
-        out = self.base(rows)
-        return torch.baddbmm(out, low, self.up.index_select(0, index).to(out.dtype)).reshape(*x.shape[:-1], -1)
+    def _factored(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        down, up = routing.factors(self.factors)
+        rows = x if x.dim() == 3 else x.reshape(len(routing.index), -1, x.shape[-1])  # [B, tokens, in]
+        low = torch.bmm(rows, _as(down, x.dtype))  # [B, tokens, r]
+        out = self._base(rows)
+        out = torch.baddbmm(out, low, _as(up, out.dtype))
+        return out if out.dim() == x.dim() else out.reshape(*x.shape[:-1], -1)
 
     def _contracted(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         picked = [core.index_select(0, index).to(x.dtype) for core in self.cores()]  # [B, r, s, r'] per sample
         scale = self.alpha.index_select(0, index).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-        return self.base(x) + scale * tt_apply(x, picked, self.in_factors, self.out_factors)
+        return self._base(x) + scale * tt_apply(x, picked, self.in_factors, self.out_factors)
 
     def extra_repr(self) -> str:
         return f"experts={self.alpha.numel()}, in={self.in_factors}, out={self.out_factors}, path={self.path}"
+
+
+def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``dtype`` (no call at all when it already is: these run in every layer of a forward)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)

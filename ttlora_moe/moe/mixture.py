@@ -39,7 +39,8 @@ from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel, pool
 from ttlora_moe.experts.classifier import class_states, scores_options
 from ttlora_moe.moe.block_hooks import on_states
-from ttlora_moe.moe.expert_linear import MoETTLinear, choose_path
+from ttlora_moe.moe.expert_linear import MERGED_AND_FACTORED, MoETTLinear, choose_path
+from ttlora_moe.moe.factor_bank import build_bank, layer_factors
 from ttlora_moe.moe.features import (
     FeatureSpec,
     batch_features,
@@ -117,12 +118,15 @@ class MixtureOfExperts(nn.Module):
         self.eval()
 
     def _attach(self, expert_tensors: list[dict[str, torch.Tensor]], expert_meta: list[dict[str, Any]]) -> None:
-        """Replace every adapted linear of the base model with a :class:`MoETTLinear`."""
+        """Replace every adapted linear of the base model with a :class:`MoETTLinear` (and, for the
+        factored paths, gather every layer's factors into the mixture's ``factor_bank``)."""
         model = self.base.model
         for p in model.parameters():
             p.requires_grad_(False)
         layout = expert_meta[0].get("layout") or {}
         alphas = torch.tensor([float(m["tt"]["alpha"]) for m in expert_meta]) if layout else torch.zeros(0)
+        factored = self.adapter_path in ("factored", MERGED_AND_FACTORED)
+        layers, factors = [], []
         for name, (in_f, out_f, _rank) in layout.items():
             num_cores = len(in_f) + len(out_f)
             try:
@@ -137,13 +141,20 @@ class MixtureOfExperts(nn.Module):
             linear = getattr(parent, child)
             if not isinstance(linear, nn.Linear):
                 raise BadInput(f"module {name} of the base model is not a linear layer", "use the experts' base model")
-            setattr(parent, child, MoETTLinear(linear, stacked, alphas, in_f, out_f, self.slot, self.adapter_path))
+            layers.append((parent, child, linear, stacked, in_f, out_f))
+            if factored:
+                factors.append(layer_factors(stacked, alphas, in_f, out_f))
+        bank, slices = build_bank(factors) if factors else (None, [None] * len(layers))
+        device = next(model.parameters()).device
+        self.register_buffer("factor_bank", None if bank is None else bank.to(device))
+        for (parent, child, linear, stacked, in_f, out_f), part in zip(layers, slices):
+            setattr(parent, child, MoETTLinear(linear, stacked, alphas, in_f, out_f, self.slot, self.adapter_path, part))
 
     @contextlib.contextmanager
     def routing(self, expert_index: torch.Tensor | None) -> Iterator[None]:
         """Within the block, forwards in this context adapt sample ``b`` with expert ``expert_index[b]``
         (``None``: the plain base model); other threads' forwards are not affected."""
-        with self.slot.use(None if expert_index is None else Routing.of(expert_index.to(self.device))):
+        with self.slot.use(None if expert_index is None else Routing.of(expert_index.to(self.device), self.factor_bank)):
             yield
 
     @property
@@ -201,7 +212,7 @@ class MixtureOfExperts(nn.Module):
                                    batch.get("word_counts"))
             routed["index"], routed["confidence"], routed["probs"], routed["score"] = self.router.route(features)
             routed["ride"] = routed["probs"].argmax(-1)
-            self.slot.set(Routing.of(routed["ride"]))  # read by every adapted linear of the blocks to come
+            self.slot.set(Routing.of(routed["ride"], self.factor_bank))  # read by every adapted linear of the blocks to come
 
         with self.routing(None), on_states(self.base.model, self.route_after_layer, route_here):
             hidden = self.base.model(input_ids=ids, attention_mask=mask).last_hidden_state

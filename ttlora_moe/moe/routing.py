@@ -9,7 +9,9 @@ forward only, in this thread or asyncio task.
 
 A :class:`Routing` reads the index once per forward (one host sync): whether the whole batch goes
 to one expert (then every adapted layer runs it through that expert's merged weight). Its
-``groups`` (the rows of each expert) are computed only if a layer asks for them.
+``groups`` (the rows of each expert) are computed only if a layer asks for them, and so are its
+samples' rows of the mixture's factor bank (:mod:`ttlora_moe.moe.factor_bank`), gathered once for
+every layer of the forward.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ttlora_moe.moe.factor_bank import GATHER_ONCE_BYTES, FactorSlice
+
 _SLOT_IDS = itertools.count()
 
 
@@ -30,20 +34,36 @@ _SLOT_IDS = itertools.count()
 class Routing:
     """Sample ``b`` of the forward goes through expert ``index[b]`` (``index`` is on the model's device).
 
-    ``single``: the expert when all samples share one, else ``None``.
+    ``single``: the expert when all samples share one, else ``None``. ``bank``: the mixture's ``[E, N]``
+    factor bank, for layers that read :meth:`factors`.
     """
 
     index: torch.Tensor
     single: int | None
+    bank: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, index: torch.Tensor) -> Routing:
+    def of(cls, index: torch.Tensor, bank: torch.Tensor | None = None) -> Routing:
         """Whether ``index`` names one expert (a routed forward's one wait for the device, unless a layer
         asks for :attr:`groups`)."""
-        if not len(index):
-            return cls(index, None)
-        low, high = torch.stack(torch.aminmax(index)).tolist()
-        return cls(index, low if low == high else None)
+        experts = set(index.tolist())  # one op: cheaper than aminmax at the batch sizes where it shows
+        return cls(index, experts.pop() if len(experts) == 1 else None, bank)
+
+    def factors(self, part: FactorSlice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's expert's ``down [B, in, r]`` and ``up [B, r, out]`` for the layer at ``part``."""
+        rows = self._bank_rows
+        if rows is not None:
+            return part.split(rows, part.offset)
+        return part.split(part.columns(self.bank).index_select(0, self.index), 0)
+
+    @functools.cached_property
+    def _bank_rows(self) -> torch.Tensor | None:
+        """Every sample's row of the bank (one gather for the whole forward), or ``None`` past the budget."""
+        if self.bank is None:
+            raise ValueError("this routing carries no factor bank")
+        if len(self.index) * self.bank.shape[1] * self.bank.element_size() > GATHER_ONCE_BYTES:
+            return None
+        return self.bank.index_select(0, self.index)
 
     @functools.cached_property
     def groups(self) -> tuple[tuple[int, torch.Tensor], ...]:
