@@ -166,3 +166,20 @@ def test_single_pass_scores_options_as_the_adapted_pass(tiny_bert, tmp_path):
     assert ride.tolist() == [1, 1]
     assert torch.allclose(logits, moe.expert_logits(batch["input_ids"], batch["attention_mask"], ride,
                                                     batch["option_mask"]), atol=1e-5)
+
+
+def test_moving_a_mixture_moves_its_base_model_and_every_adapted_layer(tiny_bert, tmp_path):
+    """``moe.to(device)`` after loading (``meta`` stands in for a GPU) leaves no tensor of the base behind."""
+    dirs = [make_moe_expert(tmp_path / n, tiny_bert, n, seed=i + 1) for i, n in enumerate(["senti", "nli"])]
+    base = load_base_model(tiny_bert)
+    from ttlora_moe.experts.artifact import read_expert_meta
+    from ttlora_moe.files import load_tensors
+
+    spec = FeatureSpec()
+    infos = [ExpertInfo(n, "1", n, MOE_TASKS[n][0], MOE_TASKS[n][2]) for n in ["senti", "nli"]]
+    moe = MixtureOfExperts(base, infos, [load_tensors(d / "adapter.safetensors") for d in dirs],
+                           [read_expert_meta(d) for d in dirs], Router(feature_dim(spec, base), 2, "linear"), spec, 32)
+    moe.to("meta")
+    assert moe.device.type == "meta"
+    assert {t.device.type for t in [*base.model.parameters(), *base.model.buffers()]} == {"meta"}
+    assert any(isinstance(m, MoETTLinear) for m in moe.modules())

@@ -88,6 +88,7 @@ class MixtureOfExperts(nn.Module):
             raise BadInput(f"the router reads {router.in_dim} features, its feature spec gives "
                            f"{feature_dim(feature_spec, base)}", "rebuild the bundle")
         self.base = base
+        self.backbone = base.model  # a submodule, so that .to(), .half() and .eval() reach the base and its adapters
         self.experts = experts
         self.router = router
         self.feature_spec = feature_spec
