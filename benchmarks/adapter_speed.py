@@ -5,7 +5,9 @@ query); the whole default base model with query and value adapted by one expert,
 (what an expert alone serves: merged, ``TTLoRALinear.merge``); and a mixture of six experts with the
 batch's rows spread over all six (what a bundle serves: each expert's rows through its merged
 weight, each sample's rank-r factors of ``ΔW``, the per-sample contraction, or ``auto``: merged for a
-one-expert batch, factors for a mixed one; ``ttlora_moe.moe.expert_linear``). Forward
+one-expert batch, factors for a mixed one; ``ttlora_moe.moe.expert_linear``), each sample's head
+included; its ``auto`` is also given against the base as one task's classifier (the base, mean
+pooling and one linear head: what one fine-tuned model serves). Forward
 latency is the median of several rounds after warm-up (288 at batch 1, down to 9 from batch 32: a
 small batch is fast and noisy), the modes timed in turn within each round (so they share the
 machine's drift); ratios are taken within one run. Memory is
@@ -27,7 +29,7 @@ from torch import nn
 
 from benchmarks.common import interleaved_medians, markdown_table, run_benchmark, write_results
 from ttlora_moe.devices import resolve_device
-from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
+from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model, pool
 from ttlora_moe.params import load_params, section
 from ttlora_moe.tt.config import TTLoRAConfig
 from ttlora_moe.tt.inject import (
@@ -162,6 +164,7 @@ def mixture_rows(rounds: dict[int, int], device: torch.device, experts: int = 6)
     tensors, metas = random_experts(ref, TTLoRAConfig.from_dict(section(params, "tt")), experts)
     infos = [ExpertInfo(f"e{e}", None, f"e{e}", ["a", "b"], "accuracy") for e in range(experts)]
     plain = load_base_model(ref, device=device)
+    head = nn.Linear(plain.hidden_size, 2).to(device)  # the base as one task's classifier: pooled state, one head
     spec = FeatureSpec()
     mixtures = {path: MixtureOfExperts(load_base_model(ref, device=device), infos, tensors, metas,
                                        Router(feature_dim(spec, plain), experts, "linear"), spec, 128,
@@ -171,13 +174,16 @@ def mixture_rows(rounds: dict[int, int], device: torch.device, experts: int = 6)
     for bs, repeats in rounds.items():
         enc = plain.tokenizer(sentences[:bs], padding=True, return_tensors="pt").to(device)
         index = torch.arange(bs, device=device) % experts
-        calls = {"base": lambda: plain.model(**enc)}
+        calls = {"base": lambda: plain.model(**enc),
+                 "classifier": lambda: head(pool(plain.model(**enc).last_hidden_state, enc["attention_mask"],
+                                                 plain.pooling))}
         calls.update({path: (lambda m=moe: m.expert_logits(enc["input_ids"], enc["attention_mask"], index))
                       for path, moe in mixtures.items()})
         with torch.inference_mode():
             seconds = interleaved_medians(calls, repeats, warmup=2)
         row: dict[str, Any] = {"level": f"mixture of {experts}", "batch": bs, "tokens": int(enc["input_ids"].shape[1])}
-        row.update({f"{name}_ms": 1000 * seconds[name] for name in MIXTURE_MODES})
+        row.update({f"{name}_ms": 1000 * seconds[name] for name in MIXTURE_MODES + ("classifier",)})
+        row["auto_vs_classifier_x"] = seconds["auto"] / seconds["classifier"]
         rows.append(row)
     return rows
 
@@ -201,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
             if f"{name}_ms" in row:
                 row[f"{name}_x"] = row[f"{name}_ms"] / row["base_ms"]
     columns = ["level", "batch", "base_ms", "contraction_x", "reconstruction_x", "merged_x", "factored_x", "contract_x",
-               "auto_x",
+               "auto_x", "auto_vs_classifier_x",
                "base_bytes", "contraction_bytes", "reconstruction_bytes"]
     table = markdown_table(rows, columns)
     write_results("adapter_speed", {"rows": rows, "quick": args.quick, "device": str(device)}, table)

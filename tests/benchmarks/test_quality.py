@@ -110,6 +110,8 @@ def test_adapter_speed_reports_every_mode(project, bench_results):
         assert all(row[f"{m}_ms"] > 0 for m in modes)
         for m in modes[1:]:
             assert row[f"{m}_x"] == pytest.approx(row[f"{m}_ms"] / row["base_ms"])
+        if row["level"].startswith("mixture"):  # also against the base as one task's classifier
+            assert row["auto_vs_classifier_x"] == pytest.approx(row["auto_ms"] / row["classifier_ms"])
 
 
 def test_fusion_vs_moe_puts_our_bundle_beside_adapterfusion_on_the_same_rows(project, bench_results, tmp_path):
