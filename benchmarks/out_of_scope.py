@@ -15,6 +15,7 @@ false abstain <= 2%.
 
     python -m benchmarks.out_of_scope                # every task card with data (features cached)
     python -m benchmarks.out_of_scope --tasks cola mnli qnli qqp rte sst2 mrpc
+    python -m benchmarks.out_of_scope --profile pool --results out_of_scope_pool   # the pool bundle's settings
 """
 
 from __future__ import annotations
@@ -101,10 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--method", choices=DETECTORS, default=None,
                         help="the configured detector (default: params.yaml router.out_of_scope.method)")
     parser.add_argument("--solver", choices=SOLVERS, default=None, help="router.solver (default: params.yaml)")
+    parser.add_argument("--profile", default=None,
+                        help="a params.yaml profile merged over the defaults, e.g. pool (two passes, every state)")
     parser.add_argument("--results", default="out_of_scope", help="results name under benchmarks/results/")
     args = parser.parse_args(argv)
     args.test_rows = args.test_rows or (100 if args.quick else 500)
-    params = load_params()
+    params = load_params(profile=args.profile)
     config = RouterConfig.from_dict({**section(params, "router"), **({"solver": args.solver} if args.solver else {})})
     if args.method:
         config.out_of_scope = {**config.out_of_scope, "method": args.method}
@@ -133,11 +136,13 @@ def main(argv: list[str] | None = None) -> dict:
              "false_abstain_at_most_2pct": configured["false_abstain_in_scope"] <= 0.02}
     seconds = time.perf_counter() - start
     table = markdown_table(rows, COLUMNS) + (
-        f"\n\n{len(tasks)} tasks, {args.test_rows} test rows each, {len(junk)} junk strings; detector "
+        f"\n\n{len(tasks)} tasks, {args.test_rows} test rows each, {len(junk)} junk strings; profile "
+        f"{args.profile or 'none'}; detector "
         f"{config.out_of_scope}; false_abstain_rate {config.false_abstain_rate}; goals: "
         f"{', '.join(f'{k} {v}' for k, v in goals.items())}; took {seconds:.0f} s.")
-    write_results(args.results, {"rows": rows, "goals": goals, "tasks": tasks, "detector": config.out_of_scope,
-                                   "false_abstain_rate": config.false_abstain_rate}, table)
+    write_results(args.results, {"rows": rows, "goals": goals, "tasks": tasks, "profile": args.profile,
+                                 "detector": config.out_of_scope, "false_abstain_rate": config.false_abstain_rate},
+                  table)
     return {"rows": rows, "goals": goals}
 
 

@@ -27,3 +27,24 @@ def test_every_task_is_held_out_once_for_every_detector(moe_env, bench_results):
     result = json.loads((bench_results / "out_of_scope.json").read_text())
     assert [r["detector"] for r in result["rows"][:4]] == ["fused", "knn", "relative", "confidence alone"]
     assert result["detector"]["method"] == "fused"
+
+
+def test_a_profile_sets_the_router_the_benchmark_trains(moe_env, bench_results):
+    import pytest
+    import yaml
+
+    from benchmarks import out_of_scope
+    from ttlora_moe.errors import BadInput
+
+    path = moe_env["root"] / "params.yaml"
+    original = path.read_text()
+    try:
+        path.write_text(yaml.safe_dump({**moe_env["params"], "strict": {"router": {"out_of_scope": {"method": "knn"}}}}))
+        out_of_scope.main(["--tasks", "senti", "nli", "--test-rows", "12", "--profile", "strict"])
+        result = json.loads((bench_results / "out_of_scope.json").read_text())
+        assert result["profile"] == "strict" and result["detector"]["method"] == "knn"
+        assert result["rows"][0]["detector"] == "knn"
+        with pytest.raises(BadInput, match="no profile section 'nope'"):
+            out_of_scope.main(["--tasks", "senti", "nli", "--test-rows", "12", "--profile", "nope"])
+    finally:
+        path.write_text(original)
