@@ -37,6 +37,7 @@ from ttlora_moe.tt.tensor_train import tt_apply, tt_reconstruct
 
 ADAPTER_PATHS = ("auto", "merged", "factored", "contract")
 MERGED_AND_FACTORED = "merged+factored"  # what ``auto`` resolves to when the merged weights fit
+FACTORED_PATHS = ("factored", MERGED_AND_FACTORED)  # the paths that read the mixture's factor bank
 
 
 def merged_bytes(layout: dict[str, list], num_experts: int, bytes_per_value: int = 4) -> int:
@@ -72,8 +73,8 @@ class MoETTLinear(nn.Module):
         super().__init__()
         if path not in ADAPTER_PATHS[1:] + (MERGED_AND_FACTORED,):
             raise BadInput(f"unknown adapter path {path!r}", "resolve it with choose_path")
-        self.factors = factors if path in ("factored", MERGED_AND_FACTORED) else None
-        if path in ("factored", MERGED_AND_FACTORED) and factors is None:
+        self.factors = factors if path in FACTORED_PATHS else None
+        if path in FACTORED_PATHS and factors is None:
             raise ValueError(f"path {path} reads a factor bank: give the layer its FactorSlice")
         self.base = base
         self.plain = type(base) is nn.Linear  # then F.linear on its weight skips a module call per layer

@@ -39,7 +39,7 @@ from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel, pool
 from ttlora_moe.experts.classifier import class_states, scores_options
 from ttlora_moe.moe.block_hooks import on_states
-from ttlora_moe.moe.expert_linear import MERGED_AND_FACTORED, MoETTLinear, choose_path
+from ttlora_moe.moe.expert_linear import FACTORED_PATHS, MoETTLinear, choose_path
 from ttlora_moe.moe.factor_bank import build_bank, layer_factors
 from ttlora_moe.moe.features import (
     FeatureSpec,
@@ -126,7 +126,7 @@ class MixtureOfExperts(nn.Module):
             p.requires_grad_(False)
         layout = expert_meta[0].get("layout") or {}
         alphas = torch.tensor([float(m["tt"]["alpha"]) for m in expert_meta]) if layout else torch.zeros(0)
-        factored = self.adapter_path in ("factored", MERGED_AND_FACTORED)
+        factored = self.adapter_path in FACTORED_PATHS
         layers, factors = [], []
         for name, (in_f, out_f, _rank) in layout.items():
             num_cores = len(in_f) + len(out_f)
