@@ -141,7 +141,8 @@ def test_confidence_method_and_a_zero_rate():
 @pytest.mark.parametrize("options", [{"method": "mahalanobis"}, {"k": 0}, {"components": "many"}, {"shrinkage": 0},
                                      {"shrinkage": "a lot"}, {"whitening": True},
                                      {"confidence_weight": -1}, {"bank_per_task": True},
-                                     {"lexical_weight": -0.5}])
+                                     {"lexical_weight": -0.5}, {"task_covariance": 1.0},
+                                     {"task_covariance": -0.1}, {"task_covariance_weight": -1}])
 def test_bad_options_are_one_line(options):
     with pytest.raises(BadInput, match="router.out_of_scope is"):
         check_options(options)
@@ -174,3 +175,60 @@ def test_relative_mahalanobis_is_the_task_distance_minus_the_mix_distance():
     to_tasks = torch.stack([torch.einsum("bi,ij,bj->b", q - m, p, q - m) for m in means], 1).min(1).values
     expected = to_tasks - torch.einsum("bi,ij,bj->b", q - mix_mean, p0, q - mix_mean)
     assert torch.allclose(detector.relative_mahalanobis(test_x).double(), expected, rtol=1e-3, atol=1e-3)
+
+
+def _shaped(centre: torch.Tensor, long: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` points around ``centre``, spread along the dimensions where ``long`` is true and tight elsewhere,
+    plus the trailing counts."""
+    scale = torch.where(long, 0.6, 0.03)
+    return torch.cat([centre + scale * torch.randn(n, len(centre), generator=g), torch.zeros(n, 3)], 1)
+
+
+def _shaped_tasks(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two tasks with centres of their own, one long in the first half of each block, the other in the second."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([_shaped(c, long, n, g) for c, long in zip(SHAPED_CENTRES, SHAPED_LONG)])
+    return x, torch.arange(2).repeat_interleave(n)
+
+
+SHAPED_CENTRES = 2 * torch.randn(2, 2 * BLOCK, generator=torch.Generator().manual_seed(0))
+SHAPED_LONG = [(torch.arange(2 * BLOCK) % BLOCK) < BLOCK // 2, (torch.arange(2 * BLOCK) % BLOCK) >= BLOCK // 2]
+
+
+def test_task_shaped_term_matches_the_textbook_and_sees_a_task_unlike_each_shape():
+    """An unseen task at task 0's centre with task 1's shape sits at a typical distance under the shared
+    covariance and far under task 0's own; the term is min over tasks of the Gaussian negative log density
+    under the blended covariance, minus the mix's."""
+    train_x, train_y = _shaped_tasks(1, 300)
+    val_x, val_y = _shaped_tasks(2, 150)
+    test_x, _ = _shaped_tasks(3, 150)
+    unseen = _shaped(SHAPED_CENTRES[0], SHAPED_LONG[1], 300, torch.Generator().manual_seed(4))
+    ones = torch.ones(len(val_x))
+    options = {"method": "relative", "components": 12, "bank_per_task": 100, "shrinkage": 0.05}
+    plain = fit_detector(train_x, train_y, val_x, ones, val_y, ones, 2, BLOCK, options, 0.02)
+    shaped = fit_detector(train_x, train_y, val_x, ones, val_y, ones, 2, BLOCK,
+                          {**options, "task_covariance": 0.9, "task_covariance_weight": 1.0}, 0.02)
+    assert not hasattr(plain, "shaped_whiten") and len(shaped.surprisals) == len(plain.surprisals) + 1
+    assert auroc(plain.relative_mahalanobis(unseen), plain.relative_mahalanobis(test_x)) < 0.8
+    assert auroc(shaped.task_shaped(unseen), shaped.task_shaped(test_x)) > 0.95
+    score = lambda d, x: d.score(x, torch.ones(len(x)), torch.zeros(len(x), dtype=torch.long))  # noqa: E731
+    assert auroc(score(shaped, unseen), score(shaped, test_x)) > auroc(score(plain, unseen), score(plain, test_x))
+    # the textbook form
+    _, z = shaped._project(train_x)
+    z, y = z.double(), train_y
+    means = torch.stack([z[y == t].mean(0) for t in range(2)])
+    own = [torch.cov((z[y == t] - means[t]).T, correction=0) for t in range(2)]
+    within = sum(own) / 2
+    mix_mean = means.mean(0)
+    mix = sum(((z[y == t] - mix_mean).T @ (z[y == t] - mix_mean)) / int((y == t).sum()) for t in range(2)) / 2
+    shrink = lambda c: c + 0.05 * c.diagonal().mean() * torch.eye(len(c), dtype=c.dtype)  # noqa: E731
+    _, q = shaped._project(test_x[:20])
+    q = q.double()
+
+    def neg_log_density(mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+        c = shrink(cov)
+        return torch.einsum("bi,ij,bj->b", q - mean, torch.linalg.inv(c), q - mean) + torch.logdet(c)
+
+    expected = (torch.stack([neg_log_density(means[t], 0.9 * own[t] + 0.1 * within) for t in range(2)], 1).min(1).values
+                - neg_log_density(mix_mean, mix))
+    assert torch.allclose(shaped.task_shaped(test_x[:20]).double(), expected, rtol=1e-3, atol=1e-2)

@@ -103,20 +103,28 @@ def test_temperature_threshold_and_weights():
 
 
 # knn: what routers saved before the fused detector hold; fragmentation: the features end in its columns
-@pytest.mark.parametrize("method,fragmentation", [("relative", True), ("relative", False), ("fused", True), ("knn", True)])
+# shaped: the relative detector with the task-shaped term
+@pytest.mark.parametrize("method,fragmentation", [("relative", True), ("relative", False), ("fused", True), ("knn", True),
+                                                  ("shaped", True)])
 def test_router_files_round_trip_and_bad_files(tmp_path, method, fragmentation):
     tx, ty = _blobs(40)
-    config = RouterConfig(kind="mlp", hidden=8, max_epochs=3, out_of_scope={"method": method},
+    shaped = method == "shaped"
+    method = "relative" if shaped else method
+    oos = {"method": method, **({"task_covariance": 0.2, "task_covariance_weight": 0.5} if shaped else {})}
+    config = RouterConfig(kind="mlp", hidden=8, max_epochs=3, out_of_scope=oos,
                           features={"fragmentation": fragmentation})
     router, report = train_router(tx, ty, tx, ty, ["a", "b", "c"], config, progress=False)
     save_router(tmp_path, router, {"experts": ["a", "b", "c"]})
     assert ("detector.expert_scales" in router.state_dict()) == (method != "knn")
     assert ("detector.whiten" in router.state_dict()) == (method == "relative")
+    assert ("detector.shaped_whiten" in router.state_dict()) == shaped
     loaded, meta = load_router(tmp_path)
     assert meta["experts"] == ["a", "b", "c"] and meta["temperature"] == pytest.approx(report.temperature)
     assert meta["out_of_scope"]["method"] == method and meta["out_of_scope"]["block"] == 8  # no block given: the whole row
     assert meta["out_of_scope"]["lexical_weight"] == (0.5 if fragmentation and method != "knn" else 0.0)
     assert loaded.detector.lexical_weight == router.detector.lexical_weight
+    assert meta["out_of_scope"]["task_covariance_weight"] == (0.5 if shaped else 0.0)
+    assert loaded.detector.task_covariance_weight == router.detector.task_covariance_weight
     for got, want in zip(loaded.route(tx), router.route(tx)):
         assert torch.equal(got, want)
     with pytest.raises(BadInput, match=r"unknown router key\(s\) \[.kinds.\]"):

@@ -28,6 +28,14 @@ to the mean of the whole training mix under its own covariance. Subtracting the 
 removes what every input of this kind of text shares, so what is left is how unlike *each task*
 the input is; both covariances get ``shrinkage`` times their mean variance on the diagonal.
 
+With ``task_covariance > 0`` (``relative`` only), a fourth surprisal joins at ``task_covariance_weight``:
+the same relative score with each task's *own* shape. Each task's Gaussian gets its own covariance,
+blended ``task_covariance`` to ``1 - task_covariance`` with the shared one (regularised discriminant
+analysis), and the score is the smallest negative log density (Mahalanobis term plus log determinant)
+over the tasks, minus the mix's. The shared covariance only sees where a task's centre is. An unseen
+sibling, such as MRPC's news pairs beside RTE's or MNLI's, can sit near a served task's centre but
+spread in directions that task never does (README "Abstention").
+
 When the router's features end in the fragmentation (``router.features.fragmentation``: tokens per
 whitespace word of ``text`` and ``text_pair``), ``relative`` and ``fused`` add ``lexical_weight`` times
 one more surprisal, of the larger of the two: code, URLs, identifiers, noise and other languages
@@ -56,9 +64,10 @@ from ttlora_moe.moe.features import FRAGMENTATION_COLUMNS
 
 METHODS = ("relative", "fused", "knn", "confidence")
 SURPRISALS = {"fused": 2, "relative": 3}  # methods that sum surprisals: how many (distance, doubt[, relative])
-OPTIONS = ("method", "components", "k", "bank_per_task", "confidence_weight", "shrinkage", "lexical_weight")
+OPTIONS = ("method", "components", "k", "bank_per_task", "confidence_weight", "shrinkage", "lexical_weight",
+           "task_covariance", "task_covariance_weight")
 DEFAULTS: dict[str, Any] = {"method": "relative", "components": 256, "k": 10, "bank_per_task": 1000, "confidence_weight": 0.0,
-                            "shrinkage": 0.1, "lexical_weight": 0.5}
+                            "shrinkage": 0.1, "lexical_weight": 0.5, "task_covariance": 0.0, "task_covariance_weight": 0.5}
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -68,11 +77,13 @@ def check_options(options: dict[str, Any]) -> None:
     ints_ok = all(isinstance(merged[k], int) and not isinstance(merged[k], bool) and merged[k] >= 1
                   for k in ("components", "k", "bank_per_task"))
     floats_ok = all(isinstance(merged[k], (int, float)) and not isinstance(merged[k], bool) and merged[k] >= 0
-                    for k in ("confidence_weight", "shrinkage", "lexical_weight")) and merged["shrinkage"] > 0
+                    for k in ("confidence_weight", "shrinkage", "lexical_weight", "task_covariance",
+                              "task_covariance_weight")) and merged["shrinkage"] > 0 and merged["task_covariance"] < 1
     if unknown or merged["method"] not in METHODS or not ints_ok or not floats_ok:
         raise BadInput(f"router.out_of_scope is {options}",
                        f"use method ({', '.join(METHODS)}), components, k and bank_per_task (integers >= 1), "
-                       "confidence_weight and lexical_weight (>= 0) and shrinkage (> 0) only")
+                       "confidence_weight, lexical_weight and task_covariance_weight (>= 0), task_covariance (0 to "
+                       "below 1) and shrinkage (> 0) only")
 
 
 TAIL_LEVEL = 0.9  # above this quantile of the validation scores a surprisal extrapolates exponentially
@@ -132,14 +143,16 @@ class OutOfScopeDetector(nn.Module):
 
     def __init__(self, dim: int, block: int, components: int, bank_rows: int, k: int = 10,
                  method: str = "knn", confidence_weight: float = 0.0, num_experts: int = 0,
-                 lexical_weight: float = 0.0) -> None:
+                 lexical_weight: float = 0.0, task_covariance_weight: float = 0.0) -> None:
         """``lexical_weight > 0`` (methods ``relative`` and ``fused``): the features end in the fragmentation
-        columns, and their surprisal joins the sum at this weight."""
+        columns, and their surprisal joins the sum at this weight. ``task_covariance_weight > 0`` (method
+        ``relative``): the surprisal of the task-shaped relative distance joins it at this weight."""
         super().__init__()
         if method not in METHODS:
             raise BadInput(f"unknown out-of-scope method {method!r}", f"use one of {', '.join(METHODS)}")
         self.method, self.block, self.k, self.confidence_weight = method, int(block), int(k), float(confidence_weight)
         self.lexical_weight = float(lexical_weight) if method in SURPRISALS else 0.0
+        self.task_covariance_weight = float(task_covariance_weight) if method == "relative" else 0.0
         width = 0 if method == "confidence" else (dim // block) * block
         q = 0 if method == "confidence" else components
         self.register_buffer("center", torch.zeros(width))
@@ -150,12 +163,17 @@ class OutOfScopeDetector(nn.Module):
         if method in SURPRISALS:  # only then, so that routers saved before them load unchanged
             self.register_buffer("expert_scales", torch.tensor([[0.0, 1.0]] * num_experts))  # doubt, per routed expert
             # of distance, of doubt[, of the relative Mahalanobis distance][, of the fragmentation] (fit_surprisal)
-            self.register_buffer("surprisals", torch.zeros(SURPRISALS[method] + bool(self.lexical_weight), GRID + 1))
+            rows = SURPRISALS[method] + bool(self.task_covariance_weight) + bool(self.lexical_weight)
+            self.register_buffer("surprisals", torch.zeros(rows, GRID + 1))
         if method == "relative":  # in the principal subspace, whitened: x -> x @ whiten (whiten @ whiten.T = inverse covariance)
             self.register_buffer("task_means", torch.zeros(num_experts, q))  # each task's mean, whitened
             self.register_buffer("whiten", torch.zeros(q, q))  # of the covariance shared by the tasks
             self.register_buffer("mix_mean", torch.zeros(q))  # the training mix's mean, whitened by whiten_mix
             self.register_buffer("whiten_mix", torch.zeros(q, q))  # of the training mix's own covariance
+        if self.task_covariance_weight:  # each task's Gaussian with (partly) its own covariance; not whitened
+            self.register_buffer("shaped_means", torch.zeros(num_experts, q))
+            self.register_buffer("shaped_whiten", torch.zeros(num_experts, q, q))
+            self.register_buffer("shaped_log_det", torch.zeros(num_experts + 1))  # log det of each covariance, the mix's last
 
     def _project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(block-normalised centred features, their coordinates on the principal directions)."""
@@ -195,6 +213,17 @@ class OutOfScopeDetector(nn.Module):
         to_mix = (projected @ self.whiten_mix - self.mix_mean).square().sum(1)
         return self._to_tasks(projected).min(1).values - to_mix
 
+    def task_shaped(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the smallest, over tasks, negative log density (up to constants) under the task's Gaussian with
+        its own blended covariance, minus the training mix's; each task's shape, not only its centre, counts."""
+        return self._task_shaped(self._project(features)[1])
+
+    def _task_shaped(self, projected: torch.Tensor) -> torch.Tensor:
+        offsets = projected.unsqueeze(1) - self.shaped_means  # [B, E, q]
+        to_tasks = torch.einsum("beq,eqr->ber", offsets, self.shaped_whiten).square().sum(-1) + self.shaped_log_det[:-1]
+        to_mix = (projected @ self.whiten_mix - self.mix_mean).square().sum(1) + self.shaped_log_det[-1]
+        return to_tasks.min(1).values - to_mix
+
     def task_log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
         """``[B, E]``: log P(task | input) under the ``relative`` method's Gaussians (shared covariance, equal
         priors): a generative task classifier the router can add to its logits."""
@@ -222,6 +251,8 @@ class OutOfScopeDetector(nn.Module):
                      + surprisal(self.doubt(confidence, expert), self.surprisals[1]))
             if self.method == "relative":
                 score = score + surprisal(self._relative_mahalanobis(projected), self.surprisals[2])
+            if self.task_covariance_weight:
+                score = score + self.task_covariance_weight * surprisal(self._task_shaped(projected), self.surprisals[3])
             if self.lexical_weight:
                 score = score + self.lexical_weight * surprisal(self.fragmentation(features), self.surprisals[-1])
             return score
@@ -249,10 +280,17 @@ def _whitener(covariance: torch.Tensor, shrinkage: float) -> torch.Tensor:
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(shrunk)))
 
 
+def _log_det_of_inverse(whiten: torch.Tensor) -> torch.Tensor:
+    """``log det C`` from a :func:`_whitener` ``L`` of ``C`` (``L @ L.T = C^-1``, ``L`` triangular)."""
+    return -2 * whiten.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+
+
 def _fit_gaussians(detector: OutOfScopeDetector, train_x: torch.Tensor, train_y: torch.Tensor, num_tasks: int,
-                   shrinkage: float) -> None:
+                   shrinkage: float, task_covariance: float = 0.0) -> None:
     """The task means and the two covariances of ``relative`` on every training input (not only the bank),
-    in the detector's principal subspace; every task weighs the same, however many rows it has."""
+    in the detector's principal subspace; every task weighs the same, however many rows it has. With the
+    task-shaped term, also each task's own covariance, blended ``task_covariance`` to ``1 - task_covariance``
+    with the shared one (regularised discriminant analysis: 0 is the shared covariance alone)."""
     _, z = detector._project(train_x)
     z = z.double()
     weights = 1 / torch.bincount(train_y, minlength=num_tasks).clamp_min(1).double()[train_y]
@@ -262,12 +300,25 @@ def _fit_gaussians(detector: OutOfScopeDetector, train_x: torch.Tensor, train_y:
     within = z - means[train_y]
     mix_mean = (weights * z).sum(0)
     mix = z - mix_mean
-    whiten = _whitener(within.T @ (weights * within), shrinkage)
+    shared = within.T @ (weights * within)
+    whiten = _whitener(shared, shrinkage)
     whiten_mix = _whitener(mix.T @ (weights * mix), shrinkage)
+    if detector.task_covariance_weight:
+        own = [_covariance(within[train_y == e]) for e in range(num_tasks)]
+        shaped = torch.stack([_whitener(task_covariance * c + (1 - task_covariance) * shared, shrinkage) for c in own])
+        detector.shaped_means.copy_(means.float())
+        detector.shaped_whiten.copy_(shaped.float())
+        detector.shaped_log_det.copy_(torch.cat([_log_det_of_inverse(shaped),
+                                                 _log_det_of_inverse(whiten_mix).reshape(1)]).float())
     detector.task_means.copy_((means @ whiten).float())
     detector.whiten.copy_(whiten.float())
     detector.mix_mean.copy_((mix_mean @ whiten_mix).float())
     detector.whiten_mix.copy_(whiten_mix.float())
+
+
+def _covariance(centred: torch.Tensor) -> torch.Tensor:
+    """The covariance of rows already centred on their mean (zeros for fewer than two rows)."""
+    return centred.T @ centred / len(centred) if len(centred) > 1 else centred.new_zeros(centred.shape[1], centred.shape[1])
 
 
 def weighted_quantile_threshold(scores: torch.Tensor, rate: float, weights: torch.Tensor) -> float:
@@ -313,7 +364,8 @@ def build_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     components = max(1, min(int(opts["components"]), len(bank_x) - 1, bank_x.shape[1]))
     detector = OutOfScopeDetector(train_x.shape[1], block, components, len(bank_x), int(opts["k"]),
                                   str(opts["method"]), float(opts["confidence_weight"]), num_tasks,
-                                  float(opts["lexical_weight"]) if fragmentation else 0.0)
+                                  float(opts["lexical_weight"]) if fragmentation else 0.0,
+                                  float(opts["task_covariance_weight"]) if opts["task_covariance"] else 0.0)
     if opts["method"] != "confidence":
         center = bank_x.mean(0)
         state = torch.random.get_rng_state()
@@ -326,8 +378,10 @@ def build_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
         distance, residual = detector.parts(val_x)
         detector.scales[:2] = torch.tensor([_robust_scale(distance, 1e-4), _robust_scale(residual, 1e-4)])
     if opts["method"] == "relative":
-        _fit_gaussians(detector, train_x, train_y, num_tasks, float(opts["shrinkage"]))
+        _fit_gaussians(detector, train_x, train_y, num_tasks, float(opts["shrinkage"]), float(opts["task_covariance"]))
         detector.surprisals[2] = fit_surprisal(detector.relative_mahalanobis(val_x), val_weights)
+        if detector.task_covariance_weight:
+            detector.surprisals[3] = fit_surprisal(detector.task_shaped(val_x), val_weights)
     if opts["method"] in SURPRISALS:
         detector.surprisals[0] = fit_surprisal(detector.distance(val_x), val_weights)
     if detector.lexical_weight:

@@ -87,7 +87,8 @@ class RouterConfig(Section):
         "Out-of-scope detector (see moe/out_of_scope.py): method knn (distance to the training mix), "
         "fused (distance and the router's doubt), relative (fused plus the relative Mahalanobis distance) or "
         "confidence; principal components, neighbours k, bank_per_task, confidence_weight, shrinkage, lexical_weight "
-        "(the fragmentation's weight, when router.features.fragmentation).")
+        "(the fragmentation's weight, when router.features.fragmentation), task_covariance and task_covariance_weight "
+        "(relative: each task's own covariance, this share of it, as one more surprisal at this weight).")
     generative_weights: tuple[float, ...] = option(
         (0.0,),
         "Candidate weights of the detector's task Gaussians (method relative) added to the router's logits; the one "
@@ -465,7 +466,8 @@ def save_router(directory: Path, router: Router, meta: dict[str, Any]) -> None:
         "out_of_scope": None if detector is None else {
             "method": detector.method, "block": detector.block, "components": int(detector.components.shape[0]),
             "bank_rows": int(detector.bank.shape[0]), "k": detector.k, "confidence_weight": detector.confidence_weight,
-            "lexical_weight": detector.lexical_weight, "threshold": float(detector.threshold)},
+            "lexical_weight": detector.lexical_weight, "task_covariance_weight": detector.task_covariance_weight,
+            "threshold": float(detector.threshold)},
         **meta,
     })
 
@@ -481,7 +483,8 @@ def load_router(directory: Path) -> tuple[Router, dict[str, Any]]:
     detector = None if not oos else OutOfScopeDetector(int(meta["in_dim"]), int(oos["block"]), int(oos["components"]),
                                                       int(oos["bank_rows"]), int(oos["k"]), oos["method"],
                                                       float(oos["confidence_weight"]), int(meta["num_experts"]),
-                                                      float(oos.get("lexical_weight", 0.0)))  # routers saved before it: none
+                                                      float(oos.get("lexical_weight", 0.0)),  # routers saved before it: none
+                                                      float(oos.get("task_covariance_weight", 0.0)))
     router = Router(int(meta["in_dim"]), int(meta["num_experts"]), meta["kind"], int(meta.get("hidden", 256)), 0.0, detector)
     tensors = load_tensors(directory / ROUTER_WEIGHTS)
     try:
