@@ -16,25 +16,35 @@ false abstain <= 2%.
     python -m benchmarks.out_of_scope                # every task card with data (features cached)
     python -m benchmarks.out_of_scope --tasks cola mnli qnli qqp rte sst2 mrpc
     python -m benchmarks.out_of_scope --profile pool --results out_of_scope_pool   # the pool bundle's settings
+    python -m benchmarks.out_of_scope --profile pool --sweep components=256,768 task_covariance=0,0.1
+
+``--sweep`` refits the configured method on the same routers for every combination of the given
+``router.out_of_scope`` options and chooses one on *validation* rows, not on the test rows it reports:
+the combination with the best mean AUROC of the held-out task's validation rows against the in-scope
+validation rows (which the detector is calibrated on, as in a bundle).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
+import json
 import time
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 import torch
+import yaml
 
 from benchmarks.common import markdown_table, run_benchmark, write_results
 from ttlora_moe.data.cards import list_tasks
+from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.moe.detection import auroc, fpr_at_tpr
 from ttlora_moe.moe.features import FeatureSpec, compute_features
-from ttlora_moe.moe.out_of_scope import fit_detector
+from ttlora_moe.moe.out_of_scope import OPTIONS, check_options, fit_detector
 from ttlora_moe.moe.router import SOLVERS, RouterConfig, task_weights, train_router
 from ttlora_moe.moe.router_data import router_data, test_features
 from ttlora_moe.moe.single_pass import router_feature_spec
@@ -44,6 +54,7 @@ JUNK = Path(__file__).resolve().parents[1] / "data" / "ood" / "junk.txt"
 QUICK_TASKS = ["cola", "mrpc", "rte", "sst2"]
 DETECTORS = ("knn", "fused", "relative")  # compared on the same router; "confidence alone" is the reference
 COLUMNS = ["held_out", "detector", "auroc", "fpr_at_95_tpr", "abstain_held_out", "abstain_junk", "false_abstain_in_scope"]
+SWEEP_COLUMNS = ["options", "validation_auroc", *COLUMNS[2:]]
 
 
 def junk_rows(path: Path = JUNK) -> list[dict[str, Any]]:
@@ -60,38 +71,83 @@ def measure(scores: dict[str, torch.Tensor], threshold: float) -> dict[str, floa
             "false_abstain_in_scope": float((scores["in"] > threshold).float().mean())}
 
 
-def refit(router, data: dict[str, tuple[torch.Tensor, torch.Tensor]], config: RouterConfig, block: int, method: str,
-          sets: dict[str, torch.Tensor], routed: dict[str, tuple]) -> dict[str, float]:
-    """The ``method`` detector fitted on the same router and rows as the configured one, measured on ``sets``."""
+def sweep_options(specs: list[str], configured: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of ``--sweep`` specs (``key=v1,v2``: ``router.out_of_scope`` options), each checked as
+    it would be in params.yaml; combinations that differ only in a weight of a switched-off term count once."""
+    grid: dict[str, list[Any]] = {}
+    for spec in specs:
+        key, _, values = spec.partition("=")
+        if key not in OPTIONS or not values:
+            raise BadInput(f"--sweep {spec!r} is not key=value[,value...] of a router.out_of_scope option",
+                           f"use one of {', '.join(OPTIONS)}, e.g. components=256,768")
+        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+    combos: list[dict[str, Any]] = []
+    for values in itertools.product(*grid.values()):
+        combo = dict(zip(grid, values))
+        check_options({**configured, **combo})
+        if not {**configured, **combo}.get("task_covariance") and "task_covariance_weight" in combo:
+            combo["task_covariance_weight"] = configured.get("task_covariance_weight")
+        if combo not in combos:
+            combos.append(combo)
+    return combos
+
+
+def refit(router, data: dict[str, tuple[torch.Tensor, torch.Tensor]], config: RouterConfig, block: int,
+          options: dict[str, Any]):
+    """A detector with ``options`` (over the configured ones) fitted on the same router and rows as the configured one."""
     (train_x, train_y), (val_x, val_y) = data["train"], data["validation"]
     _, confidence, probs, _ = router.route(val_x)
-    detector = fit_detector(train_x, train_y, val_x, confidence, probs.argmax(-1), task_weights(val_y, router.num_experts),
-                            router.num_experts, block, {**config.out_of_scope, "method": method}, config.false_abstain_rate,
-                            config.seed, FeatureSpec.from_dict(config.features).fragmentation)
-    scores = {n: detector.score(sets[n], r[1], r[2].argmax(-1)) for n, r in routed.items()}
-    return measure(scores, float(detector.threshold))
+    return fit_detector(train_x, train_y, val_x, confidence, probs.argmax(-1), task_weights(val_y, router.num_experts),
+                        router.num_experts, block, {**config.out_of_scope, **options}, config.false_abstain_rate,
+                        config.seed, FeatureSpec.from_dict(config.features).fragmentation)
+
+
+def detector_scores(detector, sets: dict[str, torch.Tensor], routed: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    """The detector's score of every set, given the router's outputs on it."""
+    return {n: detector.score(sets[n], r[1], r[2].argmax(-1)) for n, r in routed.items()}
 
 
 def held_out_rows(held: str, tasks: list[str], base, spec, config: RouterConfig, params: dict[str, Any],
-                  tests: dict[str, torch.Tensor], junk: torch.Tensor) -> list[dict[str, Any]]:
-    """Train the router without ``held`` and score its rows, the in-scope rows and the junk."""
+                  tests: dict[str, torch.Tensor], junk: torch.Tensor,
+                  sweep: list[dict[str, Any]] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train the router without ``held`` and score its rows, the in-scope rows and the junk: one row per
+    detector, and one per ``sweep`` combination (with its validation AUROC)."""
     ins = [t for t in tasks if t != held]
     data, _, _ = router_data(base, ins, spec, config, params, progress=False)
     router, _ = train_router(*data["train"], *data["validation"], ins, config, progress=False, block=base.hidden_size)
     sets = {"in": torch.cat([tests[t] for t in ins]), "out": tests[held], "junk": junk}
-    rows = []
+    rows, swept = [], []
     with torch.no_grad():
         routed = {name: router.route(x) for name, x in sets.items()}
         rows.append({"held_out": held, "detector": router.detector.method,
                      **measure({n: r[3] for n, r in routed.items()}, float(router.detector.threshold))})
         for method in DETECTORS:
             if method != router.detector.method:
+                detector = refit(router, data, config, base.hidden_size, {"method": method})
                 rows.append({"held_out": held, "detector": method,
-                             **refit(router, data, config, base.hidden_size, method, sets, routed)})
+                             **measure(detector_scores(detector, sets, routed), float(detector.threshold))})
         surprise = {n: -torch.log(r[1].clamp_min(1e-12)) for n, r in routed.items()}
         rows.append({"held_out": held, "detector": "confidence alone",
                      **measure(surprise, -float(torch.log(router.threshold.clamp_min(1e-12))))})
-    return rows
+        if sweep:  # the held-out task's validation rows against the in-scope ones: what the choice may see
+            held_val = router_data(base, [held], spec, config, params, progress=False)[0]["validation"][0]
+            checks = {"in": data["validation"][0], "out": held_val}
+            checked = {n: router.route(x) for n, x in checks.items()}
+            for options in sweep:
+                detector = refit(router, data, config, base.hidden_size, options)
+                on_val = detector_scores(detector, checks, checked)
+                swept.append({"held_out": held, "options": options, "validation_auroc": auroc(on_val["out"], on_val["in"]),
+                              **measure(detector_scores(detector, sets, routed), float(detector.threshold))})
+    return rows, swept
+
+
+def sweep_table(swept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per combination, the means over held-out tasks, best validation AUROC first; the first is the choice."""
+    means = []
+    for options in [json.loads(o) for o in dict.fromkeys(json.dumps(r["options"], sort_keys=True) for r in swept)]:
+        mine = [r for r in swept if r["options"] == options]
+        means.append({"options": options, **{k: mean(r[k] for r in mine) for k in SWEEP_COLUMNS[1:]}})
+    return sorted(means, key=lambda r: -r["validation_auroc"])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -105,12 +161,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", default=None,
                         help="a params.yaml profile merged over the defaults, e.g. pool (two passes, every state)")
     parser.add_argument("--results", default="out_of_scope", help="results name under benchmarks/results/")
+    parser.add_argument("--sweep", nargs="*", default=[], metavar="KEY=V1,V2",
+                        help="router.out_of_scope options to sweep on the same routers; chosen on validation rows")
     args = parser.parse_args(argv)
     args.test_rows = args.test_rows or (100 if args.quick else 500)
     params = load_params(profile=args.profile)
     config = RouterConfig.from_dict({**section(params, "router"), **({"solver": args.solver} if args.solver else {})})
     if args.method:
         config.out_of_scope = {**config.out_of_scope, "method": args.method}
+    sweep = sweep_options(args.sweep, config.out_of_scope)
     base_section = section(params, "base_model")
     base = load_base_model(base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"))
     spec = router_feature_spec(config.features, int(section(params, "train").get("max_length", 128)),
@@ -120,10 +179,11 @@ def main(argv: list[str] | None = None) -> dict:
     seed = int(section(params, "bundle").get("eval_seed", 0))
     tests = {t: test_features(base, t, spec, params, args.test_rows, seed) for t in tasks}
     junk = compute_features(base, junk_rows(), spec, progress=False)
-    rows = []
+    rows, swept = [], []
     for held in tasks:
-        mine = held_out_rows(held, tasks, base, spec, copy.deepcopy(config), params, tests, junk)
+        mine, more = held_out_rows(held, tasks, base, spec, copy.deepcopy(config), params, tests, junk, sweep)
         rows += mine
+        swept += more
         print(mine[0], flush=True)  # the configured detector
     for detector in dict.fromkeys(r["detector"] for r in rows):
         mine = [r for r in rows if r["detector"] == detector]
@@ -140,10 +200,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.profile or 'none'}; detector "
         f"{config.out_of_scope}; false_abstain_rate {config.false_abstain_rate}; goals: "
         f"{', '.join(f'{k} {v}' for k, v in goals.items())}; took {seconds:.0f} s.")
+    sweep_means = sweep_table(swept)
+    if sweep_means:
+        table += ("\n\nSweep over the same routers, best validation AUROC first (the first row is the choice; "
+                  "every other column is on the test rows):\n\n" + markdown_table(
+                      [{**r, "options": json.dumps(r["options"])} for r in sweep_means], SWEEP_COLUMNS))
     write_results(args.results, {"rows": rows, "goals": goals, "tasks": tasks, "profile": args.profile,
-                                 "detector": config.out_of_scope, "false_abstain_rate": config.false_abstain_rate},
-                  table)
-    return {"rows": rows, "goals": goals}
+                                 "detector": config.out_of_scope, "false_abstain_rate": config.false_abstain_rate,
+                                 "sweep": sweep_means, "sweep_rows": swept}, table)
+    return {"rows": rows, "goals": goals, "sweep": sweep_means}
 
 
 if __name__ == "__main__":

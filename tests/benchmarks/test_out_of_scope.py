@@ -48,3 +48,27 @@ def test_a_profile_sets_the_router_the_benchmark_trains(moe_env, bench_results):
             out_of_scope.main(["--tasks", "senti", "nli", "--test-rows", "12", "--profile", "nope"])
     finally:
         path.write_text(original)
+
+
+def test_a_sweep_refits_every_combination_and_chooses_on_validation(moe_env, bench_results):
+    import pytest
+
+    from benchmarks import out_of_scope
+    from ttlora_moe.errors import BadInput
+
+    out_of_scope.main(["--tasks", "senti", "nli", "quest", "--test-rows", "12",
+                       "--sweep", "components=2,4", "task_covariance=0,0.5"])
+    result = json.loads((bench_results / "out_of_scope.json").read_text())
+    combos = [r["options"] for r in result["sweep"]]
+    assert sorted(json.dumps(c, sort_keys=True) for c in combos) == sorted(
+        json.dumps({"components": c, "task_covariance": t}, sort_keys=True) for c in (2, 4) for t in (0, 0.5))
+    assert len(result["sweep_rows"]) == 4 * 3 and all(0 <= r["validation_auroc"] <= 1 for r in result["sweep_rows"])
+    chosen = result["sweep"][0]  # best mean validation AUROC first
+    assert chosen["validation_auroc"] == max(r["validation_auroc"] for r in result["sweep"])
+    mine = [r for r in result["sweep_rows"] if r["options"] == chosen["options"]]
+    assert chosen["auroc"] == pytest.approx(sum(r["auroc"] for r in mine) / 3)
+    # the configured detector's rows are the ones a run without the sweep gives
+    assert [r["detector"] for r in result["rows"][:4]][0] == result["detector"]["method"]
+    for bad in (["colour=red"], ["components"], ["task_covariance=2"]):
+        with pytest.raises(BadInput):
+            out_of_scope.main(["--tasks", "senti", "nli", "--test-rows", "12", "--sweep", *bad])
