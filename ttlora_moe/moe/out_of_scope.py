@@ -174,6 +174,8 @@ class OutOfScopeDetector(nn.Module):
             self.register_buffer("shaped_means", torch.zeros(num_experts, q))
             self.register_buffer("shaped_whiten", torch.zeros(num_experts, q, q))
             self.register_buffer("shaped_log_det", torch.zeros(num_experts + 1))  # log det of each covariance, the mix's last
+            self.register_buffer("shaped_mix_mean", torch.zeros(q))  # the mix as sampled (every row alike), whitened
+            self.register_buffer("shaped_whiten_mix", torch.zeros(q, q))
 
     def _project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(block-normalised centred features, their coordinates on the principal directions)."""
@@ -221,7 +223,7 @@ class OutOfScopeDetector(nn.Module):
     def _task_shaped(self, projected: torch.Tensor) -> torch.Tensor:
         offsets = projected.unsqueeze(1) - self.shaped_means  # [B, E, q]
         to_tasks = torch.einsum("beq,eqr->ber", offsets, self.shaped_whiten).square().sum(-1) + self.shaped_log_det[:-1]
-        to_mix = (projected @ self.whiten_mix - self.mix_mean).square().sum(1) + self.shaped_log_det[-1]
+        to_mix = (projected @ self.shaped_whiten_mix - self.shaped_mix_mean).square().sum(1) + self.shaped_log_det[-1]
         return to_tasks.min(1).values - to_mix
 
     def task_log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
@@ -290,7 +292,9 @@ def _fit_gaussians(detector: OutOfScopeDetector, train_x: torch.Tensor, train_y:
     """The task means and the two covariances of ``relative`` on every training input (not only the bank),
     in the detector's principal subspace; every task weighs the same, however many rows it has. With the
     task-shaped term, also each task's own covariance, blended ``task_covariance`` to ``1 - task_covariance``
-    with the shared one (regularised discriminant analysis: 0 is the shared covariance alone)."""
+    with the shared one (regularised discriminant analysis: 0 is the shared covariance alone), and the mix's
+    Gaussian with every row weighing the same: on the pool it found more unseen tasks and junk than the
+    task-balanced mix (README "Abstention")."""
     _, z = detector._project(train_x)
     z = z.double()
     weights = 1 / torch.bincount(train_y, minlength=num_tasks).clamp_min(1).double()[train_y]
@@ -308,8 +312,12 @@ def _fit_gaussians(detector: OutOfScopeDetector, train_x: torch.Tensor, train_y:
         shaped = torch.stack([_whitener(task_covariance * c + (1 - task_covariance) * shared, shrinkage) for c in own])
         detector.shaped_means.copy_(means.float())
         detector.shaped_whiten.copy_(shaped.float())
+        sampled_mean = z.mean(0)
+        sampled = _whitener(_covariance(z - sampled_mean), shrinkage)
+        detector.shaped_mix_mean.copy_((sampled_mean @ sampled).float())
+        detector.shaped_whiten_mix.copy_(sampled.float())
         detector.shaped_log_det.copy_(torch.cat([_log_det_of_inverse(shaped),
-                                                 _log_det_of_inverse(whiten_mix).reshape(1)]).float())
+                                                 _log_det_of_inverse(sampled).reshape(1)]).float())
     detector.task_means.copy_((means @ whiten).float())
     detector.whiten.copy_(whiten.float())
     detector.mix_mean.copy_((mix_mean @ whiten_mix).float())
