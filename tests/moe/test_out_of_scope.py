@@ -233,3 +233,5 @@ def test_task_shaped_term_matches_the_textbook_and_sees_a_task_unlike_each_shape
     expected = (torch.stack([neg_log_density(means[t], 0.9 * own[t] + 0.1 * within) for t in range(2)], 1).min(1).values
                 - neg_log_density(mix_mean, mix))
     assert torch.allclose(shaped.task_shaped(test_x[:20]).double(), expected, rtol=1e-3, atol=1e-2)
+    whole = shaped.task_shaped(test_x)  # 300 inputs: two steps of SHAPED_ROWS
+    assert len(test_x) > 256 and torch.allclose(whole[-20:], shaped.task_shaped(test_x[-20:]), atol=1e-3)

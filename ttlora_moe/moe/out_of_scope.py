@@ -92,6 +92,7 @@ MIN_EXPERT_ROWS = 10  # validation inputs an expert needs for a scale of its own
 # the smallest spread of an expert's doubt (nats): an expert whose inputs are all routed at 0.999 makes
 # 0.95 surprising (about 50 spreads), as it should be; the tail calibration keeps the false-abstain rate
 DOUBT_FLOOR = 1e-3
+SHAPED_ROWS = 256  # inputs per step of the task-shaped distance (15 tasks x 768 directions: 12 MB per step)
 
 
 def weighted_quantiles(values: torch.Tensor, weights: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -162,7 +163,8 @@ class OutOfScopeDetector(nn.Module):
         self.register_buffer("threshold", torch.tensor(math.inf))
         if method in SURPRISALS:  # only then, so that routers saved before them load unchanged
             self.register_buffer("expert_scales", torch.tensor([[0.0, 1.0]] * num_experts))  # doubt, per routed expert
-            # of distance, of doubt[, of the relative Mahalanobis distance][, of the fragmentation] (fit_surprisal)
+            # of distance, of doubt[, of the relative Mahalanobis distance][, of the task-shaped one][, of the
+            # fragmentation] (fit_surprisal)
             rows = SURPRISALS[method] + bool(self.task_covariance_weight) + bool(self.lexical_weight)
             self.register_buffer("surprisals", torch.zeros(rows, GRID + 1))
         if method == "relative":  # in the principal subspace, whitened: x -> x @ whiten (whiten @ whiten.T = inverse covariance)
@@ -221,8 +223,9 @@ class OutOfScopeDetector(nn.Module):
         return self._task_shaped(self._project(features)[1])
 
     def _task_shaped(self, projected: torch.Tensor) -> torch.Tensor:
-        offsets = projected.unsqueeze(1) - self.shaped_means  # [B, E, q]
-        to_tasks = torch.einsum("beq,eqr->ber", offsets, self.shaped_whiten).square().sum(-1) + self.shaped_log_det[:-1]
+        to_tasks = torch.cat([  # [B, E], SHAPED_ROWS inputs at a time: each holds an [rows, E, q] offset
+            torch.einsum("beq,eqr->ber", part.unsqueeze(1) - self.shaped_means, self.shaped_whiten).square().sum(-1)
+            for part in projected.split(SHAPED_ROWS)]) + self.shaped_log_det[:-1]
         to_mix = (projected @ self.shaped_whiten_mix - self.shaped_mix_mean).square().sum(1) + self.shaped_log_det[-1]
         return to_tasks.min(1).values - to_mix
 
