@@ -92,11 +92,12 @@ def sweep_options(specs: list[str], configured: dict[str, Any]) -> list[dict[str
     return combos
 
 
-def refit(router, data: dict[str, tuple[torch.Tensor, torch.Tensor]], config: RouterConfig, block: int,
-          options: dict[str, Any]):
-    """A detector with ``options`` (over the configured ones) fitted on the same router and rows as the configured one."""
+def refit(router, data: dict[str, tuple[torch.Tensor, torch.Tensor]], val_routed: tuple, config: RouterConfig,
+          block: int, options: dict[str, Any]):
+    """A detector with ``options`` (over the configured ones) fitted on the same router and rows as the configured one
+    (``val_routed``: the router's outputs on the validation rows)."""
     (train_x, train_y), (val_x, val_y) = data["train"], data["validation"]
-    _, confidence, probs, _ = router.route(val_x)
+    _, confidence, probs, _ = val_routed
     return fit_detector(train_x, train_y, val_x, confidence, probs.argmax(-1), task_weights(val_y, router.num_experts),
                         router.num_experts, block, {**config.out_of_scope, **options}, config.false_abstain_rate,
                         config.seed, FeatureSpec.from_dict(config.features).fragmentation)
@@ -119,11 +120,12 @@ def held_out_rows(held: str, tasks: list[str], base, spec, config: RouterConfig,
     rows, swept = [], []
     with torch.no_grad():
         routed = {name: router.route(x) for name, x in sets.items()}
+        val_routed = router.route(data["validation"][0])
         rows.append({"held_out": held, "detector": router.detector.method,
                      **measure({n: r[3] for n, r in routed.items()}, float(router.detector.threshold))})
         for method in DETECTORS:
             if method != router.detector.method:
-                detector = refit(router, data, config, base.hidden_size, {"method": method})
+                detector = refit(router, data, val_routed, config, base.hidden_size, {"method": method})
                 rows.append({"held_out": held, "detector": method,
                              **measure(detector_scores(detector, sets, routed), float(detector.threshold))})
         surprise = {n: -torch.log(r[1].clamp_min(1e-12)) for n, r in routed.items()}
@@ -132,9 +134,9 @@ def held_out_rows(held: str, tasks: list[str], base, spec, config: RouterConfig,
         if sweep:  # the held-out task's validation rows against the in-scope ones: what the choice may see
             held_val = router_data(base, [held], spec, config, params, progress=False)[0]["validation"][0]
             checks = {"in": data["validation"][0], "out": held_val}
-            checked = {n: router.route(x) for n, x in checks.items()}
+            checked = {"in": val_routed, "out": router.route(held_val)}
             for options in sweep:
-                detector = refit(router, data, config, base.hidden_size, options)
+                detector = refit(router, data, val_routed, config, base.hidden_size, options)
                 on_val = detector_scores(detector, checks, checked)
                 swept.append({"held_out": held, "options": options, "validation_auroc": auroc(on_val["out"], on_val["in"]),
                               **measure(detector_scores(detector, sets, routed), float(detector.threshold))})
