@@ -36,6 +36,7 @@ def test_champion_answers_rest_requests(registry_env, evaluated_bundle):
     predictions = response.json()["predictions"]
     assert [p["task"] for p in predictions] == ["toy", "toy2"]  # routed
     assert all(p["expert_version"] == "1" and p["label"] in ("neg", "pos") and not p["abstained"] for p in predictions)
+    assert all(p["abstain_reason"] is None and isinstance(p["out_of_scope_score"], float) for p in predictions)
     bad = client.post("/invocations", json={"dataframe_records": [{"txt": "x"}]})
     assert bad.status_code == 400 and "text" in bad.text
     for records, message in (([{"text": "ok"}, {"text": None}], "row 1: field 'text' is null"),
@@ -45,4 +46,6 @@ def test_champion_answers_rest_requests(registry_env, evaluated_bundle):
         response = client.post("/invocations", json={"dataframe_records": records})
         assert response.status_code == 400 and message in response.json()["message"], response.text
     empty = client.post("/invocations", json={"dataframe_records": [{"text": ""}, {"text": "the movie 3 was good"}]})
-    assert [p["abstained"] for p in empty.json()["predictions"]] == [True, False]
+    answers = empty.json()["predictions"]
+    assert [p["abstained"] for p in answers] == [True, False]
+    assert answers[0]["abstain_reason"] == "empty" and answers[0]["out_of_scope_score"] is None  # null, not NaN
