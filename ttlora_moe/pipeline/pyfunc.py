@@ -130,7 +130,7 @@ class BundlePyfunc(_BatchedPyfunc):
         return pd.DataFrame([{
             "task": a["task"], "label": a["label"], "probabilities": a["probabilities"],
             "router_confidence": a["router_confidence"], "abstained": a["abstained"],
-            "abstain_reason": a.get("abstain_reason"), "out_of_scope_score": a.get("out_of_scope_score"),
+            "abstain_reason": a["abstain_reason"], "out_of_scope_score": a["out_of_scope_score"],
             "expert": (a.get("expert") or {}).get("name"), "expert_version": (a.get("expert") or {}).get("version"),
         } for a in self.answers(model_input)], dtype=object)  # object: a missing score stays null, never NaN
 
