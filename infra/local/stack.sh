@@ -148,6 +148,10 @@ write_env() {
         for v in TTLORA_RUN_DIR PREFECT_HOME PREFECT_API_URL PREFECT_UI_URL MLFLOW_TRACKING_URI TTLORA_WORK_POOL; do
             printf 'export %s=%q\n' "$v" "${!v}"
         done
+        # The project's prefect, mlflow and ttlora-moe first on PATH: `mlflow models serve` starts the
+        # server as `uvicorn ...` through PATH, so without this it fails even when run as .venv/bin/mlflow.
+        # shellcheck disable=SC2016  # $PATH written literally, expanded when env.sh is sourced
+        printf 'export PATH=%q:"$PATH"\n' "$BIN"
         if [[ $S3 == 1 ]]; then
             echo "export TTLORA_S3=1"
             printf 'export TTLORA_S3_BUCKET=%q\n' "$BUCKET"

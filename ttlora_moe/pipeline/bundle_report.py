@@ -51,5 +51,5 @@ def version_report(summary: dict[str, Any], mlflow_ui: str | None = None) -> str
     promote = (f"ttlora-moe promote {version}   (or move alias 'champion' in the MLflow UI)" if gates["passed"] else
                f"ttlora-moe promote {version} --force   (its gates failed: only if you accept that)")
     lines += [f"Promote:    {promote}",
-              f"Serve:      mlflow models serve -m models:/{summary['model']}@champion -p 5001"]
+              f"Serve:      mlflow models serve -m models:/{summary['model']}@champion --env-manager local -p 5001"]
     return "\n".join(lines)
