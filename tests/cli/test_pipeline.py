@@ -93,6 +93,26 @@ def test_tasks_add_csv_with_own_columns(repo, capsys):
     assert yaml.safe_load((root / "params.yaml").read_text())["tasks"] == ["toy", "reviews"]
 
 
+def test_tasks_add_registers_a_multiple_choice_task(repo, capsys):
+    """--choices makes a multiple-choice card: --text is a template, the options a comma-separated list."""
+    root = repo["root"]
+    quiz = repo["data"] / "quiz.csv"
+    pd.DataFrame([{"story": f"story {i}.", "ask": f"where is thing {i}?", "one": f"bank {i}", "two": f"shop {i}",
+                   "three": f"park {i}", "right": "ABC"[i % 3]} for i in range(120)]).to_csv(quiz, index=False)
+    code, out, err = run_cli(capsys, "tasks", "add", "quiz", "--source", str(quiz), "--text", "{story} {ask}",
+                             "--choices", "one,two", "--choices", "three", "--label", "right", "--json")
+    assert code == 0, err
+    assert json.loads(out)["registered"]["labels"] == ["A", "B", "C"]
+    from ttlora_moe.data.cards import load_task_card
+
+    card = load_task_card("quiz", root / "data" / "tasks")
+    assert (card.kind, card.choices, card.text, card.label_values) == ("multiple_choice", ["one", "two", "three"],
+                                                                       "{story} {ask}", ["A", "B", "C"])
+    code, _, err = run_cli(capsys, "tasks", "add", "quiz2", "--source", str(quiz), "--text", "ask",
+                           "--choices", "one,two,three", "--label", "right", "--text-pair", "story")
+    assert code == 2 and err.count("\n") == 1 and "--text-pair and --choices" in err
+
+
 def _bad(repo, name):  # the sources of the bad-input cases, written on demand
     data = repo["data"]
     if name == "numbers":

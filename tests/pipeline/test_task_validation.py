@@ -150,3 +150,83 @@ def test_a_class_only_in_the_test_file_is_refused(project):
     with pytest.raises(BadInput, match="class\\(es\\) \\['odd'\\] have no row in the train split \\(rows elsewhere: \\{'odd': 3\\}\\)"):
         stage_task(TaskSpec(name="reviews", source=str(folder), text="body", label="rating"))
     assert project_snapshot(project) == before
+
+
+PLACES = ["bank", "library", "kitchen", "garden"]
+
+
+def choice_rows(n: int = 120, options: int = 3) -> list[dict]:
+    """Questions whose right answer moves through the options (answer ``i % options``, 0-based)."""
+    return [{"context": f"story {i}.", "question": f"where is thing {i}?",
+             **{f"answer{'ABCD'[c]}": f"the {PLACES[(i + c) % 4]} {i}" for c in range(options)}, "answer": i % options}
+            for i in range(n)]
+
+
+def test_a_multiple_choice_csv_registers_as_a_choice_card_with_every_option_in_the_input(project):
+    path = project.parent / "sources" / "quiz.csv"
+    pd.DataFrame([{**r, "answer": r["answer"] + 1} for r in choice_rows()]).to_csv(path, index=False)  # labels 1..3
+    staged = stage(project, path, text="{context} {question}", label="answer", choices=["answerA", "answerB", "answerC"])
+    card = staged.card
+    assert (card.kind, card.choices, card.text, card.text_pair) == (
+        "multiple_choice", ["answerA", "answerB", "answerC"], "{context} {question}", None)
+    assert card.label_names == ["A", "B", "C"] and card.label_values == [1, 2, 3]
+    assert staged.notes == ["label 1 is option A, 2 is option B, 3 is option C"]
+    staged = stage_task(TaskSpec(name="quiz", source=str(path), text="{context} {question}", label="answer",
+                                 choices=["answerA", "answerB", "answerC"]))
+    try:
+        row = load_split(staged.staging / "prepared", "train")[0]
+        i = int(row["text"].split()[1].rstrip("."))
+        assert row["text"] == f"story {i}. where is thing {i}?"
+        assert row["text_pair"] == " ".join(f"({m}) the {PLACES[(i + c) % 4]} {i}" for c, m in enumerate("ABC"))
+        assert row["label"] == i % 3
+    finally:
+        staged.discard()
+
+
+def test_a_list_column_of_options_with_letter_labels_registers(project):
+    path = project.parent / "sources" / "quiz.jsonl"
+    frame = pd.DataFrame([{"question": r["question"], "options": [r["answerA"], r["answerB"], r["answerC"], r["answerD"]],
+                           "key": "ABCD"[r["answer"]]} for r in choice_rows(options=4)])
+    frame.to_json(path, orient="records", lines=True)
+    staged = stage(project, path, text="question", label="key", choices=["options"])
+    assert staged.card.choices == "options" and staged.card.text == "{question}"
+    assert staged.card.label_names == ["A", "B", "C", "D"] and staged.card.label_values == ["A", "B", "C", "D"]
+    frame.loc[3, "options"] = frame.loc[3, "options"][:3]
+    frame.to_json(path, orient="records", lines=True)
+    with pytest.raises(BadInput, match="offer 3, 4 options in 'options'"):
+        stage(project, path, text="question", label="key", choices=["options"])
+
+
+def test_positions_that_may_count_from_0_or_1_are_asked_for(project):
+    path = project.parent / "sources" / "quiz.csv"
+    pd.DataFrame([{**r, "answer": 1 + r["answer"] % 2} for r in choice_rows()]).to_csv(path, index=False)  # 1, 2 of 3
+    spec = {"text": "question", "label": "answer", "choices": ["answerA", "answerB", "answerC"]}
+    with pytest.raises(BadInput, match="may count the 3 options from 0 or from 1.*--choice-labels 0,1,2 or --choice-labels 1,2,3"):
+        stage(project, path, **spec)
+    assert stage(project, path, **spec, choice_labels=["0", "1", "2"]).card.label_values == ["0", "1", "2"]
+    with pytest.raises(BadInput, match="labels \\['2'\\] in column 'answer' mark none of the 3 options"):
+        stage(project, path, **spec, choice_labels=["0", "1", "x"])
+    with pytest.raises(BadInput, match="must give 3 distinct values"):
+        stage(project, path, **spec, choice_labels=["0", "1"])
+
+
+@pytest.mark.parametrize("spec, error", [
+    ({"text_pair": "context"}, "--text-pair and --choices both give the second input"),
+    ({"label_names": ["x", "y", "z"]}, "--label-names with --choices"),
+    ({"choices": ["answerA", "answer"]}, "--label and --choices both name the column 'answer'"),
+    ({"choices": ["answerA", "answerA"]}, "must name distinct columns"),
+    ({"choices": []}, "must name distinct columns"),
+    ({"choices": None, "choice_labels": ["1", "2"]}, "--choice-labels without --choices"),
+    ({"text": "{question} {answerB}"}, "--text and --choices both name the column 'answerB'"),
+    ({"text": "{question:>5}"}, "not a column name"),
+    ({"choices": ["answerA", "answerZ"]}, "column 'answerZ' is not in quiz.csv"),
+    ({"label": "context"}, "labels .* are neither the option letters A, B, C nor positions 0..2 or 1..3"),
+])
+def test_bad_multiple_choice_options_are_one_line_each(project, spec, error):
+    path = project.parent / "sources" / "quiz.csv"
+    pd.DataFrame(choice_rows()).to_csv(path, index=False)
+    before = project_snapshot(project)
+    with pytest.raises(BadInput, match=error):
+        stage_task(TaskSpec(**{"name": "quiz", "source": str(path), "text": "question", "label": "answer",
+                               "choices": ["answerA", "answerB", "answerC"], **spec}))
+    assert project_snapshot(project) == before

@@ -24,6 +24,15 @@ def tasks_add(
         "--unlabelled-values", help="Label values that mean 'no label' (their rows are dropped), repeated or "
                                     "comma-separated; an empty value ('' or a trailing comma) is a blank cell. "
                                     "Default: none; every other value is a class.")] = None,
+    choices: Annotated[list[str] | None, typer.Option(
+        "--choices", help="Multiple choice: the option columns, repeated or comma-separated (answerA,answerB,answerC), "
+                          "or one column holding each row's list of options (column, or column.field of a struct "
+                          "column). --text is then a template of columns ('{context} {question}') or one column; the "
+                          "classes are the options A, B, ...")] = None,
+    choice_labels: Annotated[list[str] | None, typer.Option(
+        "--choice-labels", help="Multiple choice: the label value that marks each option, in order, repeated or "
+                                "comma-separated. Default: the letters A, B, ... or positions 0..C-1 or 1..C, as the "
+                                "labels are.")] = None,
     metric: Annotated[str, typer.Option(help="Headline metric: accuracy, f1 (binary) or mcc.")] = "accuracy",
     description: Annotated[str, typer.Option(help="One line for `tasks list` and the model card.")] = "",
     replace: Annotated[bool, typer.Option("--replace", help="Replace an already registered task's data.")] = False,
@@ -45,7 +54,8 @@ def tasks_add(
     names = [n.strip() for item in (label_names or []) for n in item.split(",") if n.strip()] or None
     unlabelled = [v.strip() for item in (unlabelled_values or []) for v in item.split(",")]
     spec = TaskSpec(name=name, source=source, text=text, label=label, text_pair=text_pair, label_names=names,
-                    unlabelled_values=unlabelled, metric=metric, description=description)
+                    unlabelled_values=unlabelled, metric=metric, description=description,
+                    choices=_listed(choices), choice_labels=_listed(choice_labels))
     check_remote_credentials()
     flows = [f"train-expert/{deployment}"] + ([f"build-moe-bundle/{deployment}"] if bundle else [])
     if train:  # fail before anything is written when what --train needs is missing
@@ -77,6 +87,11 @@ def tasks_add(
         return "\n".join(lines)
 
     emit(result, as_json, render)
+
+
+def _listed(values: list[str] | None) -> list[str] | None:
+    """A repeated, comma-separated option as one list (None when not given)."""
+    return None if values is None else [v.strip() for item in values for v in item.split(",")]
 
 
 def _check_training_services(deployment: str, deployments: list[str]) -> None:

@@ -77,6 +77,32 @@ def template_fields(template: str) -> list[str]:
     return fields
 
 
+def choice_template(text: str) -> str:
+    """``tasks add --text`` of a multiple-choice task as a card template: a template stays, a column name
+    ``question`` becomes ``{question}``."""
+    return text if "{" in text or "}" in text else "{" + text + "}"
+
+
+def option_count(task: str, df: pd.DataFrame, choices: list[str] | str, where: str) -> int:
+    """How many options each row of ``df`` offers: the number of option columns, or the one length of
+    every row's list in a list column (``column`` or ``column.field``)."""
+    if isinstance(choices, list):
+        return len(choices)
+    column, *keys = choices.split(".")
+    require_columns(task, df, [column], where)
+    lengths = sorted({len(row) for row in (_cell_options(cell, keys, choices, task, where) for cell in df[column])
+                      if row is not None})
+    if not lengths:
+        raise BadInput(f"choices {choices!r} of {where} hold no list of options in any row",
+                       "name a column of lists, or list the option columns")
+    if len(lengths) > 1:
+        raise BadInput(f"rows of {where} offer {', '.join(map(str, lengths))} options in {choices!r}",
+                       "give every row the same number of options (a task has one set of option letters)")
+    if lengths[0] < 2:
+        raise BadInput(f"choices {choices!r} of {where} hold {lengths[0]} option per row", "a question needs at least two options")
+    return lengths[0]
+
+
 def check_choice_card(card: TaskCard) -> None:
     """A multiple-choice card: a text template, the options, and the option letters as label names."""
     where = f"multiple-choice task card {card.name!r}"

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from ttlora_moe.data.cards import normalise
+from ttlora_moe.data.choices import MARKERS
 from ttlora_moe.errors import BadInput
 
 # Labels that often mean "no label": kept as classes (the user did not say otherwise), with a note.
@@ -27,16 +28,9 @@ def infer_labels(column: pd.Series, label: str, label_names: list[str] | None,
     ``unlabelled_values``: raw values whose rows have no label ('' = a blank cell); ``label_names``:
     the user's class names, matching the values themselves or class ids 0..k-1 (None: the values).
     """
-    keys = column.map(normalise)
     unlabelled = {normalise(v) for v in unlabelled_values}
     names = None if label_names is None else _checked_names([str(n).strip() for n in label_names], unlabelled)
-    blank = int((keys == "").sum())
-    if blank and "" not in unlabelled:
-        raise BadInput(f"{blank} row(s) have an empty label in column {label!r}",
-                       f"fill them in, or pass {OPTION} '' to drop rows without a label")
-    present = set(keys)
-    notes = [f"{OPTION} {v!r} never occurs in column {label!r}" for v in unlabelled_values if normalise(v) not in present]
-    kept = ~keys.isin(unlabelled)
+    keys, kept, notes = _labelled(column, label, unlabelled_values)
     first = _classes(column[kept], keys[kept], label)
     for key, raw in first.items():
         if key in SUSPECT:
@@ -46,11 +40,78 @@ def infer_labels(column: pd.Series, label: str, label_names: list[str] | None,
     return names, _named_values(first, label, names), notes
 
 
+def infer_option_labels(column: pd.Series, label: str, count: int, choice_labels: list[str] | None,
+                        unlabelled_values: list[Any]) -> tuple[list[str], list[Any], list[str]]:
+    """Multiple choice: ``(label_names, label_values, notes)`` of the raw label ``column`` of a task with
+    ``count`` options. The names are the option letters A, B, ...; ``choice_labels`` is the user's raw
+    value for each option in order (None: the letters themselves, or positions 0..count-1 or 1..count,
+    whichever the values are; anything else, or both, is one BadInput)."""
+    letters = list(MARKERS[:count])
+    keys, kept, notes = _labelled(column, label, unlabelled_values)
+    present = set(keys[kept])
+    if not present:
+        raise BadInput(f"column {label!r} has no labelled rows", "a multiple-choice task needs answered questions")
+    if choice_labels is None:
+        values = _option_values(present, count, label, _show(_classes_seen(column[kept], keys[kept]), list(present)))
+    else:
+        given = [normalise(v) for v in choice_labels]
+        if len(given) != count or len(set(given)) != count or "" in given:
+            raise BadInput(f"--choice-labels {choice_labels} must give {count} distinct values, one per option "
+                           f"({', '.join(letters)})", "list the label value that marks each option, in order")
+        clash = sorted(set(given) & {normalise(v) for v in unlabelled_values})
+        if clash:
+            raise BadInput(f"--choice-labels and {OPTION} both name {clash}", "a value is either an option or 'no label'")
+        values = list(choice_labels)
+    unknown = sorted(present - {normalise(v) for v in values})
+    if unknown:
+        raise BadInput(f"labels {unknown[:5]} in column {label!r} mark none of the {count} options ({values})",
+                       f"pass {OPTION} for values that mean 'no label', or --choice-labels with each option's value")
+    notes.append("label " + ", ".join(f"{v!r} is option {m}" for v, m in zip(values, letters)))
+    return letters, values, notes
+
+
+def _option_values(present: set[str], count: int, label: str, shown: str) -> list[Any]:
+    """The raw value of each option, read off the normalised labels ``present``: letters or positions."""
+    if present <= {m.lower() for m in MARKERS[:count]}:
+        return list(MARKERS[:count])
+    zero, one = {str(i) for i in range(count)}, {str(i) for i in range(1, count + 1)}
+    if present <= zero and present <= one:
+        raise BadInput(f"labels {shown} in column {label!r} may count the {count} options from 0 or from 1",
+                       f"pass --choice-labels {','.join(map(str, range(count)))} or "
+                       f"--choice-labels {','.join(map(str, range(1, count + 1)))}")
+    if present <= zero:
+        return list(range(count))
+    if present <= one:
+        return list(range(1, count + 1))
+    raise BadInput(f"labels {shown} in column {label!r} are neither the option letters "
+                   f"{', '.join(MARKERS[:count])} nor positions 0..{count - 1} or 1..{count}",
+                   "pass --choice-labels with the label value of each option, in order")
+
+
+def _labelled(column: pd.Series, label: str, unlabelled_values: list[Any]) -> tuple[pd.Series, pd.Series, list[str]]:
+    """The normalised labels, which rows have a label, and a note for each --unlabelled-values never seen;
+    a blank label the user did not call 'no label' is BadInput."""
+    keys = column.map(normalise)
+    unlabelled = {normalise(v) for v in unlabelled_values}
+    blank = int((keys == "").sum())
+    if blank and "" not in unlabelled:
+        raise BadInput(f"{blank} row(s) have an empty label in column {label!r}",
+                       f"fill them in, or pass {OPTION} '' to drop rows without a label")
+    present = set(keys)
+    notes = [f"{OPTION} {v!r} never occurs in column {label!r}" for v in unlabelled_values if normalise(v) not in present]
+    return keys, ~keys.isin(unlabelled), notes
+
+
+def _classes_seen(column: pd.Series, keys: pd.Series) -> dict[str, Any]:
+    """Normalised label -> its first raw value."""
+    return {k: _plain(v) for k, v in column.groupby(keys.to_numpy(), sort=False).first().items()}
+
+
 def _classes(column: pd.Series, keys: pd.Series, label: str) -> dict[str, Any]:
     """The distinct classes (normalised key -> first raw value), checked to be one kind of label."""
     if column.empty:
         raise BadInput(f"column {label!r} has no labelled rows", "a classifier needs examples of at least two labels")
-    first = {k: _plain(v) for k, v in column.groupby(keys.to_numpy(), sort=False).first().items()}
+    first = _classes_seen(column, keys)
     spellings = pd.DataFrame({"key": keys, "form": column.map(lambda v: str(v).strip())}).drop_duplicates()
     spellings = spellings[~spellings["key"].map(_is_number)]
     for _, forms in spellings.groupby("key")["form"]:

@@ -25,7 +25,8 @@ from ttlora_moe.data.cards import (
     name_skeleton,
     validate_task_name,
 )
-from ttlora_moe.data.labels import infer_labels
+from ttlora_moe.data.choices import MULTIPLE_CHOICE, choice_template, option_count, template_fields
+from ttlora_moe.data.labels import infer_labels, infer_option_labels
 from ttlora_moe.data.prepare import prepare_task
 from ttlora_moe.data.raw import (
     RAW_SUFFIXES,
@@ -57,6 +58,35 @@ class TaskSpec:
     unlabelled_values: list[Any] = field(default_factory=list)  # raw labels meaning "no label" ('' = blank)
     metric: str = "accuracy"
     description: str = ""
+    # multiple choice: the option columns, or one column holding each row's list of options (column or
+    # column.field of a struct column); --text is then a template of columns ("{context} {question}") or one column
+    choices: list[str] | None = None
+    choice_labels: list[str] | None = None  # multiple choice: the raw label value of each option (None: inferred)
+
+    @property
+    def card_choices(self) -> list[str] | str | None:
+        """The card's ``choices``: the option columns, or the one list column."""
+        if not self.choices:
+            return None
+        return self.choices if len(self.choices) > 1 else self.choices[0]
+
+    @property
+    def card_text(self) -> str:
+        """The card's ``text``: the column, or for multiple choice the template."""
+        return choice_template(self.text) if self.choices else self.text
+
+    @property
+    def option_columns(self) -> list[str]:
+        """The raw columns of the options: the option columns, or the list column (the part before a dot)."""
+        if not self.choices:
+            return []
+        return self.choices if len(self.choices) > 1 else [self.choices[0].split(".")[0]]
+
+    def input_columns(self) -> list[str]:
+        """The raw columns the inputs come from (the label aside): the text columns, then the option columns."""
+        if not self.choices:
+            return [self.text] + ([self.text_pair] if self.text_pair else [])
+        return template_fields(self.card_text) + self.option_columns
 
 
 @dataclass
@@ -113,7 +143,12 @@ def stage_task(spec: TaskSpec, replace: bool = False, params: dict[str, Any] | N
         used = [f for f in found.local if any(fnmatch.fnmatchcase(f.name, p) for p in found.files.values())]
         df = pd.concat([_read_inputs(spec, f, f"{found.source} file {f.name}" if hub else str(f)) for f in used],
                        ignore_index=True)
-        names, values, label_notes = infer_labels(df[spec.label], spec.label, spec.label_names, spec.unlabelled_values)
+        if spec.choices:
+            count = option_count(spec.name, df, spec.card_choices, spec.source)
+            names, values, label_notes = infer_option_labels(df[spec.label], spec.label, count, spec.choice_labels,
+                                                             spec.unlabelled_values)
+        else:
+            names, values, label_notes = infer_labels(df[spec.label], spec.label, spec.label_names, spec.unlabelled_values)
         p = section(params if params is not None else load_params(), "prepare")
         minimum = int(p.get("min_rows", 20))
         if len(df) < minimum * 3:
@@ -124,7 +159,8 @@ def stage_task(spec: TaskSpec, replace: bool = False, params: dict[str, Any] | N
         if not raw.exists():
             import_raw(card, raw)
         meta = prepare_task(card, raw, staging / "prepared", p)
-        _check_every_class_trains(meta, names)
+        if not spec.choices:  # one head row per class; a multiple-choice head scores every option with one row
+            _check_every_class_trains(meta, names)
         return StagedTask(card, staging, meta, replace=card_path.exists(),
                           notes=found.notes + label_notes + _dropped_notes(meta), made_parent=made_parent)
     except BaseException:
@@ -142,10 +178,11 @@ def _discard(staging: Path, made_parent: bool) -> None:
 def _card(spec: TaskSpec, source: str, files: dict[str, str], names: list[str] | None = None,
           values: list[Any] | None = None) -> TaskCard:
     local = Path(source).name if Path(source).is_absolute() else source
-    return TaskCard(name=spec.name, source=source, text=spec.text, text_pair=spec.text_pair, label=spec.label,
-                    label_names=names or ["a", "b"], label_values=values or [0, 1],
+    kind = {"kind": MULTIPLE_CHOICE, "choices": spec.card_choices} if spec.choices else {}
+    return TaskCard(name=spec.name, source=source, text=spec.card_text, text_pair=spec.text_pair, label=spec.label,
+                    label_names=names or ["A", "B"], label_values=values or [0, 1],
                     unlabelled_values=list(spec.unlabelled_values), metric=spec.metric, files=files,
-                    description=spec.description or f"{spec.name}: registered from {local}")
+                    description=spec.description or f"{spec.name}: registered from {local}", **kind)
 
 
 def _check_name(name: str, replace: bool) -> Path:
@@ -164,18 +201,42 @@ def _check_name(name: str, replace: bool) -> Path:
 
 
 def _check_column_options(spec: TaskSpec) -> None:
-    """--text, --text-pair and --label name three different, non-empty columns."""
+    """--text, --text-pair and --label name three different, non-empty columns; with --choices, the
+    template's columns, the option columns and the label are all different, and there is no --text-pair."""
     options = [("--text", spec.text), ("--label", spec.label)] + ([("--text-pair", spec.text_pair)]
                                                                  if spec.text_pair is not None else [])
     for option, column in options:
         if not isinstance(column, str) or not column.strip():
             raise BadInput(f"{option} is empty", f"pass the name of a column with {option}")
+    if spec.choices is not None or spec.choice_labels is not None:
+        options = _check_choice_options(spec)
     seen: dict[str, str] = {}
     for option, column in options:
         if column in seen:
             raise BadInput(f"{seen[column]} and {option} both name the column {column!r}",
                            "give different columns for the text, the text pair and the label")
         seen[column] = option
+
+
+def _check_choice_options(spec: TaskSpec) -> list[tuple[str, str]]:
+    """The options of a multiple-choice task, checked, as (option, column) pairs for the clash check."""
+    if spec.choices is None:
+        raise BadInput("--choice-labels without --choices", "name the option columns with --choices (or drop --choice-labels)")
+    if spec.text_pair is not None:
+        raise BadInput("--text-pair and --choices both give the second input",
+                       "drop --text-pair: a multiple-choice task's second input is its options")
+    if spec.label_names is not None:
+        raise BadInput("--label-names with --choices: a multiple-choice task's classes are its options A, B, ...",
+                       "drop --label-names; give the label value of each option with --choice-labels if needed")
+    if (not spec.choices or any(not isinstance(c, str) or not c.strip() for c in spec.choices)
+            or len(set(spec.choices)) != len(spec.choices)):
+        raise BadInput(f"--choices {spec.choices} must name distinct columns",
+                       "list the option columns (--choices answerA,answerB,answerC) or one column of lists")
+    fields = template_fields(spec.card_text)
+    if len(set(fields)) != len(fields):
+        raise BadInput(f"--text {spec.text!r} names a column twice", "name each column once")
+    options = [("--text", f) for f in fields] + [("--label", spec.label)]
+    return options + [("--choices", c) for c in spec.option_columns]
 
 
 def _locate(source: str) -> _Source:
@@ -258,35 +319,39 @@ def _pattern(matched: list[str], names: list[str]) -> str:
 def _read_inputs(spec: TaskSpec, path: Path, shown: str) -> pd.DataFrame:
     """Read one file of the new task; its columns exist and its inputs are text."""
     df = read_raw_file(path, shown)
-    inputs = [spec.text] + ([spec.text_pair] if spec.text_pair else [])
+    inputs = spec.input_columns()
     for column in inputs + [spec.label]:
         if column not in df.columns:
             raise BadInput(f"column {column!r} is not in {path.name} (columns: {', '.join(map(str, df.columns))})",
                            _column_fix(column, [str(c) for c in df.columns]))
-    for column in inputs:
-        _check_text_column(path, column, df[column])
+    texts = len(inputs) - len(spec.option_columns)
+    for i, column in enumerate(inputs):
+        if i < texts:
+            _check_text_column(path, column, df[column])
+        elif len(spec.choices or []) > 1:  # an option may be a number ("(A) 4 (B) 5"); a list column is checked when prepared
+            _check_text_column(path, column, df[column], numbers_ok=True)
     return df
 
 
 def _column_fix(column: str, columns: list[str]) -> str:
     close = [c for c in columns if c.strip().lower() == column.strip().lower()]
-    return f"did you mean {close[0]!r}?" if close else "pass --text/--text-pair/--label with existing column names"
+    return f"did you mean {close[0]!r}?" if close else "pass --text/--text-pair/--label/--choices with existing column names"
 
 
-def _check_text_column(file: Path, column: str, values: pd.Series) -> None:
-    """An input column holds text: not numbers, not empty in every row."""
+def _check_text_column(file: Path, column: str, values: pd.Series, numbers_ok: bool = False) -> None:
+    """An input column holds text: not empty in every row, and (unless ``numbers_ok``) not only numbers."""
     present = values.dropna()
     strings = present[present.map(lambda v: isinstance(v, str))]
     if len(strings) < len(present):
         bad = present[~present.map(lambda v: isinstance(v, str))].iloc[0]
         raise BadInput(f"input column {column!r} of {file.name} is not text (found {type(bad).__name__} {bad!r})",
-                       "choose a text column for --text/--text-pair")
+                       "choose a text column for --text/--text-pair/--choices")
     filled = strings[strings.str.strip() != ""]
     if filled.empty:
         raise BadInput(f"input column {column!r} of {file.name} is empty in every row", "choose a column that holds the text")
-    if pd.to_numeric(filled, errors="coerce").notna().all():
+    if not numbers_ok and pd.to_numeric(filled, errors="coerce").notna().all():
         raise BadInput(f"input column {column!r} of {file.name} is not text (its values are numbers, e.g. {filled.iloc[0]!r})",
-                       "choose a text column for --text/--text-pair")
+                       "choose a text column for --text/--text-pair/--choices")
 
 
 def _check_every_class_trains(meta: dict[str, Any], names: list[str]) -> None:
