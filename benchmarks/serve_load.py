@@ -4,9 +4,11 @@ For each model the benchmark starts ``mlflow models serve -m models:/... --env-m
 command the README gives), waits for ``/ping``, warms it up, reads its idle resident memory (the
 server's whole process tree), then sends
 
-- a sequential phase: requests one at a time from one client, and
+- a sequential phase: requests one at a time from one client, the two servers taking turns request
+  by request (both are up; the idle one costs nothing), so a drift in the machine's speed falls on
+  both alike and the ratio between them holds, and
 - a concurrent phase: ``--requests`` requests of 1 to ``--max-rows`` mixed-task rows from
-  ``--clients`` concurrent clients,
+  ``--clients`` concurrent clients, one server at a time (two loaded servers would share the cores),
 
 and reports errors, samples/s, p50 and p99 latency and peak RSS. The base model alone is the limit:
 a pyfunc that tokenises, runs the frozen base and pools, served the same way
@@ -25,6 +27,7 @@ With ``--model-uri models:/ttlora-moe@champion`` (and ``MLFLOW_TRACKING_URI``) i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -37,7 +40,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,12 +201,47 @@ def post(port: int, records: list[dict[str, Any]]) -> tuple[float, bool]:
     return time.perf_counter() - start, ok
 
 
-def load(port: int, requests: list[list[dict[str, Any]]], clients: int) -> dict[str, Any]:
-    """Send ``requests`` from ``clients`` threads; errors, samples/s and latency percentiles."""
+def send(port: int, requests: list[list[dict[str, Any]]], clients: int) -> tuple[list[tuple[float, bool]], float]:
+    """Send ``requests`` from ``clients`` threads: each one's (seconds, ok), and the seconds of them all."""
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
         results = list(pool.map(lambda records: post(port, records), requests))
-    seconds = time.perf_counter() - start
+    return results, time.perf_counter() - start
+
+
+def take_turns(servers: dict[str, Server], requests: list[list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Sequential: each request to every server in turn (the first server alternating), one at a time;
+    per server the :func:`summary`, its seconds the sum of its own requests' latencies."""
+    names = list(servers)
+    results: dict[str, list[tuple[float, bool]]] = {name: [] for name in names}
+    with peaks_of(servers) as peaks:
+        for i, records in enumerate(requests):
+            for name in names if i % 2 == 0 else names[::-1]:
+                results[name].append(post(servers[name].port, records))
+    return {name: {**summary(requests, got, 1, sum(s for s, _ in got)), "peak_rss_mb": peaks[name].peak}
+            for name, got in results.items()}
+
+
+def in_halves(servers: dict[str, Server], requests: list[list[dict[str, Any]]], clients: int) -> dict[str, dict[str, Any]]:
+    """Concurrent: one server at a time (two loaded servers would share the cores), the first half of the
+    requests in order A, B, the second in order B, A, so a steady drift in the machine's speed falls on
+    each alike; per server the :func:`summary` of both halves and the peak RSS."""
+    names, half = list(servers), len(requests) // 2
+    results: dict[str, list[tuple[float, bool]]] = {name: [] for name in names}
+    seconds, peak = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    for part, order in ((requests[:half], names), (requests[half:], names[::-1])):
+        for name in order:
+            with PeakRss(servers[name].proc.pid) as sampled:
+                got, took = send(servers[name].port, part, clients)
+            results[name] += got
+            seconds[name] += took
+            peak[name] = max(peak[name], sampled.peak)
+    return {name: {**summary(requests, results[name], clients, seconds[name]), "peak_rss_mb": peak[name]} for name in names}
+
+
+def summary(requests: list[list[dict[str, Any]]], results: list[tuple[float, bool]], clients: int,
+            seconds: float) -> dict[str, Any]:
+    """Errors, samples/s and latency percentiles of ``requests`` answered as ``results`` in ``seconds``."""
     latencies = sorted(s for s, _ in results)
     rows = sum(len(r) for r in requests)
     return {"clients": clients, "requests": len(requests), "rows": rows, "errors": sum(not ok for _, ok in results),
@@ -209,26 +249,55 @@ def load(port: int, requests: list[list[dict[str, Any]]], clients: int) -> dict[
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "seconds": seconds}
 
 
-def measure(name: str, uri: str, env: dict[str, str], requests: dict[str, list], clients: int, log: Path) -> list[dict]:
-    """Serve ``uri``, warm it up, then the sequential and the concurrent phase; one row per phase."""
-    port = free_port()
-    proc = start_server(uri, port, env, log)
+@contextlib.contextmanager
+def peaks_of(servers: dict[str, Server]) -> Iterator[dict[str, PeakRss]]:
+    """Each server's process tree sampled for its peak RSS while the block runs."""
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(PeakRss(server.proc.pid)) for name, server in servers.items()}
+
+
+@dataclass(frozen=True)
+class Server:
+    """One running ``mlflow models serve``."""
+
+    proc: subprocess.Popen
+    port: int
+
+
+@contextlib.contextmanager
+def serving(uris: dict[str, str], env: dict[str, str], logs: Path) -> Iterator[dict[str, Server]]:
+    """Every model of ``uris`` served (started one after the other, each healthy before the next takes a
+    port); all stopped at exit."""
+    servers: dict[str, Server] = {}
     try:
-        wait_healthy(proc, port, log)
-        for records in requests["warmup"]:
-            post(port, records)
-        time.sleep(1.0)
-        idle = tree_rss_mb(proc.pid)
-        rows = []
-        for phase, phase_clients in (("sequential", 1), ("concurrent", clients)):
-            with PeakRss(proc.pid) as peak:
-                result = load(port, requests[phase], phase_clients)
-            rows.append({"model": name, "phase": phase, **result, "idle_rss_mb": idle, "peak_rss_mb": peak.peak,
-                         "peak_x_idle": peak.peak / idle if idle else None})
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        return rows
+        for name, uri in uris.items():
+            port = free_port()
+            servers[name] = Server(start_server(uri, port, env, logs / f"{name}.log"), port)
+            wait_healthy(servers[name].proc, port, logs / f"{name}.log")
+        yield servers
     finally:
-        stop_server(proc)
+        for server in servers.values():
+            stop_server(server.proc)
+
+
+def measure(uris: dict[str, str], env: dict[str, str], requests: dict[str, list], clients: int, logs: Path) -> list[dict]:
+    """Serve every model, warm each up, then the sequential phase (the servers taking turns) and each
+    server's concurrent phase; one row per model and phase."""
+    with serving(uris, env, logs) as servers:
+        for records in requests["warmup"]:
+            for server in servers.values():
+                post(server.port, records)
+        time.sleep(1.0)
+        idle = {name: tree_rss_mb(server.proc.pid) for name, server in servers.items()}
+        phases = {"sequential": take_turns(servers, requests["sequential"]),
+                  "concurrent": in_halves(servers, requests["concurrent"], clients)}
+    rows = []
+    for name in uris:
+        for phase, results in phases.items():
+            row = {"model": name, "phase": phase, **results[name], "idle_rss_mb": idle[name]}
+            rows.append({**row, "peak_x_idle": row["peak_rss_mb"] / idle[name] if idle[name] else None})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
 
 
 def serve_goals(rows: list[dict[str, Any]]) -> dict[str, bool]:
@@ -278,9 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.model_uri:
             uris["bundle"] = args.model_uri
             env["MLFLOW_TRACKING_URI"] = os.environ.get("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
-        rows = []
-        for name in ("base", "bundle"):
-            rows += measure(name, uris[name], env, requests, clients, root / f"{name}.log")
+        rows = measure({name: uris[name] for name in ("base", "bundle")}, env, requests, clients, root)
     base_rate = {r["phase"]: r["samples_per_s"] for r in rows if r["model"] == "base"}
     for row in rows:
         row["x_base"] = row["samples_per_s"] / base_rate[row["phase"]]
