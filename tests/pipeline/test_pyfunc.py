@@ -37,14 +37,21 @@ def test_champion_answers_rest_requests(registry_env, evaluated_bundle):
     assert [p["task"] for p in predictions] == ["toy", "toy2"]  # routed
     assert all(p["expert_version"] == "1" and p["label"] in ("neg", "pos") and not p["abstained"] for p in predictions)
     assert all(p["abstain_reason"] is None and isinstance(p["out_of_scope_score"], float) for p in predictions)
-    bad = client.post("/invocations", json={"dataframe_records": [{"txt": "x"}]})
-    assert bad.status_code == 400 and "text" in bad.text
-    for records, message in (([{"text": "ok"}, {"text": None}], "row 1: field 'text' is null"),
+    assert model.metadata.get_input_schema() is None  # a schema would make MLflow drop unknown fields unseen
+    for records, message in (([{"txt": "x"}], "row 0: unknown field(s) ['txt']"),
+                             ([{"text": "ok", "txt_pair": "misspelt"}], "row 0: unknown field(s) ['txt_pair']"),
+                             ([{"text_pair": "no text"}], "row 0: field 'text' is missing"),
+                             ([{"text": "ok"}, {"text": None}], "row 1: field 'text' is null"),
                              ([{"text": "ok"}, {"text": 42}], "row 1: field 'text' is a int"),
                              ([{"text": "ok", "text_pair": 3.5}], "row 0: field 'text_pair' is a float"),
                              ([{"text": "x" * 20_001}], "row 0: field 'text' brings the row to 20,001 characters")):
         response = client.post("/invocations", json={"dataframe_records": records})
         assert response.status_code == 400 and message in response.json()["message"], response.text
+    for body in ({"inputs": ["the movie 3 was good", "the movie 4 was bad"]},
+                 {"dataframe_split": {"columns": ["text"], "data": [["the movie 3 was good"], ["the movie 4 was bad"]]}},
+                 {"instances": [{"text": "the movie 3 was good"}, {"text": "the movie 4 was bad"}]}):
+        response = client.post("/invocations", json=body)
+        assert response.status_code == 200 and [p["task"] for p in response.json()["predictions"]] == ["toy", "toy"], body
     empty = client.post("/invocations", json={"dataframe_records": [{"text": ""}, {"text": "the movie 3 was good"}]})
     answers = empty.json()["predictions"]
     assert [p["abstained"] for p in answers] == [True, False]

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ttlora_moe.errors import BadInput
@@ -28,12 +29,18 @@ class RequestLimits:
     max_chars: int = 20_000         # characters of text + text_pair per row (inputs are truncated to max_length tokens anyway)
 
 
+COLUMN_TYPES = (list, tuple, np.ndarray, pd.Series)  # a dict of these is columns (MLflow parses "instances" so)
+
+
 def _records(model_input: Any) -> list[Any]:
     if isinstance(model_input, pd.DataFrame):
         return model_input.to_dict(orient="records")
     if isinstance(model_input, dict):
-        if all(isinstance(v, (list, tuple)) for v in model_input.values()):
-            return pd.DataFrame(model_input).to_dict(orient="records")
+        if model_input and all(isinstance(v, COLUMN_TYPES) for v in model_input.values()):
+            lengths = {str(k): len(v) for k, v in model_input.items()}
+            if len(set(lengths.values())) > 1:
+                raise BadInput(f"the request's columns differ in length ({lengths})", "send one value per row in every column")
+            return pd.DataFrame({k: list(v) for k, v in model_input.items()}).to_dict(orient="records")
         return [model_input]
     if isinstance(model_input, str):
         return [{"text": model_input}]
@@ -68,7 +75,7 @@ def request_rows(model_input: Any, limits: RequestLimits = RequestLimits()) -> l
     rows = []
     for i, record in enumerate(records):
         if isinstance(record, str):
-            record = {"text": record}
+            record = {"text": str(record)}  # a plain str, also for numpy's
         if not isinstance(record, dict):
             raise BadInput(f"row {i} is a {type(record).__name__}, not an object", 'send {"text": ..., "text_pair": ...}')
         unknown = sorted(str(k) for k in record if k not in FIELDS)
