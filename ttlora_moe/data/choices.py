@@ -100,6 +100,8 @@ def option_count(task: str, df: pd.DataFrame, choices: list[str] | str, where: s
                        "give every row the same number of options (a task has one set of option letters)")
     if lengths[0] < 2:
         raise BadInput(f"choices {choices!r} of {where} hold {lengths[0]} option per row", "a question needs at least two options")
+    if lengths[0] > len(MARKERS):
+        raise BadInput(f"choices {choices!r} of {where} hold {lengths[0]} options per row", f"at most {len(MARKERS)} are supported")
     return lengths[0]
 
 

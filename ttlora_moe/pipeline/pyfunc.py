@@ -10,6 +10,7 @@ manager and ``mlflow models generate-dockerfile`` / ``build-docker`` have all th
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -174,8 +175,17 @@ def log_pyfunc(name: str, cls: type, artifacts: dict[str, str]):
         warnings.filterwarnings("ignore", message=".*(input example|signature).*")
         code = Path(tmp) / f"{name.replace('-', '_')}_model.py"
         code.write_text(_MODEL_CODE.format(cls=cls.__name__))
-        return mlflow.pyfunc.log_model(name=name, python_model=str(code), artifacts=artifacts,
-                                       code_paths=[str(package)], pip_requirements=pip_requirements())
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        pyfunc_log.addFilter(_no_signature_warning)  # MLflow warns that it "failed to infer" the schema we left out
+        try:
+            return mlflow.pyfunc.log_model(name=name, python_model=str(code), artifacts=artifacts,
+                                           code_paths=[str(package)], pip_requirements=pip_requirements())
+        finally:
+            pyfunc_log.removeFilter(_no_signature_warning)
+
+
+def _no_signature_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Failed to infer model signature")
 
 
 def bundle_artifacts(bundle_dir: Path) -> dict[str, str]:
