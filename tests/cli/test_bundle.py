@@ -32,11 +32,12 @@ def test_cli_build_evaluate_predict(moe_env, tmp_path, capsys, monkeypatch):
 
     inputs = tmp_path / "in.jsonl"
     rows = moe_rows("quest", 1) + moe_rows("senti", 1)
-    inputs.write_text(json.dumps({"text": rows[0]["text"]}) + "\n\n"
-                      + json.dumps({"text": rows[1]["text"], "text_pair": None}) + "\n")
+    inputs.write_text(json.dumps({"text": rows[0]["text"], "id": 7}) + "\n\n"
+                      + json.dumps({"text": rows[1]["text"], "txt_pair": None}) + "\n")
     first = moe_rows("senti", 1, 7)[0]["text"]
-    code, stdout, _ = run_cli(capsys, "predict", "--bundle", out, first, "--file", inputs, "--json")
+    code, stdout, err = run_cli(capsys, "predict", "--bundle", out, first, "--file", inputs, "--json")
     assert code == 0 and stdout.count("\n") == 1
+    assert "in.jsonl has fields that are not read: id, txt_pair" in err
     predictions = json.loads(stdout)["predictions"]
     from ttlora_moe.moe.bundle import load_moe
 

@@ -6,6 +6,7 @@ JSON object on stdout, progress goes to stderr, bad input exits 2 with one line.
 """
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from ttlora_moe.errors import BadInput
 
 def _read_inputs(texts: list[str], file: Path | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [{"text": t, "text_pair": None} for t in texts]
+    ignored: set[str] = set()
     if file is not None:
         if not file.is_file():
             raise BadInput(f"{file} does not exist", "give a JSON-lines file with one {\"text\": ...} object per line")
@@ -33,6 +35,10 @@ def _read_inputs(texts: list[str], file: Path | None) -> list[dict[str, Any]]:
             if pair is not None and not isinstance(pair, str):
                 raise BadInput(f"{file}:{n}: \"text_pair\" must be a string or null", "fix the line")
             rows.append({"text": obj["text"], "text_pair": pair or None})
+            ignored.update(str(k) for k in obj if k not in ("text", "text_pair"))
+    if ignored:  # an id or a label is fine to leave in the file; a misspelt "txt_pair" must not pass unseen
+        print(f"note: {file} has fields that are not read: {', '.join(sorted(ignored))} "
+              "(only \"text\" and \"text_pair\" are)", file=sys.stderr)
     if not rows:
         raise BadInput("no input given", "pass texts as arguments or --file F.jsonl")
     return rows
