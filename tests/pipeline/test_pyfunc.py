@@ -47,6 +47,8 @@ def test_champion_answers_rest_requests(registry_env, evaluated_bundle):
                              ([{"text": "x" * 20_001}], "row 0: field 'text' brings the row to 20,001 characters")):
         response = client.post("/invocations", json={"dataframe_records": records})
         assert response.status_code == 400 and message in response.json()["message"], response.text
+    assert client.post("/invocations", json={"inputs": "the movie 3 was good"}).json()["predictions"][0]["task"] == "toy"
+    assert "the request is a int" in client.post("/invocations", json={"inputs": 5}).json()["message"]
     for body in ({"inputs": ["the movie 3 was good", "the movie 4 was bad"]},
                  {"dataframe_split": {"columns": ["text"], "data": [["the movie 3 was good"], ["the movie 4 was bad"]]}},
                  {"instances": [{"text": "the movie 3 was good"}, {"text": "the movie 4 was bad"}]}):

@@ -18,7 +18,7 @@ def test_good_rows_in_every_shape_a_client_sends():
     assert request_rows(frame) == want
     assert request_rows({"text": ["a", "b"], "text_pair": [math.nan, "c"]}) == want
     assert request_rows([{"text": "a"}, {"text": "b", "text_pair": "c"}]) == want
-    assert request_rows("a") == [{"text": "a", "text_pair": None}]
+    assert request_rows("a") == request_rows(np.array("a")) == [{"text": "a", "text_pair": None}]  # {"inputs": "a"}
     columns = {"text": np.array(["a", "b"]), "text_pair": np.array([None, "c"], dtype=object)}  # MLflow's "instances"
     assert request_rows(columns) == want and all(type(r["text"]) is str for r in request_rows(np.array(["a", "b"])))
     assert request_rows([{"text": "   "}]) == [{"text": "   ", "text_pair": None}]  # answered with an abstention
@@ -36,6 +36,8 @@ def test_good_rows_in_every_shape_a_client_sends():
     ([{"text": "x" * 10, "text_pair": "y" * 15}], "row 0: field 'text_pair' brings the row to 25 characters"),
     ([7], "row 0 is a int, not an object"),
     ([], "the request holds no rows"),
+    (np.array(5), "the request is a int, not rows"),
+    (None, "the request is a NoneType, not rows"),
     ({"text": ["a", "b"], "text_pair": ["c"]}, "the request's columns differ in length ({'text': 2, 'text_pair': 1})"),
     ([{"text": "a"}] * 4, "the request holds 4 rows; the limit is 3"),
 ])

@@ -33,6 +33,8 @@ COLUMN_TYPES = (list, tuple, np.ndarray, pd.Series)  # a dict of these is column
 
 
 def _records(model_input: Any) -> list[Any]:
+    if isinstance(model_input, np.ndarray) and model_input.ndim == 0:  # MLflow parses {"inputs": "a text"} so
+        model_input = model_input.item()
     if isinstance(model_input, pd.DataFrame):
         return model_input.to_dict(orient="records")
     if isinstance(model_input, dict):
@@ -44,7 +46,10 @@ def _records(model_input: Any) -> list[Any]:
         return [model_input]
     if isinstance(model_input, str):
         return [{"text": model_input}]
-    return list(model_input)
+    if isinstance(model_input, COLUMN_TYPES):
+        return list(model_input)
+    raise BadInput(f"the request is a {type(model_input).__name__}, not rows",
+                   'send {"dataframe_records": [{"text": ..., "text_pair": ...}, ...]}')
 
 
 def _missing(value: Any) -> bool:
