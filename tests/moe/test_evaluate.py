@@ -32,6 +32,27 @@ def test_out_of_scope_task_choice(moe_env):
     assert _out_of_scope_task(["senti", "nli", "quest"], None, preferred="mrpc") == "extra"
 
 
+def test_an_out_of_scope_task_that_is_a_served_task_again_is_skipped(moe_env, moe_bundle, tmp_path):
+    """The same data registered under another name (as `make demo-add-task` registers BoolQ rows) is in
+    scope: measuring abstention on it would measure the bundle against itself, so the next task is taken."""
+    from ttlora_moe.moe.evaluate import evaluate_bundle
+    from ttlora_moe.pipeline.bundle_report import evaluation_table
+    from ttlora_moe.pipeline.gates import check_gates
+
+    cards = moe_env["root"] / "tasks"
+    (cards / "again.yaml").write_text((cards / "senti.yaml").read_text())  # senti's source under a new name
+    try:
+        params = {**moe_env["params"], "bundle": {**moe_env["params"]["bundle"], "out_of_scope_task": "again"}}
+        report = evaluate_bundle(_copy(moe_bundle, tmp_path), params=params, progress=False, baselines=False)
+    finally:
+        (cards / "again.yaml").unlink()
+    oos = report["out_of_scope"]
+    assert oos["skipped"] == ["again and the served task senti share 100% of the smaller one's inputs"]
+    assert oos["task"] == "extra" and oos["rows"] > 0 and "out_of_scope_auroc" in report["gates"]
+    table = evaluation_table(report, check_gates(report), "m", "1", {})
+    assert "Out of scope: not measured on again and the served task senti share 100%" in table
+
+
 def test_evaluate_bundle_reports_routing_retention_and_abstain(moe_env, moe_bundle, tmp_path):
     from ttlora_moe.moe.evaluate import evaluate_bundle
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 
 from ttlora_moe.devices import params_device
@@ -50,22 +52,59 @@ def wrong_label(label: int, num_labels: int) -> int:
     return (label + 1) % num_labels
 
 
+# An out-of-scope task that shares more than this share of the smaller one's inputs with a served task (the
+# same data registered again, as `make demo-add-task` registers BoolQ rows as `yesno`) is that task, so its
+# rows would measure the bundle against itself: the next candidate is taken.
+MAX_SHARED_INPUTS = 0.05
+
+
 def _out_of_scope_task(tasks: list[str], wanted: str | None, preferred: str | None = None) -> str | None:
-    """The task whose inputs should abstain: ``wanted`` (must not be in the bundle), else ``preferred``
-    (params.yaml) when the bundle lacks it and the project has its card, else the first prepared task the
-    bundle lacks."""
+    """The first of :func:`_out_of_scope_candidates` (None: every task is in the bundle)."""
+    return (_out_of_scope_candidates(tasks, wanted, preferred) or [None])[0]
+
+
+def _out_of_scope_candidates(tasks: list[str], wanted: str | None, preferred: str | None = None) -> list[str]:
+    """The tasks whose inputs should abstain, best first: ``wanted`` alone (it must not be in the bundle),
+    else ``preferred`` (params.yaml) when the bundle lacks it and the project has its card, then the
+    prepared tasks the bundle lacks, then the others."""
     from ttlora_moe.data.cards import list_tasks
     from ttlora_moe.paths import data_root
 
     if wanted:
         if wanted in tasks:
             raise BadInput(f"out-of-scope task {wanted!r} is in the bundle", "pick a task the bundle has no expert for")
-        return wanted
+        return [wanted]
     candidates = [t for t in list_tasks() if t not in tasks]
-    if preferred in candidates:
-        return preferred
     prepared = [t for t in candidates if (data_root() / "prepared" / t / "test.parquet").exists()]
-    return (prepared or candidates or [None])[0]
+    first = [preferred] if preferred in candidates else []
+    return first + [t for t in prepared if t not in first] + [t for t in candidates if t not in first and t not in prepared]
+
+
+def _input_hashes(rows: pd.DataFrame) -> np.ndarray:
+    """One 64-bit hash per ``(text, text_pair)`` row."""
+    return pd.util.hash_pandas_object(rows[["text", "text_pair"]].fillna("\x00"), index=False).to_numpy()
+
+
+def _task_inputs(task: str, params: dict[str, Any]) -> np.ndarray:
+    """The distinct hashes of the inputs of every prepared split of ``task``."""
+    from ttlora_moe.data.cards import load_task_card
+    from ttlora_moe.data.prepare import ensure_prepared
+
+    hashes = [_input_hashes(pd.read_parquet(path, columns=["text", "text_pair"]))
+              for path in sorted(ensure_prepared(load_task_card(task), params).glob("*.parquet"))]
+    return np.unique(np.concatenate(hashes)) if hashes else np.zeros(0, dtype=np.uint64)
+
+
+def _shared_inputs(task: str, tasks: list[str], params: dict[str, Any]) -> tuple[str | None, float]:
+    """The served task that shares the largest share of the smaller one's inputs with ``task``, and that share."""
+    theirs = _task_inputs(task, params)
+    best: tuple[str | None, float] = (None, 0.0)
+    for served in tasks:
+        mine = _task_inputs(served, params)
+        smaller = min(len(mine), len(theirs))
+        share = len(np.intersect1d(mine, theirs, assume_unique=True)) / smaller if smaller else 0.0
+        best = max(best, (served, share), key=lambda pair: pair[1])
+    return best
 
 
 def evaluation_rows(num_rows: int, cap: int | None, seed: int) -> list[int]:
@@ -232,15 +271,21 @@ def evaluate_bundle(
 def _out_of_scope(moe: Any, tasks: list[str], params: dict[str, Any], bp: dict[str, Any], wanted: str | None,
                   in_scores: list[float], seed: int, progress: bool) -> dict[str, Any]:
     """Abstain rate and score separation on rows of a task the bundle does not serve."""
-    task = _out_of_scope_task(tasks, wanted, bp["out_of_scope_task"])
-    result: dict[str, Any] = {"task": task, "rows": 0, "abstain_rate": None, "auroc": None, "fpr_at_95_tpr": None,
-                              "routed_to": {}}
-    if not task:
+    result: dict[str, Any] = {"task": None, "rows": 0, "abstain_rate": None, "auroc": None, "fpr_at_95_tpr": None,
+                              "routed_to": {}, "skipped": []}
+    for task in _out_of_scope_candidates(tasks, wanted, bp["out_of_scope_task"]):
+        result["task"] = task
+        try:
+            _, _, rows, _ = _test_rows(task, params, int(bp["out_of_scope_rows"]), seed)
+        except BadInput as exc:  # its data is not here (e.g. a worker without a mirror and no DVC pointer for it)
+            return {**result, "error": str(exc)}
+        twin, shared = _shared_inputs(task, tasks, params)
+        if shared <= MAX_SHARED_INPUTS:
+            break
+        result["skipped"].append(f"{task} and the served task {twin} share {shared:.0%} of the smaller one's inputs")
+        result["task"] = None
+    if not result["task"]:
         return result
-    try:
-        _, _, rows, _ = _test_rows(task, params, int(bp["out_of_scope_rows"]), seed)
-    except BadInput as exc:  # its data is not here (e.g. a worker without a mirror and no DVC pointer for it)
-        return {**result, "error": str(exc)}
     answers = moe.predict(rows, batch_size=int(bp["batch_size"]), progress=progress)
     out_scores = [_oos_score(a) for a in answers]
     for a in answers:

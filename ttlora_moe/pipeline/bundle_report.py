@@ -27,6 +27,8 @@ def evaluation_table(evaluation: dict[str, Any], gates: dict[str, Any], model: s
         lines.append(f"| {task} | {experts.get(task, '')} | {row.get('metric', '')} | {_fmt(row.get('router_accuracy'))} | "
                      f"{_fmt(row.get('expert_metric'))} | {_fmt(row.get('bundle_metric'))} | {_fmt(row.get('baseline_metric'))} |")
     oos = evaluation.get("out_of_scope") or {}
+    if oos.get("skipped"):
+        lines += ["", f"Out of scope: not measured on {'; '.join(oos['skipped'])}"]
     if oos.get("task"):
         measured = (f"abstained {_fmt(oos.get('abstain_rate'))}, AUROC {_fmt(oos.get('auroc'))}" if oos.get("auroc") is not None
                     else f"not measured ({oos.get('error', 'no rows')})")
