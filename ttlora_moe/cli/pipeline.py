@@ -52,7 +52,7 @@ def tasks_add(
     from ttlora_moe.pipeline.task_validation import TaskSpec
 
     names = [n.strip() for item in (label_names or []) for n in item.split(",") if n.strip()] or None
-    unlabelled = [v.strip() for item in (unlabelled_values or []) for v in item.split(",")]
+    unlabelled = _listed(unlabelled_values) or []
     spec = TaskSpec(name=name, source=source, text=text, label=label, text_pair=text_pair, label_names=names,
                     unlabelled_values=unlabelled, metric=metric, description=description,
                     choices=_listed(choices), choice_labels=_listed(choice_labels))

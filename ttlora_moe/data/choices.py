@@ -133,8 +133,12 @@ def check_choice_card(card: TaskCard) -> None:
 def choice_columns(card: TaskCard) -> list[str]:
     """The raw columns a multiple-choice card reads (template fields, then the option column(s))."""
     fields = template_fields(card.text)
-    options = card.choices if isinstance(card.choices, list) else [str(card.choices).split(".")[0]]
-    return fields + [c for c in options if c not in fields]
+    return fields + [c for c in option_columns(card.choices) if c not in fields]
+
+
+def option_columns(choices: list[str] | str) -> list[str]:
+    """The raw columns of a card's ``choices``: the option columns, or the one list column (before any ``.field``)."""
+    return list(choices) if isinstance(choices, list) else [str(choices).split(".")[0]]
 
 
 def choice_inputs(card: TaskCard, df: pd.DataFrame, where: str) -> pd.DataFrame:

@@ -77,7 +77,7 @@ def _out_of_scope_candidates(tasks: list[str], wanted: str | None, preferred: st
     candidates = [t for t in list_tasks() if t not in tasks]
     prepared = [t for t in candidates if (data_root() / "prepared" / t / "test.parquet").exists()]
     first = [preferred] if preferred in candidates else []
-    return first + [t for t in prepared if t not in first] + [t for t in candidates if t not in first and t not in prepared]
+    return list(dict.fromkeys(first + prepared + candidates))
 
 
 def _input_hashes(rows: pd.DataFrame) -> np.ndarray:
@@ -85,25 +85,19 @@ def _input_hashes(rows: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(rows[["text", "text_pair"]].fillna("\x00"), index=False).to_numpy()
 
 
-def _task_inputs(task: str, params: dict[str, Any]) -> np.ndarray:
-    """The distinct hashes of the inputs of every prepared split of ``task``."""
-    from ttlora_moe.data.cards import load_task_card
-    from ttlora_moe.data.prepare import ensure_prepared
-
-    hashes = [_input_hashes(pd.read_parquet(path, columns=["text", "text_pair"]))
-              for path in sorted(ensure_prepared(load_task_card(task), params).glob("*.parquet"))]
+def _prepared_inputs(prepared: Path) -> np.ndarray:
+    """The distinct hashes of the inputs of every split in a task's ``prepared`` folder."""
+    hashes = [_input_hashes(pd.read_parquet(path, columns=["text", "text_pair"])) for path in sorted(prepared.glob("*.parquet"))]
     return np.unique(np.concatenate(hashes)) if hashes else np.zeros(0, dtype=np.uint64)
 
 
-def _shared_inputs(task: str, tasks: list[str], params: dict[str, Any]) -> tuple[str | None, float]:
-    """The served task that shares the largest share of the smaller one's inputs with ``task``, and that share."""
-    theirs = _task_inputs(task, params)
+def _shared_inputs(theirs: np.ndarray, served: dict[str, np.ndarray]) -> tuple[str | None, float]:
+    """The served task that shares the largest share of the smaller one's inputs with ``theirs``, and that share."""
     best: tuple[str | None, float] = (None, 0.0)
-    for served in tasks:
-        mine = _task_inputs(served, params)
+    for task, mine in served.items():
         smaller = min(len(mine), len(theirs))
         share = len(np.intersect1d(mine, theirs, assume_unique=True)) / smaller if smaller else 0.0
-        best = max(best, (served, share), key=lambda pair: pair[1])
+        best = max(best, (task, share), key=lambda pair: pair[1])
     return best
 
 
@@ -112,13 +106,19 @@ def evaluation_rows(num_rows: int, cap: int | None, seed: int) -> list[int]:
     return sorted(sample_indices(num_rows, cap, seed))
 
 
-def _test_rows(task: str, params: dict[str, Any], cap: int, seed: int) -> tuple[Path, list[int], list[dict[str, Any]], str]:
-    """(prepared folder, scored row indices, those rows, a key naming exactly these rows) of a task's test split."""
+def _prepared(task: str, params: dict[str, Any]) -> Path:
+    """The task's prepared folder (prepared first when it is not)."""
     from ttlora_moe.data.cards import load_task_card
     from ttlora_moe.data.prepare import ensure_prepared
+
+    return ensure_prepared(load_task_card(task), params)
+
+
+def _test_rows(task: str, params: dict[str, Any], cap: int, seed: int) -> tuple[Path, list[int], list[dict[str, Any]], str]:
+    """(prepared folder, scored row indices, those rows, a key naming exactly these rows) of a task's test split."""
     from ttlora_moe.data.prepared import load_split, prepared_md5
 
-    prepared = ensure_prepared(load_task_card(task), params)
+    prepared = _prepared(task, params)
     test = load_split(prepared, "test")
     indices = evaluation_rows(len(test), cap, seed)
     return prepared, indices, [test[i] for i in indices], f"{prepared_md5(prepared)}:{cap}:{seed}"
@@ -273,13 +273,15 @@ def _out_of_scope(moe: Any, tasks: list[str], params: dict[str, Any], bp: dict[s
     """Abstain rate and score separation on rows of a task the bundle does not serve."""
     result: dict[str, Any] = {"task": None, "rows": 0, "abstain_rate": None, "auroc": None, "fpr_at_95_tpr": None,
                               "routed_to": {}, "skipped": []}
+    served: dict[str, np.ndarray] = {}  # each served task's input hashes, read once
     for task in _out_of_scope_candidates(tasks, wanted, bp["out_of_scope_task"]):
         result["task"] = task
         try:
-            _, _, rows, _ = _test_rows(task, params, int(bp["out_of_scope_rows"]), seed)
+            prepared, _, rows, _ = _test_rows(task, params, int(bp["out_of_scope_rows"]), seed)
         except BadInput as exc:  # its data is not here (e.g. a worker without a mirror and no DVC pointer for it)
             return {**result, "error": str(exc)}
-        twin, shared = _shared_inputs(task, tasks, params)
+        served = served or {t: _prepared_inputs(_prepared(t, params)) for t in tasks}
+        twin, shared = _shared_inputs(_prepared_inputs(prepared), served)
         if shared <= MAX_SHARED_INPUTS:
             break
         result["skipped"].append(f"{task} and the served task {twin} share {shared:.0%} of the smaller one's inputs")

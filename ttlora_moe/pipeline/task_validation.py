@@ -25,7 +25,7 @@ from ttlora_moe.data.cards import (
     name_skeleton,
     validate_task_name,
 )
-from ttlora_moe.data.choices import MULTIPLE_CHOICE, choice_template, option_count, template_fields
+from ttlora_moe.data.choices import MULTIPLE_CHOICE, choice_template, option_columns, option_count, template_fields
 from ttlora_moe.data.labels import infer_labels, infer_option_labels
 from ttlora_moe.data.prepare import prepare_task
 from ttlora_moe.data.raw import (
@@ -77,10 +77,8 @@ class TaskSpec:
 
     @property
     def option_columns(self) -> list[str]:
-        """The raw columns of the options: the option columns, or the list column (the part before a dot)."""
-        if not self.choices:
-            return []
-        return self.choices if len(self.choices) > 1 else [self.choices[0].split(".")[0]]
+        """The raw columns of the options (:func:`~ttlora_moe.data.choices.option_columns`); none without choices."""
+        return option_columns(self.card_choices) if self.choices else []
 
     def input_columns(self) -> list[str]:
         """The raw columns the inputs come from (the label aside): the text columns, then the option columns."""
