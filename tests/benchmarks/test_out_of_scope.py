@@ -21,7 +21,9 @@ def test_every_task_is_held_out_once_for_every_detector(moe_env, bench_results):
     knn = [r for r in rows[:-4] if r["detector"] == "knn"]
     assert [r for r in rows[-4:] if r["detector"] == "knn"][0]["auroc"] == sum(r["auroc"] for r in knn) / 3
     assert set(result["goals"]) == {"mean_auroc_at_least_0_95", "junk_abstains_at_least_99pct", "false_abstain_at_most_2pct"}
-    assert len(out_of_scope.junk_rows()) >= 30
+    junk, validation_junk = out_of_scope.junk_rows(), out_of_scope.junk_rows(out_of_scope.VALIDATION_JUNK)
+    assert len(junk) >= 30 and len(validation_junk) >= 30  # what a sweep chooses on is never what it reports
+    assert not {r["text"] for r in junk} & {r["text"] for r in validation_junk}
     # --method picks the configured detector: it comes first and sets the goals
     out_of_scope.main(["--tasks", "senti", "nli", "quest", "--test-rows", "12", "--method", "fused"])
     result = json.loads((bench_results / "out_of_scope.json").read_text())
@@ -63,8 +65,15 @@ def test_a_sweep_refits_every_combination_and_chooses_on_validation(moe_env, ben
     assert sorted(json.dumps(c, sort_keys=True) for c in combos) == sorted(
         json.dumps({"components": c, "task_covariance": t}, sort_keys=True) for c in (2, 4) for t in (0, 0.5))
     assert len(result["sweep_rows"]) == 4 * 3 and all(0 <= r["validation_auroc"] <= 1 for r in result["sweep_rows"])
-    chosen = result["sweep"][0]  # best mean validation AUROC first
-    assert chosen["validation_auroc"] == max(r["validation_auroc"] for r in result["sweep"])
+    assert all(0 <= r["validation_junk_abstain"] <= 1 for r in result["sweep_rows"])
+    chosen = result["sweep"][0]  # the validation junk goal first, then the best mean validation AUROC
+    meets = [r for r in result["sweep"] if r["validation_junk_abstain"] >= out_of_scope.JUNK_GOAL]
+    assert chosen["validation_auroc"] == max(r["validation_auroc"] for r in meets or result["sweep"])
+    assert out_of_scope.sweep_table([
+        {"held_out": "a", "options": {"k": 1}, "validation_auroc": 0.99, "validation_junk_abstain": 0.9,
+         **dict.fromkeys(out_of_scope.COLUMNS[2:], 0.5)},
+        {"held_out": "a", "options": {"k": 2}, "validation_auroc": 0.95, "validation_junk_abstain": 1.0,
+         **dict.fromkeys(out_of_scope.COLUMNS[2:], 0.5)}])[0]["options"] == {"k": 2}  # the goal outranks AUROC
     mine = [r for r in result["sweep_rows"] if r["options"] == chosen["options"]]
     assert chosen["auroc"] == pytest.approx(sum(r["auroc"] for r in mine) / 3)
     # the configured detector's rows are the ones a run without the sweep gives
