@@ -148,6 +148,9 @@ write_env() {
         for v in TTLORA_RUN_DIR PREFECT_HOME PREFECT_API_URL PREFECT_UI_URL MLFLOW_TRACKING_URI TTLORA_WORK_POOL; do
             printf 'export %s=%q\n' "$v" "${!v}"
         done
+        if [[ -n ${TTLORA_DATA_MIRROR:-} ]]; then  # the workers' mirror: `tasks add` records sources inside it relative to it
+            printf 'export TTLORA_DATA_MIRROR=%q\n' "$TTLORA_DATA_MIRROR"
+        fi
         # The project's prefect, mlflow and ttlora-moe first on PATH: `mlflow models serve` starts the
         # server as `uvicorn ...` through PATH, so without this it fails even when run as .venv/bin/mlflow.
         # shellcheck disable=SC2016  # $PATH written literally, expanded when env.sh is sourced

@@ -44,6 +44,9 @@ def test_import_raw_from_a_mirror_and_missing_files(tmp_path, monkeypatch):
         import_raw(toy_card(source="elsewhere"), tmp_path / "raw" / "x")
     # An explicit mirror argument needs no environment variable.
     assert import_raw(toy_card(), tmp_path / "raw" / "again", tmp_path / "mirror").is_dir()
+    # a card registered from a path on another machine says where its raw data is: DVC
+    with pytest.raises(BadInput, match="/elsewhere/toy of task 'toy' does not exist here.*dvc pull data/raw/toy.dvc"):
+        import_raw(toy_card(source="/elsewhere/toy"), tmp_path / "raw" / "x")
 
 
 def test_import_raw_from_the_hub(tmp_path, monkeypatch):

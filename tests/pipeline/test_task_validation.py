@@ -64,6 +64,21 @@ def test_a_careless_csv_registers_with_every_quirk_read_sensibly(project):
     assert sum(staged.meta["rows"].values()) == 120 and staged.notes == []
 
 
+def test_a_source_inside_the_data_mirror_is_recorded_relative_to_it(project, monkeypatch):
+    """Any machine with the mirror finds it; a path elsewhere stays absolute (provenance: DVC carries the data)."""
+    mirror = project.parent / "mirror"
+    (mirror / "reviews").mkdir(parents=True)
+    pd.DataFrame([{"body": t, "rating": r} for t, r in rows()]).to_parquet(mirror / "reviews" / "train.parquet")
+    (project.parent / "alias").symlink_to(mirror)
+    monkeypatch.setenv("TTLORA_DATA_MIRROR", str(project.parent / "alias"))  # reached through a link
+    for source in (mirror / "reviews", project.parent / "alias" / "reviews"):
+        assert stage(project, source).card.source == "reviews"
+    # folder/file inside the mirror has a hub id's shape: recorded absolute, so never read as one
+    assert stage(project, mirror / "reviews" / "train.parquet").card.source == str(mirror / "reviews" / "train.parquet")
+    monkeypatch.setenv("TTLORA_DATA_MIRROR", str(project.parent / "sources"))
+    assert stage(project, mirror / "reviews").card.source == str(mirror / "reviews")
+
+
 def test_prepared_text_keeps_quoted_newlines(project):
     path = project.parent / "sources" / "quoted.csv"
     pd.DataFrame([{"body": f"{t}\nmore", "rating": r} for t, r in rows()]).to_csv(path, index=False)

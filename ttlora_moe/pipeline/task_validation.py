@@ -251,12 +251,29 @@ def _locate(source: str) -> _Source:
     if path.is_dir():
         files, notes = _folder_files(absolute)
         patterns, more = _role_patterns(files)
-        return _Source(str(absolute), patterns, files, notes + more)
+        return _Source(_card_source(absolute), patterns, files, notes + more)
     if not path.is_file():
         raise BadInput(f"dataset path {source} is {file_kind(path)}, not a regular file", f"give a regular {KINDS} file")
     if not is_raw_file(path):
         raise BadInput(f"{source} is not a {KINDS} file", "convert it to CSV, Parquet or JSONL (and name it so)")
-    return _Source(str(absolute), {"labelled": glob.escape(absolute.name)}, [absolute])
+    return _Source(_card_source(absolute), {"labelled": glob.escape(absolute.name)}, [absolute])
+
+
+def _card_source(path: Path) -> str:
+    """What the card records for a local source: its path inside the data mirror when it lies there, so
+    that any machine with the mirror finds it; else the absolute path, as provenance (other machines
+    get the raw data from DVC). A path inside the mirror shaped like a hub id (``folder/file``) stays
+    absolute: the card would read it as one."""
+    mirror = os.environ.get("TTLORA_DATA_MIRROR")
+    if not mirror:
+        return str(path)
+    for root in dict.fromkeys((Path(os.path.abspath(Path(mirror).expanduser())), Path(mirror).expanduser().resolve())):
+        for candidate in dict.fromkeys((path, path.resolve())):
+            with contextlib.suppress(ValueError):
+                inside = candidate.relative_to(root).as_posix()
+                if inside != "." and not is_hub_id(inside):
+                    return inside
+    return str(path)
 
 
 def _looks_like_path(source: str) -> bool:
