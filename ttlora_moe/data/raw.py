@@ -50,7 +50,7 @@ def _source_folder(card: TaskCard, mirror: Path | None) -> Path | None:
         path = Path(card.source).expanduser()
         if not path.exists():
             raise BadInput(f"dataset path {card.source} of task {card.name!r} does not exist here",
-                           f"it is where the task was registered from: get its raw data with `dvc pull "
+                           "it is where the task was registered from: get its raw data with `dvc pull "
                            f"data/raw/{card.name}.dvc`, or point the card's source at an existing file or folder")
         return path
     if mirror is not None or os.environ.get("TTLORA_DATA_MIRROR"):
