@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     means = {r["detector"]: r for r in rows if r["held_out"] == "**mean**"}
     configured = means[config.out_of_scope.get("method", "knn")]
     goals = {"mean_auroc_at_least_0_95": configured["auroc"] >= 0.95,
-             "junk_abstains_at_least_99pct": configured["abstain_junk"] >= 0.99,
+             "junk_abstains_at_least_99pct": configured["abstain_junk"] >= JUNK_GOAL,
              "false_abstain_at_most_2pct": configured["false_abstain_in_scope"] <= 0.02}
     seconds = time.perf_counter() - start
     table = markdown_table(rows, COLUMNS) + (

@@ -20,16 +20,16 @@ def _copy(moe_bundle, tmp_path) -> Path:
 
 
 def test_out_of_scope_task_choice(moe_env):
-    from ttlora_moe.moe.evaluate import _out_of_scope_task
+    from ttlora_moe.moe.evaluate import _out_of_scope_candidates
 
-    assert _out_of_scope_task(["a", "b"], "c", preferred="d") == "c"
-    assert _out_of_scope_task(["senti", "nli"], None, preferred="quest") == "quest"
+    assert _out_of_scope_candidates(["a", "b"], "c", preferred="d")[0] == "c"
+    assert _out_of_scope_candidates(["senti", "nli"], None, preferred="quest")[0] == "quest"
     with pytest.raises(BadInput, match="out-of-scope task 'a' is in the bundle"):
-        _out_of_scope_task(["a", "b"], "a")
+        _out_of_scope_candidates(["a", "b"], "a")
     # params.yaml's preference is only a preference: a bundle that serves it, or a project without its
     # card (the library default names a GLUE task), gets another task
-    assert _out_of_scope_task(["senti", "nli", "quest"], None, preferred="nli") == "extra"
-    assert _out_of_scope_task(["senti", "nli", "quest"], None, preferred="mrpc") == "extra"
+    assert _out_of_scope_candidates(["senti", "nli", "quest"], None, preferred="nli")[0] == "extra"
+    assert _out_of_scope_candidates(["senti", "nli", "quest"], None, preferred="mrpc")[0] == "extra"
 
 
 def test_an_out_of_scope_task_that_is_a_served_task_again_is_skipped(moe_env, moe_bundle, tmp_path):

@@ -58,11 +58,6 @@ def wrong_label(label: int, num_labels: int) -> int:
 MAX_SHARED_INPUTS = 0.05
 
 
-def _out_of_scope_task(tasks: list[str], wanted: str | None, preferred: str | None = None) -> str | None:
-    """The first of :func:`_out_of_scope_candidates` (None: every task is in the bundle)."""
-    return (_out_of_scope_candidates(tasks, wanted, preferred) or [None])[0]
-
-
 def _out_of_scope_candidates(tasks: list[str], wanted: str | None, preferred: str | None = None) -> list[str]:
     """The tasks whose inputs should abstain, best first: ``wanted`` alone (it must not be in the bundle),
     else ``preferred`` (params.yaml) when the bundle lacks it and the project has its card, then the

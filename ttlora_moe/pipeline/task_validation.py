@@ -265,14 +265,11 @@ def _card_source(path: Path) -> str:
     get the raw data from DVC). A path inside the mirror shaped like a hub id (``folder/file``) stays
     absolute: the card would read it as one."""
     mirror = os.environ.get("TTLORA_DATA_MIRROR")
-    if not mirror:
-        return str(path)
-    for root in dict.fromkeys((Path(os.path.abspath(Path(mirror).expanduser())), Path(mirror).expanduser().resolve())):
-        for candidate in dict.fromkeys((path, path.resolve())):
-            with contextlib.suppress(ValueError):
-                inside = candidate.relative_to(root).as_posix()
-                if inside != "." and not is_hub_id(inside):
-                    return inside
+    if mirror:
+        with contextlib.suppress(ValueError):  # not inside the mirror
+            inside = path.resolve().relative_to(Path(mirror).expanduser().resolve()).as_posix()
+            if inside != "." and not is_hub_id(inside):
+                return inside
     return str(path)
 
 
