@@ -10,13 +10,18 @@ code, SQL, URLs, emoji, another language) are scored. Reported per held-out task
 
 for every detector method (``knn``, ``fused``, ``relative``: fitted on the same router and rows, the configured
 one first) and, as the reference, the router's confidence alone (what routers did before the
-detector). Goals (issue): mean AUROC >= 0.95, junk abstains >= 99%, in-scope
+detector). With single-pass routing and ``router.second_look`` on, the configured decision is the
+early detector with its second look (:mod:`ttlora_moe.moe.second_look`: a second router on every
+state, trained on the same rows): its row comes first, with the share of in-scope test rows that took
+the second look (its cost), and ``--second-look-rates`` adds one row per other band on the same
+second router. Goals (issue): mean AUROC >= 0.95, junk abstains >= 99%, in-scope
 false abstain <= 2%.
 
     python -m benchmarks.out_of_scope                # every task card with data (features cached)
     python -m benchmarks.out_of_scope --tasks cola mnli qnli qqp rte sst2 mrpc
     python -m benchmarks.out_of_scope --profile pool --results out_of_scope_pool   # the pool bundle's settings
     python -m benchmarks.out_of_scope --profile pool --sweep components=256,768 task_covariance=0,0.1
+    python -m benchmarks.out_of_scope --second-look-rates 0.1 0.2   # what wider bands buy (single pass)
 
 ``--sweep`` refits the configured method on the same routers for every combination of the given
 ``router.out_of_scope`` options and chooses one on *validation* data, never on what it reports: the
@@ -50,6 +55,7 @@ from ttlora_moe.moe.features import FeatureSpec, compute_features
 from ttlora_moe.moe.out_of_scope import OPTIONS, check_options, fit_detector
 from ttlora_moe.moe.router import SOLVERS, RouterConfig, task_weights, train_router
 from ttlora_moe.moe.router_data import router_data, test_features
+from ttlora_moe.moe.second_look import DEFAULTS as SECOND_LOOK, calibrate_second_look, fit_second_look, second_look_config
 from ttlora_moe.moe.single_pass import router_feature_spec
 from ttlora_moe.params import load_params, section
 
@@ -59,6 +65,7 @@ JUNK_GOAL = 0.99  # share of junk that must abstain (issue 10)
 QUICK_TASKS = ["cola", "mrpc", "rte", "sst2"]
 DETECTORS = ("knn", "fused", "relative")  # compared on the same router; "confidence alone" is the reference
 COLUMNS = ["held_out", "detector", "auroc", "fpr_at_95_tpr", "abstain_held_out", "abstain_junk", "false_abstain_in_scope"]
+LOOK_COLUMNS = [*COLUMNS, "looked_in_scope"]  # with a second look: the share of in-scope test rows that took it
 SWEEP_COLUMNS = ["options", "validation_auroc", "validation_junk_abstain", *COLUMNS[2:]]
 
 
@@ -113,11 +120,39 @@ def detector_scores(detector, sets: dict[str, torch.Tensor], routed: dict[str, t
     return {n: detector.score(sets[n], r[1], r[2].argmax(-1)) for n, r in routed.items()}
 
 
+def second_look_rows(held: str, ins: list[str], base, config: RouterConfig, params: dict[str, Any],
+                     data: dict[str, tuple], router, routed: dict[str, tuple], every_state: dict[str, Any],
+                     rates: list[float]) -> list[dict[str, Any]]:
+    """The configured detector with its second look, one row per band ``rates`` (the configured first): the second
+    router is trained once on every state's features of the same rows, each band calibrated as a build does."""
+    spec = every_state["spec"]
+    full, _, _ = router_data(base, ins, spec, config, params, progress=False)
+    with torch.enable_grad():  # training, inside the caller's no_grad
+        look, _ = fit_second_look(router, data["validation"][0], full["train"], full["validation"], ins, config, spec,
+                                  base.hidden_size)
+    sets = {"in": torch.cat([every_state["tests"][t] for t in ins]), "out": every_state["tests"][held],
+            "junk": every_state["junk"]}
+    second = {name: look.router.route(x)[3] for name, x in sets.items()}
+    early_val, second_val = router.route(data["validation"][0])[3], look.router.route(full["validation"][0])[3]
+    weights = task_weights(data["validation"][1], len(ins))
+    rows = []
+    for rate in rates:
+        banded, _ = calibrate_second_look(look.router, spec, early_val, second_val, weights, rate, config.false_abstain_rate)
+        looked = {name: routed[name][3] > banded.band for name in sets}
+        served = {name: banded.score(routed[name][3], looked[name], second[name][looked[name]]) for name in sets}
+        rows.append({"held_out": held, "detector": f"{router.detector.method} + second look {rate:g}",
+                     **measure(served, banded.threshold), "looked_in_scope": float(looked["in"].float().mean())})
+    return rows
+
+
 def held_out_rows(held: str, tasks: list[str], base, spec, config: RouterConfig, params: dict[str, Any],
                   tests: dict[str, torch.Tensor], junk: torch.Tensor, sweep: list[dict[str, Any]] = (),
-                  validation_junk: torch.Tensor | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                  validation_junk: torch.Tensor | None = None, every_state: dict[str, Any] | None = None,
+                  rates: list[float] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train the router without ``held`` and score its rows, the in-scope rows and the junk: one row per
-    detector, and one per ``sweep`` combination (with its validation AUROC and validation junk abstain rate)."""
+    detector (first the configured one with its second look at each of ``rates``, when ``every_state`` holds
+    the every-state spec and features), and one per ``sweep`` combination (with its validation AUROC and
+    validation junk abstain rate)."""
     ins = [t for t in tasks if t != held]
     data, _, _ = router_data(base, ins, spec, config, params, progress=False)
     router, _ = train_router(*data["train"], *data["validation"], ins, config, progress=False, block=base.hidden_size)
@@ -126,6 +161,8 @@ def held_out_rows(held: str, tasks: list[str], base, spec, config: RouterConfig,
     with torch.no_grad():
         routed = {name: router.route(x) for name, x in sets.items()}
         val_routed = router.route(data["validation"][0])
+        if every_state is not None:
+            rows += second_look_rows(held, ins, base, config, params, data, router, routed, every_state, rates)
         rows.append({"held_out": held, "detector": router.detector.method,
                      **measure({n: r[3] for n, r in routed.items()}, float(router.detector.threshold))})
         for method in DETECTORS:
@@ -172,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results", default="out_of_scope", help="results name under benchmarks/results/")
     parser.add_argument("--sweep", nargs="*", default=[], metavar="KEY=V1,V2",
                         help="router.out_of_scope options to sweep on the same routers; chosen on validation rows")
+    parser.add_argument("--second-look-rates", nargs="*", type=float, default=[], metavar="RATE",
+                        help="more bands of the second look (single pass), on the same second router")
     args = parser.parse_args(argv)
     args.test_rows = args.test_rows or (100 if args.quick else 500)
     params = load_params(profile=args.profile)
@@ -189,27 +228,34 @@ def main(argv: list[str] | None = None) -> dict:
     tests = {t: test_features(base, t, spec, params, args.test_rows, seed) for t in tasks}
     junk = compute_features(base, junk_rows(), spec, progress=False)
     validation_junk = compute_features(base, junk_rows(VALIDATION_JUNK), spec, progress=False) if sweep else None
+    every_state, rates = None, []
+    if second_look_config(config) is not None:
+        rates = list(dict.fromkeys([float({**SECOND_LOOK, **config.second_look}["rate"]), *args.second_look_rates]))
+        full_spec = router_feature_spec(config.features, spec.max_length, None)
+        every_state = {"spec": full_spec, "junk": compute_features(base, junk_rows(), full_spec, progress=False),
+                       "tests": {t: test_features(base, t, full_spec, params, args.test_rows, seed) for t in tasks}}
     rows, swept = [], []
     for held in tasks:
         mine, more = held_out_rows(held, tasks, base, spec, copy.deepcopy(config), params, tests, junk, sweep,
-                                   validation_junk)
+                                   validation_junk, every_state, rates)
         rows += mine
         swept += more
         print(mine[0], flush=True)  # the configured detector
     for detector in dict.fromkeys(r["detector"] for r in rows):
         mine = [r for r in rows if r["detector"] == detector]
         rows.append({"held_out": "**mean**", "detector": detector,
-                     **{k: mean(r[k] for r in mine) for k in COLUMNS[2:]}})
+                     **{k: mean(r[k] for r in mine) for k in LOOK_COLUMNS[2:] if k in mine[0]}})
     means = {r["detector"]: r for r in rows if r["held_out"] == "**mean**"}
-    configured = means[config.out_of_scope.get("method", "knn")]
+    configured = means[rows[0]["detector"]]  # the configured detector (with its second look) comes first
     goals = {"mean_auroc_at_least_0_95": configured["auroc"] >= 0.95,
              "junk_abstains_at_least_99pct": configured["abstain_junk"] >= JUNK_GOAL,
              "false_abstain_at_most_2pct": configured["false_abstain_in_scope"] <= 0.02}
     seconds = time.perf_counter() - start
-    table = markdown_table(rows, COLUMNS) + (
+    table = markdown_table(rows, LOOK_COLUMNS if every_state else COLUMNS) + (
         f"\n\n{len(tasks)} tasks, {args.test_rows} test rows each, {len(junk)} junk strings; profile "
         f"{args.profile or 'none'}; detector "
-        f"{config.out_of_scope}; false_abstain_rate {config.false_abstain_rate}; goals: "
+        f"{config.out_of_scope}; second look {config.second_look if every_state else 'none'}; false_abstain_rate "
+        f"{config.false_abstain_rate}; goals: "
         f"{', '.join(f'{k} {v}' for k, v in goals.items())}; took {seconds:.0f} s.")
     sweep_means = sweep_table(swept)
     if sweep_means:
@@ -219,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
                       [{**r, "options": json.dumps(r["options"])} for r in sweep_means], SWEEP_COLUMNS))
     write_results(args.results, {"rows": rows, "goals": goals, "tasks": tasks, "profile": args.profile,
                                  "detector": config.out_of_scope, "false_abstain_rate": config.false_abstain_rate,
+                                 "second_look": config.second_look if every_state else None,
                                  "sweep": sweep_means, "sweep_rows": swept}, table)
     return {"rows": rows, "goals": goals, "sweep": sweep_means}
 

@@ -75,6 +75,11 @@ def bundle(chosen: list[dict[str, Any]], params: dict[str, Any], key: str) -> di
                     "(%d from the cache, %d computed in %.1f s)", len(experts), sec["total"], sec["router"],
                     built["cache_hits"] + built["cache_misses"], built["cache_hits"], built["cache_misses"],
                     sec["features"])
+        if built["second_look"]:
+            look = built["second_look"]
+            logger.info("second look: %.1f%% of the validation inputs (early score above %.3f) get every state of the "
+                        "plain base and a second router (%.1f s, features included)",
+                        100 * look["validation_share_looked"], look["band"], look["seconds"])
         evaluation = evaluate_bundle(root / "bundle", params=params, output=root / "evaluation", progress=False)
         evaluation = compare_with_champion(evaluation, bundle_params(section(params, "bundle")))
         gates = gate_checks.check_gates(evaluation)

@@ -81,3 +81,28 @@ def test_a_sweep_refits_every_combination_and_chooses_on_validation(moe_env, ben
     for bad in (["colour=red"], ["components"], ["task_covariance=2"]):
         with pytest.raises(BadInput):
             out_of_scope.main(["--tasks", "senti", "nli", "--test-rows", "12", "--sweep", *bad])
+
+
+def test_single_pass_rows_lead_with_the_second_look(moe_env, bench_results):
+    import yaml
+
+    from benchmarks import out_of_scope
+
+    path = moe_env["root"] / "params.yaml"
+    original = path.read_text()
+    try:
+        path.write_text(yaml.safe_dump({**moe_env["params"], "one": {"router": {"route_after_layer": 1}}}))
+        out_of_scope.main(["--tasks", "senti", "nli", "quest", "--test-rows", "12", "--profile", "one",
+                           "--second-look-rates", "0.5", "1"])
+        result = json.loads((bench_results / "out_of_scope.json").read_text())
+    finally:
+        path.write_text(original)
+    rows = result["rows"]
+    looks = ["relative + second look 0.05", "relative + second look 0.5", "relative + second look 1"]
+    assert [r["detector"] for r in rows[:6]] == [*looks, "relative", "knn", "fused"]
+    assert result["second_look"]["rate"] == 0.05
+    shares = [r["looked_in_scope"] for r in rows[:3]]
+    assert shares[0] <= shares[1] <= shares[2] == 1.0  # a wider band looks at more in-scope rows; rate 1 at all
+    mean = {r["detector"]: r for r in rows if r["held_out"] == "**mean**"}
+    assert result["goals"]["junk_abstains_at_least_99pct"] == (mean[looks[0]]["abstain_junk"] >= 0.99)
+    assert all(0 <= r[k] <= 1 for r in rows for k in out_of_scope.LOOK_COLUMNS[2:] if k in r)

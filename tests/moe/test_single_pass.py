@@ -18,6 +18,7 @@ from ttlora_moe.files import load_tensors
 from ttlora_moe.moe.features import FeatureSpec, batch_features, feature_dim
 from ttlora_moe.moe.mixture import ExpertInfo, MixtureOfExperts
 from ttlora_moe.moe.router import Router, RouterConfig
+from ttlora_moe.moe.second_look import SecondLook
 from ttlora_moe.moe.single_pass import restrict_spec
 from ttlora_moe.tt.config import TTLoRAConfig
 from ttlora_moe.tt.inject import attach_tt_lora
@@ -55,12 +56,13 @@ def spread_router(base, spec: FeatureSpec, num_experts: int, seed: int = 0) -> R
     return router
 
 
-def build(ref: str, dirs: list[Path], router: Router, spec: FeatureSpec, k: int | None) -> MixtureOfExperts:
+def build(ref: str, dirs: list[Path], router: Router, spec: FeatureSpec, k: int | None,
+          second_look: SecondLook | None = None) -> MixtureOfExperts:
     """A mixture on a fresh base (the mixture modifies its base in place)."""
     metas = [read_expert_meta(d) for d in dirs]
     infos = [ExpertInfo(m["task"], "1", m["task"], m["label_names"], "accuracy") for m in metas]
     return MixtureOfExperts(load_base_model(ref), infos, [load_tensors(d / "adapter.safetensors") for d in dirs],
-                            metas, router, spec, 32, route_after_layer=k)
+                            metas, router, spec, 32, route_after_layer=k, second_look=second_look)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from ttlora_moe.moe.router import (
     train_router,
 )
 from ttlora_moe.moe.router_data import router_data
+from ttlora_moe.moe.second_look import fit_second_look, save_second_look, second_look_config
 from ttlora_moe.moe.serve_config import ServeConfig
 from ttlora_moe.moe.single_pass import (
     check_route_after_layer,
@@ -89,6 +90,16 @@ def build_bundle(
     model, report = train_router(*data["train"], *data["validation"], tasks, config, progress, block=base.hidden_size)
     router_seconds = time.perf_counter() - t0
 
+    look, look_report = None, None
+    if second_look_config(config) is not None:  # single pass: the second router reads every state of the same rows
+        t0 = time.perf_counter()
+        every_state = router_feature_spec(config.features, spec.max_length, None)
+        full, full_stats, _ = router_data(base, tasks, every_state, config, params, progress)
+        stats.add(full_stats)
+        look, look_report = fit_second_look(model, data["validation"][0], full["train"], full["validation"], tasks,
+                                            config, every_state, base.hidden_size, progress)
+        look_report["seconds"] = round(time.perf_counter() - t0, 2)
+
     versions = versions or {}
     experts = []
     for directory, meta in metas:
@@ -115,6 +126,9 @@ def build_bundle(
             "experts": tasks, "features": spec.to_dict(), "config": config.to_dict(),
             "base_fingerprint": base.fingerprint, "validation": report.to_dict(), "data_md5": md5s,
         })
+        if look is not None:
+            save_second_look(tmp, look, {"experts": tasks, "config": config.to_dict(), "base_fingerprint": base.fingerprint,
+                                         "data_md5": md5s, "validation": look_report})
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "format": BUNDLE_FORMAT,
@@ -128,7 +142,8 @@ def build_bundle(
             "serve": ServeConfig.from_dict(section(params, "serve")).to_dict(),
             "router": {"kind": config.kind, "config": config.to_dict(), "features": spec.to_dict(),
                        "temperature": report.temperature, "threshold": report.threshold,
-                       "false_abstain_rate": config.false_abstain_rate, "files": [ROUTER_WEIGHTS, ROUTER_META]},
+                       "false_abstain_rate": config.false_abstain_rate, "files": [ROUTER_WEIGHTS, ROUTER_META],
+                       "second_look": None if look is None else {**look.record(), **look_report}},
             "experts": experts,
             "files": files,
             "gates": gates,
@@ -152,6 +167,7 @@ def build_bundle(
         "router_passes": report.epochs,  # AdamW epochs or L-BFGS loss evaluations
         "temperature": report.temperature,
         "abstain_threshold": report.threshold,
+        "second_look": None if look is None else {**look.record(), **look_report},
         "gates": gates,
         "cache_hits": stats.hits,
         "cache_misses": stats.computed,

@@ -8,6 +8,8 @@ Layout of a bundle directory::
                            gates, metrics, build timings
     router.safetensors     router weights, feature standardisation, temperature, threshold
     router.json            router config, feature spec, validation metrics
+    second_look/           single-pass bundles: the second router (every state) for doubtful inputs,
+                           with its band and threshold (ttlora_moe.moe.second_look)
     experts/<task>/        unchanged copies of the experts' directories
 
 The position of an expert in ``manifest["experts"]`` is its router index. Building trains only the
@@ -31,6 +33,7 @@ from ttlora_moe.experts.base_model import BaseModel, load_base_model
 from ttlora_moe.files import read_format_json, read_json, sha256_file, write_json
 from ttlora_moe.moe.features import FeatureSpec
 from ttlora_moe.moe.router import ROUTER_META, ROUTER_WEIGHTS, load_router
+from ttlora_moe.moe.second_look import DIRECTORY, load_second_look
 from ttlora_moe.moe.serve_config import ServeConfig
 from ttlora_moe.moe.single_pass import recorded_route_after_layer, routing_record
 
@@ -176,9 +179,14 @@ def load_moe(bundle: Bundle | Path, base: BaseModel | None = None, device: str |
         raise BadInput(f"{bundle.path / MANIFEST} routes {routing_record(k)['mode']} (after layer {k}), its router was "
                        f"trained for route_after_layer={(router_meta.get('config') or {}).get('route_after_layer')}",
                        "rebuild the bundle")
+    look = load_second_look(bundle.path)
+    if look is not None and look.router.num_experts != len(bundle.tasks):
+        raise BadInput(f"{bundle.path / DIRECTORY} routes to {look.router.num_experts} experts, the manifest lists "
+                       f"{len(bundle.tasks)}", "rebuild the bundle")
     serve = serve or serve_config(bundle)
     moe = MixtureOfExperts(base, infos, tensors, bundle.expert_meta, router, spec, int(manifest.get("max_length", 128)),
-                           route_after_layer=k, adapter_path=serve.adapter_path, merged_cache_mb=serve.merged_cache_mb)
+                           route_after_layer=k, adapter_path=serve.adapter_path, merged_cache_mb=serve.merged_cache_mb,
+                           second_look=look)
     return moe.to(next(base.model.parameters()).device)
 
 

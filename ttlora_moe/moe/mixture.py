@@ -10,7 +10,9 @@ For a batch of mixed-task inputs:
 
 With ``route_after_layer = k`` (single-pass routing, :mod:`ttlora_moe.moe.single_pass`) the two passes
 are one: the experts adapt only blocks ``>= k``, and a hook before block ``k`` pools
-``hidden_states[0..k]``, routes, and sets each sample's expert for the blocks that follow.
+``hidden_states[0..k]``, routes, and sets each sample's expert for the blocks that follow; inputs the
+early detector doubts may then get a second look at every state of the plain base
+(:mod:`ttlora_moe.moe.second_look`), which decides whether they abstain.
 
 The adapted linears (:class:`~ttlora_moe.moe.expert_linear.MoETTLinear`) read the routing of the
 forward that is running from the mixture's :class:`~ttlora_moe.moe.routing.RoutingSlot`, a context
@@ -50,6 +52,7 @@ from ttlora_moe.moe.features import (
 )
 from ttlora_moe.moe.router import Router
 from ttlora_moe.moe.routing import Routing, RoutingSlot
+from ttlora_moe.moe.second_look import SecondLook
 from ttlora_moe.moe.single_pass import check_route_after_layer, restrict_spec
 
 
@@ -70,10 +73,11 @@ class MixtureOfExperts(nn.Module):
     def __init__(self, base: BaseModel, experts: list[ExpertInfo], expert_tensors: list[dict[str, torch.Tensor]],
                  expert_meta: list[dict[str, Any]], router: Router, feature_spec: FeatureSpec,
                  max_length: int, route_after_layer: int | None = None, adapter_path: str = "auto",
-                 merged_cache_mb: float = 1024) -> None:
+                 merged_cache_mb: float = 1024, second_look: SecondLook | None = None) -> None:
         """``route_after_layer``: ``None`` routes in a pass of its own; ``k`` routes inside the one forward.
         ``adapter_path``: how adapted layers compute (``auto``, ``merged``, ``factored``, ``contract``: see
-        :mod:`ttlora_moe.moe.expert_linear`); ``auto`` keeps merged weights only when they fit ``merged_cache_mb``."""
+        :mod:`ttlora_moe.moe.expert_linear`); ``auto`` keeps merged weights only when they fit ``merged_cache_mb``.
+        ``second_look`` (single pass only): who decides the abstention of inputs in its band."""
         super().__init__()
         if not experts or len(experts) != len(expert_tensors) or len(experts) != len(expert_meta):
             raise ValueError("experts, tensors and metadata must be non-empty lists of one length")
@@ -87,6 +91,10 @@ class MixtureOfExperts(nn.Module):
         if feature_dim(feature_spec, base) != router.in_dim:
             raise BadInput(f"the router reads {router.in_dim} features, its feature spec gives "
                            f"{feature_dim(feature_spec, base)}", "rebuild the bundle")
+        if second_look is not None and (route_after_layer is None
+                                        or feature_dim(second_look.spec, base) != second_look.router.in_dim):
+            raise BadInput("the bundle's second look does not fit its routing (two passes, or a feature spec that does "
+                           "not match its router)", "rebuild the bundle")
         self.base = base
         self.backbone = base.model  # a submodule, so that .to(), .half() and .eval() reach the base and its adapters
         self.experts = experts
@@ -96,6 +104,8 @@ class MixtureOfExperts(nn.Module):
         self.route_after_layer = route_after_layer
         self.pooling = expert_meta[0].get("pooling", base.pooling)
         self.slot = RoutingSlot()
+        self.second_look = second_look
+        self.second_router = None if second_look is None else second_look.router  # a submodule: .to() moves it
         layout = expert_meta[0].get("layout") or {}
         self.adapter_path = choose_path(adapter_path, layout, len(experts), merged_cache_mb)
         self._attach(expert_tensors, expert_meta)
@@ -218,7 +228,26 @@ class MixtureOfExperts(nn.Module):
         with self.routing(None), on_states(self.base.model, self.route_after_layer, route_here):
             hidden = self.base.model(input_ids=ids, attention_mask=mask).last_hidden_state
         logits = self._head_logits(hidden, mask, routed["ride"], batch.get("option_mask"))
+        if self.second_look is not None:
+            routed["index"], routed["score"] = self._look_again(batch, routed["ride"], routed["score"])
         return tuple(routed[k].cpu() for k in ("index", "confidence", "probs", "score")) + (logits.cpu(),)
+
+    def _look_again(self, batch: dict[str, torch.Tensor], ride: torch.Tensor,
+                    early: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expert index or -1, served out-of-scope score) after the second look: the inputs whose ``early`` score
+        is in the band get a forward of the plain base and the second router's score (:mod:`.second_look`)."""
+        look = self.second_look
+        looked = early > look.band
+        rows = looked.nonzero().flatten().cpu()
+        second = early.new_zeros(0)
+        if len(rows):
+            size = len(batch["input_ids"])
+            part = {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() and len(v) == size}
+            with self.routing(None):  # the plain base: no expert adapts this forward
+                features = batch_features(self.base, part, look.spec)
+            second = self.second_router.route(features.to(self.second_router.mean.device))[3].to(early.device)
+        score = look.score(early, looked, second)
+        return torch.where(score > look.threshold, torch.full_like(ride, -1), ride), score
 
     @torch.no_grad()
     def _two_pass(self, batch: dict[str, torch.Tensor],

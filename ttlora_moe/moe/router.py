@@ -102,6 +102,11 @@ class RouterConfig(Section):
     route_after_layer: int | None = option(
         None, "Single-pass routing: the router reads hidden states 0..k (embeddings + first k blocks) and experts "
               "must adapt only layers >= k (tt.layers_from), so one forward routes and adapts; null = two passes.")
+    second_look: dict[str, Any] = option(
+        {"rate": 0.05, "out_of_scope": {"components": 768, "task_covariance": 0.1, "task_covariance_weight": 0.5}},
+        "Single-pass only (see moe/second_look.py): inputs whose early out-of-scope score is in the top `rate` of the "
+        "in-scope validation scores get a forward of the plain base, and a second router and detector on every state "
+        "(out_of_scope: its options over router.out_of_scope) decide whether they abstain; rate 0 turns it off.")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -122,6 +127,9 @@ class RouterConfig(Section):
             if int(getattr(self, key)) < 0:
                 raise BadInput(f"router.{key} must be >= 0", "fix params.yaml")
         check_options(self.out_of_scope)
+        from ttlora_moe.moe.second_look import check_second_look  # it builds on this module
+
+        check_second_look(self.second_look)
         weights = tuple(self.generative_weights)
         if not weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights):
             raise BadInput(f"router.generative_weights must be a list of numbers >= 0, got {self.generative_weights!r}",

@@ -20,6 +20,7 @@ from ttlora_moe.experts.base_model import BaseModel, load_base_model
 from ttlora_moe.moe.feature_cache import CacheStats, cached_features, sample_indices
 from ttlora_moe.moe.features import FeatureSpec
 from ttlora_moe.moe.router import RouterConfig
+from ttlora_moe.moe.second_look import second_look_config
 from ttlora_moe.moe.single_pass import router_feature_spec
 
 
@@ -91,10 +92,14 @@ def cache_task_features(task: str, *, params: dict[str, Any] | None = None, base
     params = load_params() if params is None else params
     config = RouterConfig.from_dict(section(params, "router"))
     max_length = int(section(params, "train").get("max_length", 128))
-    spec = router_feature_spec(config.features, max_length, config.route_after_layer)
+    specs = [router_feature_spec(config.features, max_length, config.route_after_layer)]
+    if second_look_config(config) is not None:  # the second look's router reads every state of the same rows
+        specs.append(router_feature_spec(config.features, max_length, None))
     base_section = section(params, "base_model")
     base = load_base_model(base_model or base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"),
                            device=params_device(params, device))
-    _, stats, _ = router_data(base, [task], spec, config, params, progress)
+    stats = CacheStats()
+    for spec in specs:
+        stats.add(router_data(base, [task], spec, config, params, progress)[1])
     return {"task": task, "cache_hits": stats.hits, "cache_misses": stats.computed,
             "seconds": round(time.perf_counter() - start, 2)}

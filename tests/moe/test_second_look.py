@@ -1,0 +1,116 @@
+"""The second look: inputs in the band get every state of the plain base and the second router decides; the
+rest keep the early decision; a bundle builds, records and loads it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from tests.moe.test_single_pass import build, make_expert, spread_router
+from tests.toys import MIXED_ROWS, add_pair_task
+from ttlora_moe.data.batching import tokenize
+from ttlora_moe.errors import BadInput
+from ttlora_moe.experts.base_model import load_base_model
+from ttlora_moe.moe.features import FeatureSpec, batch_features
+from ttlora_moe.moe.router import RouterConfig
+from ttlora_moe.moe.second_look import SecondLook, second_look_config
+from ttlora_moe.moe.single_pass import restrict_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory, tiny_bert):
+    root = tmp_path_factory.mktemp("second-look-experts")
+    return [make_expert(root / t, tiny_bert, t, seed=i + 1, layers_from=1) for i, t in enumerate(["senti", "nli", "quest"])]
+
+
+def test_the_band_gets_the_second_router_and_the_rest_keeps_the_early_decision(tiny_bert, experts):
+    plain = load_base_model(tiny_bert)
+    early_spec = restrict_spec(FeatureSpec(), 1)
+    early, second = spread_router(plain, early_spec, 3, seed=3).eval(), spread_router(plain, FeatureSpec(), 3, seed=5).eval()
+    early.threshold.fill_(0.0)  # alone, the early router would never abstain
+    batch = tokenize(plain.tokenizer, MIXED_ROWS, 32)
+    early_scores = early.route(batch_features(plain, batch, early_spec))[3]
+    second_scores = second.route(batch_features(plain, batch, FeatureSpec()))[3]  # every state, plain base
+    band = float(early_scores.median())
+    looked = early_scores > band
+    threshold = band + float(second_scores[looked].median())  # about half of the looked rows abstain
+    moe = build(tiny_bert, experts, early, early_spec, 1, SecondLook(second, FeatureSpec(), band, threshold, 0.5))
+
+    index, _, probs, score, _ = moe.single_pass(batch)
+    ride = probs.argmax(-1)
+    assert torch.allclose(score[~looked], early_scores[~looked])  # below the band: the early score, never abstains
+    assert torch.equal(index[~looked], ride[~looked])
+    assert torch.allclose(score[looked], band + second_scores[looked], atol=1e-5)
+    assert torch.equal(index[looked] < 0, score[looked] > threshold)
+    assert 0 < int((index < 0).sum()) < int(looked.sum())  # the second router really decides
+    answers = moe.predict(MIXED_ROWS, batch_size=4)
+    alone = moe.predict(MIXED_ROWS, batch_size=1)  # which rows share a batch changes nothing
+    assert [(a["task"], a["label"], a["abstained"]) for a in answers] == [(a["task"], a["label"], a["abstained"])
+                                                                           for a in alone]
+    assert all(abs(a["out_of_scope_score"] - b["out_of_scope_score"]) < 1e-4 for a, b in zip(answers, alone))
+    assert [a["abstained"] for a in answers] == (index < 0).tolist()
+    assert all(abs(a["out_of_scope_score"] - float(s)) < 1e-4 for a, s in zip(answers, score))
+    assert moe.slot.get() is None
+
+
+def test_the_second_look_needs_single_pass_and_a_matching_spec(tiny_bert, experts):
+    plain = load_base_model(tiny_bert)
+    early_spec = restrict_spec(FeatureSpec(), 1)
+    look = SecondLook(spread_router(plain, FeatureSpec(), 3), FeatureSpec(), 0.0, 1.0, 0.05)
+    wrong = SecondLook(spread_router(plain, early_spec, 3), FeatureSpec(), 0.0, 1.0, 0.05)
+    for k, spec, second in ((None, FeatureSpec(), look), (1, early_spec, wrong)):
+        with pytest.raises(BadInput, match="second look does not fit") as info:
+            build(tiny_bert, experts, spread_router(plain, spec, 3), spec, k, second)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"rate": 2}, "rate"), ({"rate": True}, "rate"), ({"share": 0.1}, "rate"),
+    ({"out_of_scope": {"components": 0}}, "components"), ({"out_of_scope": []}, "rate"),
+])
+def test_bad_second_look_options_are_one_line_errors(options, message):
+    with pytest.raises(BadInput, match=message) as info:
+        RouterConfig(second_look=options)
+    assert "\n" not in str(info.value)
+
+
+def test_the_second_look_is_only_for_single_pass():
+    assert second_look_config(RouterConfig()) is None  # the library's default routes in two passes
+    assert second_look_config(RouterConfig(route_after_layer=1, second_look={"rate": 0})) is None
+    second = second_look_config(RouterConfig(route_after_layer=1, second_look={"out_of_scope": {"components": 8}}))
+    assert second.route_after_layer is None and second.out_of_scope["components"] == 8
+    assert second.out_of_scope["method"] == RouterConfig().out_of_scope["method"]  # over router.out_of_scope
+
+
+def test_a_single_pass_bundle_builds_records_and_loads_its_second_look(project, monkeypatch, tmp_path, tiny_bert):
+    from ttlora_moe.files import read_json
+    from ttlora_moe.moe.build import build_bundle
+    from ttlora_moe.moe.bundle import load_moe
+
+    add_pair_task(project)
+    monkeypatch.setenv("TTLORA_CACHE", str(tmp_path / "cache"))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    router = {"train_per_task": 60, "validation_per_task": 40, "route_after_layer": 1, "false_abstain_rate": 0.05,
+              "second_look": {"rate": 0.25, "out_of_scope": {"components": 16}}}
+    dirs = [make_expert(tmp_path / "experts" / t, tiny_bert, t, seed=i + 1, layers_from=1)
+            for i, t in enumerate(["toy", "pairs"])]
+    summary = build_bundle(dirs, tmp_path / "bundle", params=params, router=router, progress=False)
+    manifest = read_json(tmp_path / "bundle" / "manifest.json")
+    record = manifest["router"]["second_look"]
+    assert record == summary["second_look"] and record["rate"] == 0.25
+    assert {"second_look/router.json", "second_look/router.safetensors"} <= set(manifest["files"])  # checksummed
+    assert 0 < record["validation_share_looked"] <= 0.25 + 1 / 40  # at most `rate` of the validation rows (ties stay out)
+    assert record["validation_false_abstain"] <= 0.05 + 1 / 40
+    assert read_json(tmp_path / "bundle" / "second_look" / "router.json")["features"]["segment_layers"] == "all"
+    moe = load_moe(tmp_path / "bundle")
+    assert moe.second_look is not None and moe.second_look.band == record["band"]
+    answers = moe.predict(MIXED_ROWS)
+    assert [a["task"] for a in answers] == [a["task"] for a in moe.predict(MIXED_ROWS, batch_size=1)]
+
+    off = build_bundle(dirs, tmp_path / "off", params=params, router={**router, "second_look": {"rate": 0}},
+                       progress=False)
+    assert off["second_look"] is None and not (tmp_path / "off" / "second_look").exists()
+    assert load_moe(tmp_path / "off").second_look is None
