@@ -83,7 +83,7 @@ def test_a_sweep_refits_every_combination_and_chooses_on_validation(moe_env, ben
             out_of_scope.main(["--tasks", "senti", "nli", "--test-rows", "12", "--sweep", *bad])
 
 
-def test_single_pass_rows_lead_with_the_second_look(moe_env, bench_results):
+def test_second_look_rows_lead_when_bands_are_given(moe_env, bench_results):
     import yaml
 
     from benchmarks import out_of_scope
@@ -93,7 +93,7 @@ def test_single_pass_rows_lead_with_the_second_look(moe_env, bench_results):
     try:
         path.write_text(yaml.safe_dump({**moe_env["params"], "one": {"router": {"route_after_layer": 1}}}))
         out_of_scope.main(["--tasks", "senti", "nli", "quest", "--test-rows", "12", "--profile", "one",
-                           "--second-look-rates", "0.5", "1"])
+                           "--second-look-rates", "0.05", "0.5", "1"])
         result = json.loads((bench_results / "out_of_scope.json").read_text())
     finally:
         path.write_text(original)

@@ -78,9 +78,10 @@ def test_bad_second_look_options_are_one_line_errors(options, message):
 
 
 def test_the_second_look_is_only_for_single_pass():
-    assert second_look_config(RouterConfig()) is None  # the library's default routes in two passes
-    assert second_look_config(RouterConfig(route_after_layer=1, second_look={"rate": 0})) is None
-    second = second_look_config(RouterConfig(route_after_layer=1, second_look={"out_of_scope": {"components": 8}}))
+    assert second_look_config(RouterConfig(second_look={"rate": 0.05})) is None  # the library routes in two passes
+    assert second_look_config(RouterConfig(route_after_layer=1)) is None  # off by default
+    second = second_look_config(RouterConfig(route_after_layer=1, second_look={"rate": 0.05,
+                                                                               "out_of_scope": {"components": 8}}))
     assert second.route_after_layer is None and second.out_of_scope["components"] == 8
     assert second.out_of_scope["method"] == RouterConfig().out_of_scope["method"]  # over router.out_of_scope
 

@@ -3,7 +3,7 @@
 Single-pass routing decides at block ``k`` from states ``0..k`` (:mod:`ttlora_moe.moe.single_pass`),
 so its out-of-scope detector never sees the later blocks that two-pass routing reads, and it lets more
 junk through (README "Abstention": 96.9% of the junk abstains with states 0-3, 100% with every state).
-With ``router.second_look.rate = r > 0``, an input whose early score lies in the top ``r`` of the
+With ``router.second_look.rate = r > 0`` (off by default: README "Abstention" has what it buys and costs), an input whose early score lies in the top ``r`` of the
 in-scope validation scores (the *band*) gets one more forward, of the plain base, and a second router
 and detector trained on every state (the two-pass features, ``router.second_look.out_of_scope`` over
 ``router.out_of_scope``) decide whether it abstains. Below the band nothing changes and nothing abstains.
@@ -40,7 +40,7 @@ from ttlora_moe.moe.router import (
 )
 
 DIRECTORY = "second_look"  # in a bundle: the second router's router.safetensors and router.json
-DEFAULTS: dict[str, Any] = {"rate": 0.05, "out_of_scope": {}}
+DEFAULTS: dict[str, Any] = {"rate": 0.0, "out_of_scope": {}}
 
 
 def check_second_look(options: dict[str, Any]) -> None:
