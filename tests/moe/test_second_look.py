@@ -115,3 +115,21 @@ def test_a_single_pass_bundle_builds_records_and_loads_its_second_look(project, 
                        progress=False)
     assert off["second_look"] is None and not (tmp_path / "off" / "second_look").exists()
     assert load_moe(tmp_path / "off").second_look is None
+
+
+def test_calibration_sets_the_band_and_keeps_the_total_false_abstain_rate():
+    from ttlora_moe.moe.second_look import calibrate_second_look
+
+    generator = torch.Generator().manual_seed(0)
+    early, second = torch.rand(1000, generator=generator) * 10, torch.rand(1000, generator=generator) * 10
+    weights = torch.ones(1000)
+    look, report = calibrate_second_look(None, FeatureSpec(), early, second, weights, 0.1, 0.02)
+    looked = early > look.band
+    assert 99 <= int(looked.sum()) <= 100 and report["validation_share_looked"] == pytest.approx(looked.float().mean())
+    served = look.score(early, looked, second[looked])
+    abstains = int((served > look.threshold).sum())  # the threshold is one input's own score: at most one short
+    assert 19 <= abstains <= 20 and abstains == round(1000 * report["validation_false_abstain"])
+    assert not (served[~looked] > look.threshold).any()
+    # a band narrower than the false-abstain rate: every looked input may abstain, none below the band
+    narrow, report = calibrate_second_look(None, FeatureSpec(), early, second, weights, 0.005, 0.02)
+    assert narrow.threshold >= narrow.band and report["validation_false_abstain"] <= 0.005

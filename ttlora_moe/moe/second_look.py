@@ -3,10 +3,11 @@
 Single-pass routing decides at block ``k`` from states ``0..k`` (:mod:`ttlora_moe.moe.single_pass`),
 so its out-of-scope detector never sees the later blocks that two-pass routing reads, and it lets more
 junk through (README "Abstention": 96.9% of the junk abstains with states 0-3, 100% with every state).
-With ``router.second_look.rate = r > 0`` (off by default: README "Abstention" has what it buys and costs), an input whose early score lies in the top ``r`` of the
-in-scope validation scores (the *band*) gets one more forward, of the plain base, and a second router
-and detector trained on every state (the two-pass features, ``router.second_look.out_of_scope`` over
-``router.out_of_scope``) decide whether it abstains. Below the band nothing changes and nothing abstains.
+With ``router.second_look.rate = r > 0`` (off by default: README "Abstention" has what it buys and
+costs), an input whose early score lies in the top ``r`` of the in-scope validation scores (the
+*band*) gets one more forward, of the plain base, and a second router and detector trained on every
+state (the two-pass features, ``router.second_look.out_of_scope`` over ``router.out_of_scope``)
+decide whether it abstains. Below the band nothing changes and nothing abstains.
 The second threshold is set so that ``router.false_abstain_rate`` of the in-scope validation inputs
 abstain in all. Cost: about ``r`` of the in-scope traffic pays one more forward of the plain base
 (inputs far out of scope take it too); routing itself is still the early router's.
@@ -119,13 +120,14 @@ def calibrate_second_look(router: Router, spec: FeatureSpec, early: torch.Tensor
                           weights: torch.Tensor, rate: float, false_abstain_rate: float) -> tuple[SecondLook, dict[str, float]]:
     """The band (the early score above which ``rate`` of the weighted validation inputs lie) and the threshold of the
     served score (above which ``false_abstain_rate`` of them lie; only looked inputs can), from the early and the
-    second router's scores of the same validation inputs."""
+    second router's scores of the same validation inputs. The threshold is never below the band, so an input below
+    it never abstains, even when ``rate`` is smaller than ``false_abstain_rate``."""
     band = weighted_quantile_threshold(early, rate, weights) if rate < 1 else -1.0
     looked = early > band
     look = SecondLook(router, spec, float(band), 0.0, rate)
     served = look.score(early, looked, second[looked])
-    look.threshold = weighted_quantile_threshold(torch.where(looked, served, torch.full_like(served, -1.0)),
-                                                 false_abstain_rate, weights)
+    look.threshold = max(look.band, weighted_quantile_threshold(
+        torch.where(looked, served, torch.full_like(served, -1.0)), false_abstain_rate, weights))
 
     def share(mask: torch.Tensor) -> float:
         return float((mask.float() * weights).sum() / weights.sum())
