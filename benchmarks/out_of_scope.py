@@ -55,7 +55,7 @@ from ttlora_moe.moe.features import FeatureSpec, compute_features
 from ttlora_moe.moe.out_of_scope import OPTIONS, check_options, fit_detector
 from ttlora_moe.moe.router import SOLVERS, RouterConfig, task_weights, train_router
 from ttlora_moe.moe.router_data import router_data, test_features
-from ttlora_moe.moe.second_look import DEFAULTS as SECOND_LOOK, calibrate_second_look, fit_second_look
+from ttlora_moe.moe.second_look import DEFAULTS as SECOND_LOOK, calibrate_second_look, every_state_spec, second_look_config
 from ttlora_moe.moe.single_pass import router_feature_spec
 from ttlora_moe.params import load_params, section
 
@@ -121,23 +121,25 @@ def detector_scores(detector, sets: dict[str, torch.Tensor], routed: dict[str, t
 
 
 def second_look_rows(held: str, ins: list[str], base, config: RouterConfig, params: dict[str, Any],
-                     data: dict[str, tuple], router, routed: dict[str, tuple], every_state: dict[str, Any],
-                     rates: list[float]) -> list[dict[str, Any]]:
+                     data: dict[str, tuple], router, routed: dict[str, tuple], val_routed: tuple,
+                     every_state: dict[str, Any], rates: list[float]) -> list[dict[str, Any]]:
     """The configured detector with its second look, one row per band ``rates`` (the configured first): the second
-    router is trained once on every state's features of the same rows, each band calibrated as a build does."""
+    router is trained once on every state's features of the same rows, each band calibrated as a build does
+    (``val_routed``: the early router's outputs on the validation rows)."""
     spec = every_state["spec"]
     full, _, _ = router_data(base, ins, spec, config, params, progress=False)
     with torch.enable_grad():  # training, inside the caller's no_grad
-        look, _ = fit_second_look(router, data["validation"][0], full["train"], full["validation"], ins, config, spec,
-                                  base.hidden_size)
+        second_router, _ = train_router(*full["train"], *full["validation"], ins, second_look_config(config),
+                                        progress=False, block=base.hidden_size)
     sets = {"in": torch.cat([every_state["tests"][t] for t in ins]), "out": every_state["tests"][held],
             "junk": every_state["junk"]}
-    second = {name: look.router.route(x)[3] for name, x in sets.items()}
-    early_val, second_val = router.route(data["validation"][0])[3], look.router.route(full["validation"][0])[3]
+    second = {name: second_router.route(x)[3] for name, x in sets.items()}
+    second_val = second_router.route(full["validation"][0])[3]
     weights = task_weights(data["validation"][1], len(ins))
     rows = []
     for rate in rates:
-        banded, _ = calibrate_second_look(look.router, spec, early_val, second_val, weights, rate, config.false_abstain_rate)
+        banded, _ = calibrate_second_look(second_router, spec, val_routed[3], second_val, weights, rate,
+                                          config.false_abstain_rate)
         looked = {name: routed[name][3] > banded.band for name in sets}
         served = {name: banded.score(routed[name][3], looked[name], second[name][looked[name]]) for name in sets}
         rows.append({"held_out": held, "detector": f"{router.detector.method} + second look {rate:g}",
@@ -162,7 +164,8 @@ def held_out_rows(held: str, tasks: list[str], base, spec, config: RouterConfig,
         routed = {name: router.route(x) for name, x in sets.items()}
         val_routed = router.route(data["validation"][0])
         if every_state is not None:
-            rows += second_look_rows(held, ins, base, config, params, data, router, routed, every_state, rates)
+            rows += second_look_rows(held, ins, base, config, params, data, router, routed, val_routed, every_state,
+                                     rates)
         rows.append({"held_out": held, "detector": router.detector.method,
                      **measure({n: r[3] for n, r in routed.items()}, float(router.detector.threshold))})
         for method in DETECTORS:
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     every_state = None
     if rates and config.route_after_layer is not None:
         config.second_look = {**config.second_look, "rate": rates[0]}  # the first band leads the table and sets the goals
-        full_spec = router_feature_spec(config.features, spec.max_length, None)
+        full_spec = every_state_spec(config, spec.max_length)
         every_state = {"spec": full_spec, "junk": compute_features(base, junk_rows(), full_spec, progress=False),
                        "tests": {t: test_features(base, t, full_spec, params, args.test_rows, seed) for t in tasks}}
     rows, swept = [], []

@@ -24,7 +24,7 @@ from ttlora_moe.moe.router import (
     train_router,
 )
 from ttlora_moe.moe.router_data import router_data
-from ttlora_moe.moe.second_look import fit_second_look, save_second_look, second_look_config
+from ttlora_moe.moe.second_look import every_state_spec, fit_second_look, save_second_look, second_look_config
 from ttlora_moe.moe.serve_config import ServeConfig
 from ttlora_moe.moe.single_pass import (
     check_route_after_layer,
@@ -93,7 +93,7 @@ def build_bundle(
     look, look_report = None, None
     if second_look_config(config) is not None:  # single pass: the second router reads every state of the same rows
         t0 = time.perf_counter()
-        every_state = router_feature_spec(config.features, spec.max_length, None)
+        every_state = every_state_spec(config, spec.max_length)
         full, full_stats, _ = router_data(base, tasks, every_state, config, params, progress)
         stats.add(full_stats)
         look, look_report = fit_second_look(model, data["validation"][0], full["train"], full["validation"], tasks,

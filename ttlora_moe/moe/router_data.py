@@ -20,7 +20,7 @@ from ttlora_moe.experts.base_model import BaseModel, load_base_model
 from ttlora_moe.moe.feature_cache import CacheStats, cached_features, sample_indices
 from ttlora_moe.moe.features import FeatureSpec
 from ttlora_moe.moe.router import RouterConfig
-from ttlora_moe.moe.second_look import second_look_config
+from ttlora_moe.moe.second_look import every_state_spec, second_look_config
 from ttlora_moe.moe.single_pass import router_feature_spec
 
 
@@ -94,7 +94,7 @@ def cache_task_features(task: str, *, params: dict[str, Any] | None = None, base
     max_length = int(section(params, "train").get("max_length", 128))
     specs = [router_feature_spec(config.features, max_length, config.route_after_layer)]
     if second_look_config(config) is not None:  # the second look's router reads every state of the same rows
-        specs.append(router_feature_spec(config.features, max_length, None))
+        specs.append(every_state_spec(config, max_length))
     base_section = section(params, "base_model")
     base = load_base_model(base_model or base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"),
                            device=params_device(params, device))

@@ -39,6 +39,7 @@ from ttlora_moe.moe.router import (
     task_weights,
     train_router,
 )
+from ttlora_moe.moe.single_pass import router_feature_spec
 
 DIRECTORY = "second_look"  # in a bundle: the second router's router.safetensors and router.json
 DEFAULTS: dict[str, Any] = {"rate": 0.0, "out_of_scope": {}}
@@ -68,6 +69,11 @@ def second_look_config(config: RouterConfig) -> RouterConfig | None:
     second.out_of_scope = {**config.out_of_scope, **options["out_of_scope"]}
     second.generative_weights = (0.0,)
     return second
+
+
+def every_state_spec(config: RouterConfig, max_length: int) -> FeatureSpec:
+    """The second router's feature spec: ``router.features`` on every state, as a two-pass router reads them."""
+    return router_feature_spec(config.features, max_length, None)
 
 
 @dataclass
