@@ -17,11 +17,19 @@ configured one first; all on one second router), with the share of in-scope test
 second look (its cost); the first sets the goals. Goals (issue): mean AUROC >= 0.95, junk abstains >= 99%, in-scope
 false abstain <= 2%.
 
+With ``router.second_look.source: adapted`` (the default) the second router reads the states a single pass ends
+with: it is trained on each in-scope task's rows through that task's own expert, and every scored row (in-scope,
+held-out, junk) goes through the expert the early router sends it to, as in a bundle. That needs an expert per task:
+``--experts DIR`` (``DIR/<task>``), or the benchmark trains them (``--expert-samples`` rows x 1 epoch, default
+12,000, with ``tt.layers_from`` = the routing block) into ``outputs/out_of_scope_experts`` and reuses them while the
+budget and data stay the same.
+
     python -m benchmarks.out_of_scope                # every task card with data (features cached)
     python -m benchmarks.out_of_scope --tasks cola mnli qnli qqp rte sst2 mrpc
     python -m benchmarks.out_of_scope --profile pool --results out_of_scope_pool   # the pool bundle's settings
     python -m benchmarks.out_of_scope --profile pool --sweep components=256,768 task_covariance=0,0.1
     python -m benchmarks.out_of_scope --second-look-rates 0.05 0.1 0.2   # what the second look buys (single pass)
+    python -m benchmarks.out_of_scope --experts outputs/bench_experts/full/ttlora   # adapted look, experts given
 
 ``--sweep`` refits the configured method on the same routers for every combination of the given
 ``router.out_of_scope`` options and chooses one on *validation* data, never on what it reports: the
@@ -46,7 +54,8 @@ from typing import Any
 import torch
 import yaml
 
-from benchmarks.common import markdown_table, run_benchmark, write_results
+from benchmarks.bench_experts import bench_expert
+from benchmarks.common import kept_models_dir, markdown_table, run_benchmark, write_results
 from ttlora_moe.data.cards import list_tasks
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
@@ -54,8 +63,15 @@ from ttlora_moe.moe.detection import auroc, fpr_at_tpr
 from ttlora_moe.moe.features import FeatureSpec, compute_features
 from ttlora_moe.moe.out_of_scope import OPTIONS, check_options, fit_detector
 from ttlora_moe.moe.router import SOLVERS, RouterConfig, task_weights, train_router
-from ttlora_moe.moe.router_data import router_data, test_features
-from ttlora_moe.moe.second_look import DEFAULTS as SECOND_LOOK, calibrate_second_look, every_state_spec, second_look_config
+from ttlora_moe.moe.router_data import router_data, test_features, test_rows
+from ttlora_moe.moe.expert_features import adapted_base, expert_router_data
+from ttlora_moe.moe.second_look import (
+    DEFAULTS as SECOND_LOOK,
+    calibrate_second_look,
+    every_state_spec,
+    second_look_config,
+    second_look_source,
+)
 from ttlora_moe.moe.single_pass import router_feature_spec
 from ttlora_moe.params import load_params, section
 
@@ -120,31 +136,62 @@ def detector_scores(detector, sets: dict[str, torch.Tensor], routed: dict[str, t
     return {n: detector.score(sets[n], r[1], r[2].argmax(-1)) for n, r in routed.items()}
 
 
+def through_experts(rows: list[dict[str, Any]], ride: torch.Tensor, experts: list, spec: FeatureSpec,
+                    own: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Features of ``rows``, each through the adapted base ``experts[ride[i]]`` (what a single pass holds at its end);
+    ``own = (e, features)``: the rows' features through expert ``e``, already computed (in-scope rows, cached)."""
+    out = None
+    for e in ride.unique().tolist():
+        idx = (ride == e).nonzero().flatten()
+        feats = own[1][idx] if own is not None and own[0] == e else compute_features(
+            experts[e], [rows[i] for i in idx.tolist()], spec, progress=False)
+        out = torch.empty(len(rows), feats.shape[1]) if out is None else out
+        out[idx] = feats
+    return out
+
+
 def second_look_rows(held: str, ins: list[str], base, config: RouterConfig, params: dict[str, Any],
                      data: dict[str, tuple], router, routed: dict[str, tuple], val_routed: tuple,
                      every_state: dict[str, Any], rates: list[float]) -> list[dict[str, Any]]:
     """The configured detector with its second look, one row per band ``rates`` (the configured first): the second
     router is trained once on every state's features of the same rows, each band calibrated as a build does
-    (``val_routed``: the early router's outputs on the validation rows)."""
-    spec = every_state["spec"]
-    full, _, _ = router_data(base, ins, spec, config, params, progress=False)
+    (``val_routed``: the early router's outputs on the validation rows). Source ``adapted``: the second router's rows
+    are each task's through its own expert, and every scored row goes through the expert it rides with."""
+    spec, source = every_state["spec"], every_state["source"]
+    if source == "adapted":
+        experts = [every_state["experts"][t] for t in ins]
+        full, _ = expert_router_data(experts, ins, spec, config, params, progress=False)
+        ride = {name: r[2].argmax(-1) for name, r in routed.items()}
+        starts = itertools.accumulate([len(every_state["rows"][t]) for t in ins], initial=0)
+        sets = {"in": torch.cat([through_experts(every_state["rows"][t], ride["in"][start:start + len(every_state["rows"][t])],
+                                                 experts, spec, (p, every_state["own"][t]))
+                                 for p, (t, start) in enumerate(zip(ins, starts))]),
+                "out": through_experts(every_state["rows"][held], ride["out"], experts, spec),
+                "junk": through_experts(every_state["junk_rows"], ride["junk"], experts, spec)}
+    else:
+        full, _, _ = router_data(base, ins, spec, config, params, progress=False)
+        sets = {"in": torch.cat([every_state["tests"][t] for t in ins]), "out": every_state["tests"][held],
+                "junk": every_state["junk"]}
     with torch.enable_grad():  # training, inside the caller's no_grad
         second_router, _ = train_router(*full["train"], *full["validation"], ins, second_look_config(config),
                                         progress=False, block=base.hidden_size)
-    sets = {"in": torch.cat([every_state["tests"][t] for t in ins]), "out": every_state["tests"][held],
-            "junk": every_state["junk"]}
     second = {name: second_router.route(x)[3] for name, x in sets.items()}
     second_val = second_router.route(full["validation"][0])[3]
     weights = task_weights(data["validation"][1], len(ins))
     rows = []
     for rate in rates:
         banded, _ = calibrate_second_look(second_router, spec, val_routed[3], second_val, weights, rate,
-                                          config.false_abstain_rate)
+                                          config.false_abstain_rate, source)
         looked = {name: routed[name][3] > banded.band for name in sets}
         served = {name: banded.score(routed[name][3], looked[name], second[name][looked[name]]) for name in sets}
-        rows.append({"held_out": held, "detector": f"{router.detector.method} + second look {rate:g}",
+        rows.append({"held_out": held, "detector": f"{router.detector.method} + {look_name(source)} {rate:g}",
                      **measure(served, banded.threshold), "looked_in_scope": float(looked["in"].float().mean())})
     return rows
+
+
+def look_name(source: str) -> str:
+    """How a table names the second look of ``source``."""
+    return "second look" if source == "plain" else "adapted look"
 
 
 def held_out_rows(held: str, tasks: list[str], base, spec, config: RouterConfig, params: dict[str, Any],
@@ -199,6 +246,17 @@ def sweep_table(swept: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(means, key=lambda r: (r["validation_junk_abstain"] < JUNK_GOAL, -r["validation_auroc"]))
 
 
+def look_experts(tasks: list[str], params: dict[str, Any], k: int, args: argparse.Namespace) -> Path:
+    """One expert per task (``tt.layers_from = k``, ``--expert-samples`` x 1 epoch), trained unless kept from a run with
+    the same budget and data (:mod:`benchmarks.bench_experts`); their folder."""
+    root = kept_models_dir("out_of_scope_experts", args.quick)
+    samples = args.expert_samples or (64 if args.quick else 12000)
+    budget = {"max_train_samples": samples, "epochs": 1, "max_eval_samples": min(300, samples), "evals_per_epoch": 1}
+    for task in tasks:
+        bench_expert(task, "ttlora", root, params, budget, {"layers_from": k})
+    return root / "ttlora"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=None, help="default: every task card")
@@ -214,6 +272,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="router.out_of_scope options to sweep on the same routers; chosen on validation rows")
     parser.add_argument("--second-look-rates", nargs="*", type=float, default=[], metavar="RATE",
                         help="bands of the second look (single pass) besides the configured one, on one second router")
+    parser.add_argument("--experts", type=Path, default=None,
+                        help="source adapted: a folder with one expert per task (DIR/<task>); default: train them")
+    parser.add_argument("--expert-samples", type=int, default=None,
+                        help="source adapted: training rows (x 1 epoch) of each expert it trains (default 12000; --quick 64)")
     args = parser.parse_args(argv)
     args.test_rows = args.test_rows or (100 if args.quick else 500)
     params = load_params(profile=args.profile)
@@ -237,8 +299,16 @@ def main(argv: list[str] | None = None) -> dict:
     if rates and config.route_after_layer is not None:
         config.second_look = {**config.second_look, "rate": rates[0]}  # the first band leads the table and sets the goals
         full_spec = every_state_spec(config, spec.max_length)
-        every_state = {"spec": full_spec, "junk": compute_features(base, junk_rows(), full_spec, progress=False),
-                       "tests": {t: test_features(base, t, full_spec, params, args.test_rows, seed) for t in tasks}}
+        every_state = {"spec": full_spec, "source": second_look_source(config)}
+        if every_state["source"] == "adapted":  # every task's expert: the rows it rides with go through it
+            folder = args.experts or look_experts(tasks, params, config.route_after_layer, args)
+            experts = {t: adapted_base(folder / t, base.ref, base_section.get("pooling")) for t in tasks}
+            every_state.update(experts=experts, junk_rows=junk_rows(),
+                               rows={t: test_rows(t, params, args.test_rows, seed) for t in tasks},
+                               own={t: test_features(experts[t], t, full_spec, params, args.test_rows, seed) for t in tasks})
+        else:
+            every_state.update(junk=compute_features(base, junk_rows(), full_spec, progress=False),
+                               tests={t: test_features(base, t, full_spec, params, args.test_rows, seed) for t in tasks})
     rows, swept = [], []
     for held in tasks:
         mine, more = held_out_rows(held, tasks, base, spec, copy.deepcopy(config), params, tests, junk, sweep,

@@ -133,3 +133,77 @@ def test_calibration_sets_the_band_and_keeps_the_total_false_abstain_rate():
     # a band narrower than the false-abstain rate: every looked input may abstain, none below the band
     narrow, report = calibrate_second_look(None, FeatureSpec(), early, second, weights, 0.005, 0.02)
     assert narrow.threshold >= narrow.band and report["validation_false_abstain"] <= 0.005
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_an_adapted_look_scores_the_single_pass_own_states(kind, tiny_bert, tiny_llama, tmp_path):
+    """Source ``adapted``: no second forward; the second router reads every state of the single pass itself, i.e.
+    each input's states through the expert it rides with, exactly as a forced forward through that expert gives them,
+    and what the build trains on (each task's rows through its own expert, loaded the training way) agrees."""
+    from ttlora_moe.moe.expert_features import adapted_base
+
+    ref = tiny_bert if kind == "bert" else tiny_llama
+    dirs = [make_expert(tmp_path / t, ref, t, seed=i + 1, layers_from=1) for i, t in enumerate(["senti", "nli", "quest"])]
+    plain = load_base_model(ref)
+    early_spec = restrict_spec(FeatureSpec(), 1)
+    early, second = spread_router(plain, early_spec, 3, seed=3).eval(), spread_router(plain, FeatureSpec(), 3, seed=5).eval()
+    batch = tokenize(plain.tokenizer, MIXED_ROWS, 32)
+    early_scores = early.route(batch_features(plain, batch, early_spec))[3]
+    band = float(early_scores.median())
+    looked = early_scores > band
+    moe = build(ref, dirs, early, early_spec, 1, SecondLook(second, FeatureSpec(), band, 1e9, 0.5, "adapted"))
+    calls = []
+    moe.base.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    index, _, probs, score, _ = moe.single_pass(batch)
+    assert len(calls) == 1  # one forward, no second one
+    ride = probs.argmax(-1)
+    with moe.routing(ride):  # every input forced through the expert it rode with
+        forced = batch_features(moe.base, batch, FeatureSpec())
+    want = second.route(forced)[3]
+    assert torch.allclose(score[looked], band + want[looked], atol=1e-5)
+    assert torch.allclose(score[~looked], early_scores[~looked])
+    assert torch.equal(index, ride)  # the threshold is out of reach here
+    assert (forced[:, -2:] - batch_features(plain, batch, FeatureSpec())[:, -2:]).abs().max() == 0  # counts: same rows
+    for e in ride.unique().tolist():  # the build's features: the task's own expert, loaded as it was trained
+        rows = (ride == e).nonzero().flatten()
+        alone = batch_features(adapted_base(dirs[e], ref), {k: v[rows] for k, v in batch.items()
+                                                             if isinstance(v, torch.Tensor) and v.dim()}, FeatureSpec())
+        assert torch.allclose(alone, forced[rows], atol=1e-4)
+    answers = moe.predict(MIXED_ROWS, batch_size=4)
+    assert [a["out_of_scope_score"] for a in answers] == pytest.approx([a["out_of_scope_score"] for a in
+                                                                        moe.predict(MIXED_ROWS, batch_size=1)], abs=1e-4)
+
+
+def test_a_bundle_with_an_adapted_look_trains_it_on_each_task_through_its_own_expert(project, monkeypatch, tmp_path,
+                                                                                      tiny_bert):
+    from ttlora_moe.files import read_json
+    from ttlora_moe.moe.build import build_bundle
+    from ttlora_moe.moe.bundle import load_moe
+    from ttlora_moe.moe.expert_features import expert_fingerprint
+
+    add_pair_task(project)
+    monkeypatch.setenv("TTLORA_CACHE", str(tmp_path / "cache"))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    router = {"train_per_task": 60, "validation_per_task": 40, "route_after_layer": 1, "false_abstain_rate": 0.05,
+              "second_look": {"rate": 1, "source": "adapted", "out_of_scope": {"components": 16}}}
+    dirs = [make_expert(tmp_path / "experts" / t, tiny_bert, t, seed=i + 1, layers_from=1)
+            for i, t in enumerate(["toy", "pairs"])]
+    summary = build_bundle(dirs, tmp_path / "bundle", params=params, router=router, progress=False)
+    record = read_json(tmp_path / "bundle" / "manifest.json")["router"]["second_look"]
+    assert record["source"] == "adapted" and record["band"] == -1.0 and record["validation_share_looked"] == 1.0
+    assert record["validation_false_abstain"] <= 0.05 + 1 / 40
+    cached = {p.parent.name for p in (tmp_path / "cache" / "features").rglob("*.safetensors")}
+    assert summary["cache_misses"] > 0 and len(cached) == 2 + 2  # early base features once, every state per expert
+    moe = load_moe(tmp_path / "bundle")
+    assert moe.second_look.source == "adapted"
+    answers = moe.predict(MIXED_ROWS)
+    assert all(a["out_of_scope_score"] is not None for a in answers)
+    assert expert_fingerprint("base", dirs[0]) != expert_fingerprint("base", dirs[1])
+    again = build_bundle(dirs, tmp_path / "again", params=params, router=router, progress=False)
+    assert again["cache_misses"] == 0  # the experts' features come from the cache
+
+
+def test_an_unknown_second_look_source_is_a_one_line_error():
+    with pytest.raises(BadInput, match="source") as info:
+        RouterConfig(second_look={"rate": 1, "source": "tail"})
+    assert "\n" not in str(info.value)

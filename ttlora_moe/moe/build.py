@@ -24,7 +24,14 @@ from ttlora_moe.moe.router import (
     train_router,
 )
 from ttlora_moe.moe.router_data import router_data
-from ttlora_moe.moe.second_look import every_state_spec, fit_second_look, save_second_look, second_look_config
+from ttlora_moe.moe.expert_features import adapted_base, expert_router_data
+from ttlora_moe.moe.second_look import (
+    every_state_spec,
+    fit_second_look,
+    save_second_look,
+    second_look_config,
+    second_look_source,
+)
 from ttlora_moe.moe.serve_config import ServeConfig
 from ttlora_moe.moe.single_pass import (
     check_route_after_layer,
@@ -94,7 +101,12 @@ def build_bundle(
     if second_look_config(config) is not None:  # single pass: the second router reads every state of the same rows
         t0 = time.perf_counter()
         every_state = every_state_spec(config, spec.max_length)
-        full, full_stats, _ = router_data(base, tasks, every_state, config, params, progress)
+        if second_look_source(config) == "adapted":  # as a single pass ends: each task's rows through its own expert
+            bases = (adapted_base(d, first["base_model"]["ref"], first.get("pooling"), params_device(params, device))
+                     for d, _ in metas)
+            full, full_stats = expert_router_data(bases, tasks, every_state, config, params, progress)
+        else:
+            full, full_stats, _ = router_data(base, tasks, every_state, config, params, progress)
         stats.add(full_stats)
         look, look_report = fit_second_look(model, data["validation"][0], full["train"], full["validation"], tasks,
                                             config, every_state, base.hidden_size, progress)

@@ -225,27 +225,37 @@ class MixtureOfExperts(nn.Module):
             routed["ride"] = routed["probs"].argmax(-1)
             self.slot.set(Routing.of(routed["ride"], self.factor_bank))  # read by every adapted linear of the blocks to come
 
+        adapted_look = self.second_look is not None and self.second_look.source == "adapted"
         with self.routing(None), on_states(self.base.model, self.route_after_layer, route_here):
-            hidden = self.base.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        logits = self._head_logits(hidden, mask, routed["ride"], batch.get("option_mask"))
+            out = self.base.model(input_ids=ids, attention_mask=mask, output_hidden_states=adapted_look)
+        logits = self._head_logits(out.last_hidden_state, mask, routed["ride"], batch.get("option_mask"))
         if self.second_look is not None:
-            routed["index"], routed["score"] = self._look_again(batch, routed["ride"], routed["score"])
+            states = out.hidden_states if adapted_look else None
+            routed["index"], routed["score"] = self._look_again(batch, routed["ride"], routed["score"], states)
         return tuple(routed[k].cpu() for k in ("index", "confidence", "probs", "score")) + (logits.cpu(),)
 
-    def _look_again(self, batch: dict[str, torch.Tensor], ride: torch.Tensor,
-                    early: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _look_again(self, batch: dict[str, torch.Tensor], ride: torch.Tensor, early: torch.Tensor,
+                    states: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(expert index or -1, served out-of-scope score) after the second look: the inputs whose ``early`` score
-        is in the band get a forward of the plain base and the second router's score (:mod:`.second_look`)."""
+        is in the band get the second router's score (:mod:`.second_look`) on every state: the single pass's own
+        ``states`` (source ``adapted``) or those of a forward of the plain base."""
         look = self.second_look
         looked = early > look.band
-        rows = looked.nonzero().flatten().cpu()
+        rows = looked.nonzero().flatten()
         second = early.new_zeros(0)
         if len(rows):
             size = len(batch["input_ids"])
-            part = {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() and len(v) == size}
-            with self.routing(None):  # the plain base: no expert adapts this forward
-                features = batch_features(self.base, part, look.spec)
-            second = self.second_router.route(features.to(self.second_router.mean.device))[3].to(early.device)
+            part = {k: v[rows.to(v.device)] for k, v in batch.items()
+                    if isinstance(v, torch.Tensor) and v.dim() and len(v) == size}
+            if states is not None:
+                state_rows = rows.to(states[0].device)
+                features = pool_states([h[state_rows] for h in states], part["attention_mask"].to(states[0].device),
+                                       part["segment_ids"].to(states[0].device), look.spec, len(states),
+                                       part.get("word_counts"))
+            else:
+                with self.routing(None):  # the plain base: no expert adapts this forward
+                    features = batch_features(self.base, part, look.spec)
+            second = self.second_router.route(features.float().to(self.second_router.mean.device))[3].to(early.device)
         score = look.score(early, looked, second)
         return torch.where(score > look.threshold, torch.full_like(ride, -1), ride), score
 

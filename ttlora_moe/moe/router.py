@@ -105,8 +105,9 @@ class RouterConfig(Section):
     second_look: dict[str, Any] = option(
         {"rate": 0.0, "out_of_scope": {"components": 768, "task_covariance": 0.1, "task_covariance_weight": 0.5}},
         "Single-pass only (see moe/second_look.py): inputs whose early out-of-scope score is in the top `rate` of the "
-        "in-scope validation scores get a forward of the plain base, and a second router and detector on every state "
-        "(out_of_scope: its options over router.out_of_scope) decide whether they abstain; rate 0 turns it off.")
+        "in-scope validation scores get a second router and detector on every state (out_of_scope: its options over "
+        "router.out_of_scope), which decide whether they abstain; rate 0 turns it off. source: plain (another forward "
+        "of the plain base) or adapted (the single pass's own states, through the expert each input rides with).")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -14,13 +14,13 @@ import torch
 
 from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.data.prepare import ensure_prepared
-from ttlora_moe.data.prepared import num_rows, prepared_md5, unlabelled_rows
+from ttlora_moe.data.prepared import load_split, num_rows, prepared_md5, unlabelled_rows
 from ttlora_moe.devices import params_device
 from ttlora_moe.experts.base_model import BaseModel, load_base_model
 from ttlora_moe.moe.feature_cache import CacheStats, cached_features, sample_indices
 from ttlora_moe.moe.features import FeatureSpec
 from ttlora_moe.moe.router import RouterConfig
-from ttlora_moe.moe.second_look import every_state_spec, second_look_config
+from ttlora_moe.moe.second_look import every_state_spec, second_look_config, second_look_source
 from ttlora_moe.moe.single_pass import router_feature_spec
 
 
@@ -69,13 +69,24 @@ def router_data(
     return {s: (torch.cat(x), torch.cat(y)) for s, (x, y) in out.items()}, stats, versions
 
 
+def _test_sample(task: str, params: dict[str, Any], cap: int, seed: int) -> tuple[Path, str, list[int]]:
+    prepared, md5 = _task_data(task, params)
+    return prepared, md5, sorted(sample_indices(num_rows(prepared, "test"), cap, seed))
+
+
 def test_features(base: BaseModel, task: str, spec: FeatureSpec, params: dict[str, Any], cap: int, seed: int,
                   batch_size: int = 64) -> torch.Tensor:
     """Router features of the seeded sample of ``cap`` test rows that a bundle evaluation scores (cached)."""
-    prepared, md5 = _task_data(task, params)
-    indices = sorted(sample_indices(num_rows(prepared, "test"), cap, seed))
+    prepared, md5, indices = _test_sample(task, params, cap, seed)
     feats, _ = cached_features(base, prepared, "test", indices, spec, md5, batch_size=batch_size, progress=False)
     return feats
+
+
+def test_rows(task: str, params: dict[str, Any], cap: int, seed: int) -> list[dict[str, Any]]:
+    """The rows whose features :func:`test_features` gives, in the same order."""
+    prepared, _, indices = _test_sample(task, params, cap, seed)
+    rows = load_split(prepared, "test")
+    return [rows[i] for i in indices]
 
 
 def cache_task_features(task: str, *, params: dict[str, Any] | None = None, base_model: str | None = None,
@@ -93,8 +104,9 @@ def cache_task_features(task: str, *, params: dict[str, Any] | None = None, base
     config = RouterConfig.from_dict(section(params, "router"))
     max_length = int(section(params, "train").get("max_length", 128))
     specs = [router_feature_spec(config.features, max_length, config.route_after_layer)]
-    if second_look_config(config) is not None:  # the second look's router reads every state of the same rows
-        specs.append(every_state_spec(config, max_length))
+    if second_look_config(config) is not None and second_look_source(config) == "plain":
+        specs.append(every_state_spec(config, max_length))  # the second router reads every state of the same rows
+        # (an adapted look reads them through the task's expert: the bundle build computes and caches those)
     base_section = section(params, "base_model")
     base = load_base_model(base_model or base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"),
                            device=params_device(params, device))

@@ -1,4 +1,4 @@
-"""A second look for single-pass routing's abstention: the doubtful inputs get every state of the plain base.
+"""A second look for single-pass routing's abstention: the doubtful inputs are scored again on every state.
 
 Single-pass routing decides at block ``k`` from states ``0..k`` (:mod:`ttlora_moe.moe.single_pass`),
 so its out-of-scope detector never sees the later blocks that two-pass routing reads, and it lets more
@@ -11,6 +11,14 @@ decide whether it abstains. Below the band nothing changes and nothing abstains.
 The second threshold is set so that ``router.false_abstain_rate`` of the in-scope validation inputs
 abstain in all. Cost: about ``r`` of the in-scope traffic pays one more forward of the plain base
 (inputs far out of scope take it too); routing itself is still the early router's.
+
+``router.second_look.source: adapted`` reads the later states from the single pass itself instead: by
+then every input has gone through all blocks, those after ``k`` adapted by the expert it was routed
+to, so every state is there for free (no second forward; only the pooling and the second detector's
+scoring). The second router is then trained on each task's rows *through that task's own expert*
+(:mod:`ttlora_moe.moe.expert_features`), which is what an in-scope input routed to its own expert
+holds at the end of its forward; a bundle build needs the experts for that, and ``rate: 1`` scores
+every input this way.
 
 The served score is one number, monotone in the decision: the early score below the band, the band
 plus the second score inside it (both are sums of surprisals, never negative), so a threshold on it,
@@ -42,7 +50,8 @@ from ttlora_moe.moe.router import (
 from ttlora_moe.moe.single_pass import router_feature_spec
 
 DIRECTORY = "second_look"  # in a bundle: the second router's router.safetensors and router.json
-DEFAULTS: dict[str, Any] = {"rate": 0.0, "out_of_scope": {}}
+SOURCES = ("plain", "adapted")  # where the second look's states come from: another plain forward, or the single pass
+DEFAULTS: dict[str, Any] = {"rate": 0.0, "source": "plain", "out_of_scope": {}}
 
 
 def check_second_look(options: dict[str, Any]) -> None:
@@ -51,10 +60,11 @@ def check_second_look(options: dict[str, Any]) -> None:
     rate = options.get("rate", DEFAULTS["rate"])
     oos = options.get("out_of_scope", {})
     if unknown or isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1 \
-            or not isinstance(oos, dict):
+            or not isinstance(oos, dict) or options.get("source", DEFAULTS["source"]) not in SOURCES:
         raise BadInput(f"router.second_look is {options}",
-                       "use rate (0 to 1: the share of in-scope inputs that get a second look; 0 turns it off) and "
-                       "out_of_scope (router.out_of_scope options for the second detector) only")
+                       "use rate (0 to 1: the share of in-scope inputs that get a second look; 0 turns it off), "
+                       f"source ({' or '.join(SOURCES)}) and out_of_scope (router.out_of_scope options for the second "
+                       "detector) only")
     check_options(oos)
 
 
@@ -76,16 +86,22 @@ def every_state_spec(config: RouterConfig, max_length: int) -> FeatureSpec:
     return router_feature_spec(config.features, max_length, None)
 
 
+def second_look_source(config: RouterConfig) -> str:
+    """``plain`` or ``adapted``: where the second look's states come from (:data:`SOURCES`)."""
+    return str({**DEFAULTS, **config.second_look}["source"])
+
+
 @dataclass
 class SecondLook:
-    """The second router (on ``spec``: every state), the early score above which an input gets it (``band``), and the
-    threshold of the served score (``band + the second score``)."""
+    """The second router (on ``spec``: every state), the early score above which an input gets it (``band``), the
+    threshold of the served score (``band + the second score``) and where its states come from (``source``)."""
 
     router: Router
     spec: FeatureSpec
     band: float
     threshold: float
     rate: float
+    source: str = "plain"
 
     def score(self, early: torch.Tensor, looked: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """The served score: ``early`` where there was no second look, ``band + second`` at the rows ``looked``
@@ -96,8 +112,8 @@ class SecondLook:
 
     def record(self) -> dict[str, Any]:
         """What a bundle's manifest records."""
-        return {"rate": self.rate, "band": self.band, "threshold": self.threshold, "features": self.spec.to_dict(),
-                "directory": DIRECTORY}
+        return {"rate": self.rate, "source": self.source, "band": self.band, "threshold": self.threshold,
+                "features": self.spec.to_dict(), "directory": DIRECTORY}
 
 
 def fit_second_look(early_router: Router, early_val_x: torch.Tensor, train: tuple[torch.Tensor, torch.Tensor],
@@ -117,20 +133,22 @@ def fit_second_look(early_router: Router, early_val_x: torch.Tensor, train: tupl
     with torch.no_grad():
         early, second = early_router.route(early_val_x)[3], router.route(validation[0])[3]
     look, calibration = calibrate_second_look(router, spec, early, second, task_weights(validation[1], len(expert_names)),
-                                              float({**DEFAULTS, **config.second_look}["rate"]), config.false_abstain_rate)
+                                              float({**DEFAULTS, **config.second_look}["rate"]), config.false_abstain_rate,
+                                              second_look_source(config))
     return look, {"second_router_validation_balanced_accuracy": report.validation_balanced_accuracy, **calibration,
                   "seconds_router": report.seconds}
 
 
 def calibrate_second_look(router: Router, spec: FeatureSpec, early: torch.Tensor, second: torch.Tensor,
-                          weights: torch.Tensor, rate: float, false_abstain_rate: float) -> tuple[SecondLook, dict[str, float]]:
+                          weights: torch.Tensor, rate: float, false_abstain_rate: float,
+                          source: str = "plain") -> tuple[SecondLook, dict[str, float]]:
     """The band (the early score above which ``rate`` of the weighted validation inputs lie) and the threshold of the
     served score (above which ``false_abstain_rate`` of them lie; only looked inputs can), from the early and the
     second router's scores of the same validation inputs. The threshold is never below the band, so an input below
     it never abstains, even when ``rate`` is smaller than ``false_abstain_rate``."""
     band = weighted_quantile_threshold(early, rate, weights) if rate < 1 else -1.0
     looked = early > band
-    look = SecondLook(router, spec, float(band), 0.0, rate)
+    look = SecondLook(router, spec, float(band), 0.0, rate, source)
     served = look.score(early, looked, second[looked])
     look.threshold = max(look.band, weighted_quantile_threshold(
         torch.where(looked, served, torch.full_like(served, -1.0)), false_abstain_rate, weights))
@@ -157,6 +175,6 @@ def load_second_look(bundle_dir: Path) -> SecondLook | None:
     record = meta.get("second_look") or {}
     try:
         return SecondLook(router, FeatureSpec.saved(meta["features"]), float(record["band"]), float(record["threshold"]),
-                          float(record["rate"]))
+                          float(record["rate"]), str(record.get("source", "plain")))  # bundles before the source: plain
     except (KeyError, TypeError, ValueError):
         raise BadInput(f"{directory / ROUTER_META} has no complete second_look record", "rebuild the bundle") from None
