@@ -56,20 +56,25 @@ import yaml
 
 from benchmarks.bench_experts import bench_expert
 from benchmarks.common import kept_models_dir, markdown_table, run_benchmark, write_results
-from ttlora_moe.data.cards import list_tasks
+from ttlora_moe.data.cards import list_tasks, load_task_card
+from ttlora_moe.data.prepare import ensure_prepared
+from ttlora_moe.data.prepared import load_split, num_rows
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.moe.detection import auroc, fpr_at_tpr
+from ttlora_moe.moe.expert_features import adapted_base, expert_router_data
+from ttlora_moe.moe.feature_cache import sample_indices
 from ttlora_moe.moe.features import FeatureSpec, compute_features
 from ttlora_moe.moe.out_of_scope import OPTIONS, check_options, fit_detector
 from ttlora_moe.moe.router import SOLVERS, RouterConfig, task_weights, train_router
 from ttlora_moe.moe.router_data import router_data, test_features, test_rows
-from ttlora_moe.moe.expert_features import adapted_base, expert_router_data
 from ttlora_moe.moe.second_look import (
     DEFAULTS as SECOND_LOOK,
     calibrate_second_look,
     every_state_spec,
     second_look_config,
+    COMBINES,
+    second_look_combine,
     second_look_source,
 )
 from ttlora_moe.moe.single_pass import router_feature_spec
@@ -81,7 +86,8 @@ JUNK_GOAL = 0.99  # share of junk that must abstain (issue 10)
 QUICK_TASKS = ["cola", "mrpc", "rte", "sst2"]
 DETECTORS = ("knn", "fused", "relative")  # compared on the same router; "confidence alone" is the reference
 COLUMNS = ["held_out", "detector", "auroc", "fpr_at_95_tpr", "abstain_held_out", "abstain_junk", "false_abstain_in_scope"]
-LOOK_COLUMNS = [*COLUMNS, "looked_in_scope"]  # with a second look: the share of in-scope test rows that took it
+# with a second look: the share of in-scope test rows that took it, and the held-out task's validation AUROC
+LOOK_COLUMNS = [*COLUMNS, "looked_in_scope", "validation_auroc"]
 SWEEP_COLUMNS = ["options", "validation_auroc", "validation_junk_abstain", *COLUMNS[2:]]
 
 
@@ -150,16 +156,32 @@ def through_experts(rows: list[dict[str, Any]], ride: torch.Tensor, experts: lis
     return out
 
 
+def held_validation(held: str, base, spec: FeatureSpec, config: RouterConfig, params: dict[str, Any],
+                    every_state: dict[str, Any], router) -> tuple[tuple, torch.Tensor]:
+    """The held-out task's validation rows (the sample a bundle would validate on): the early router's outputs, and
+    their every-state features (source ``adapted``: each through the expert it rides with)."""
+    early = router_data(base, [held], spec, config, params, progress=False)[0]["validation"][0]
+    routed = router.route(early)
+    if every_state["source"] != "adapted":
+        return routed, router_data(base, [held], every_state["spec"], config, params, progress=False)[0]["validation"][0]
+    prepared = ensure_prepared(load_task_card(held), params)
+    rows = load_split(prepared, "validation")
+    rows = [rows[i] for i in sample_indices(num_rows(prepared, "validation"), config.validation_per_task, config.seed)]
+    return routed, through_experts(rows, routed[2].argmax(-1), every_state["ins_experts"], every_state["spec"])
+
+
 def second_look_rows(held: str, ins: list[str], base, config: RouterConfig, params: dict[str, Any],
                      data: dict[str, tuple], router, routed: dict[str, tuple], val_routed: tuple,
                      every_state: dict[str, Any], rates: list[float]) -> list[dict[str, Any]]:
-    """The configured detector with its second look, one row per band ``rates`` (the configured first): the second
-    router is trained once on every state's features of the same rows, each band calibrated as a build does
-    (``val_routed``: the early router's outputs on the validation rows). Source ``adapted``: the second router's rows
-    are each task's through its own expert, and every scored row goes through the expert it rides with."""
+    """The configured detector with its second look, one row per band ``rates`` (the configured first) and way to
+    combine the two scores (the configured first): the second router is trained once on every state's features of
+    the same rows, each band calibrated as a build does (``val_routed``: the early router's outputs on the validation
+    rows). Each row also has its ``validation_auroc``: the held-out task's validation rows against the in-scope ones,
+    what a choice between the rows may look at. Source ``adapted``: the second router's rows are each task's through
+    its own expert, and every scored row goes through the expert it rides with."""
     spec, source = every_state["spec"], every_state["source"]
     if source == "adapted":
-        experts = [every_state["experts"][t] for t in ins]
+        experts = every_state["ins_experts"] = [every_state["experts"][t] for t in ins]
         full, _ = expert_router_data(experts, ins, spec, config, params, progress=False)
         ride = {name: r[2].argmax(-1) for name, r in routed.items()}
         starts = itertools.accumulate([len(every_state["rows"][t]) for t in ins], initial=0)
@@ -177,15 +199,22 @@ def second_look_rows(held: str, ins: list[str], base, config: RouterConfig, para
                                         progress=False, block=base.hidden_size)
     second = {name: second_router.route(x)[3] for name, x in sets.items()}
     second_val = second_router.route(full["validation"][0])[3]
+    held_routed, held_full = held_validation(held, base, every_state["early_spec"], config, params, every_state, router)
+    checks = {"in": (val_routed[3], second_val), "out": (held_routed[3], second_router.route(held_full)[3])}
     weights = task_weights(data["validation"][1], len(ins))
+    configured = second_look_combine(config)
     rows = []
     for rate in rates:
-        banded, _ = calibrate_second_look(second_router, spec, val_routed[3], second_val, weights, rate,
-                                          config.false_abstain_rate, source)
-        looked = {name: routed[name][3] > banded.band for name in sets}
-        served = {name: banded.score(routed[name][3], looked[name], second[name][looked[name]]) for name in sets}
-        rows.append({"held_out": held, "detector": f"{router.detector.method} + {look_name(source)} {rate:g}",
-                     **measure(served, banded.threshold), "looked_in_scope": float(looked["in"].float().mean())})
+        for combine in dict.fromkeys([configured, *COMBINES]):
+            banded, _ = calibrate_second_look(second_router, spec, val_routed[3], second_val, weights, rate,
+                                              config.false_abstain_rate, source, combine)
+            looked = {name: routed[name][3] > banded.band for name in sets}
+            served = {name: banded.score(routed[name][3], looked[name], second[name][looked[name]]) for name in sets}
+            on_val = {name: banded.score(e, e > banded.band, s[e > banded.band]) for name, (e, s) in checks.items()}
+            name = f"{router.detector.method} + {look_name(source)} {rate:g}" + ("" if combine == "band" else ", summed")
+            rows.append({"held_out": held, "detector": name, **measure(served, banded.threshold),
+                         "looked_in_scope": float(looked["in"].float().mean()),
+                         "validation_auroc": auroc(on_val["out"], on_val["in"])})
     return rows
 
 
@@ -299,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     if rates and config.route_after_layer is not None:
         config.second_look = {**config.second_look, "rate": rates[0]}  # the first band leads the table and sets the goals
         full_spec = every_state_spec(config, spec.max_length)
-        every_state = {"spec": full_spec, "source": second_look_source(config)}
+        every_state = {"spec": full_spec, "early_spec": spec, "source": second_look_source(config)}
         if every_state["source"] == "adapted":  # every task's expert: the rows it rides with go through it
             folder = args.experts or look_experts(tasks, params, config.route_after_layer, args)
             experts = {t: adapted_base(folder / t, base.ref, base_section.get("pooling")) for t in tasks}

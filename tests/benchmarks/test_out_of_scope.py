@@ -83,7 +83,8 @@ def test_a_sweep_refits_every_combination_and_chooses_on_validation(moe_env, ben
             out_of_scope.main(["--tasks", "senti", "nli", "--test-rows", "12", "--sweep", *bad])
 
 
-def test_second_look_rows_lead_when_bands_are_given(moe_env, bench_results):
+def run_single_pass(moe_env, bench_results, second_look: dict, argv: list[str]) -> dict:
+    """The benchmark's results on the three toy tasks, routing after block 1 with ``second_look`` (a profile)."""
     import yaml
 
     from benchmarks import out_of_scope
@@ -92,17 +93,24 @@ def test_second_look_rows_lead_when_bands_are_given(moe_env, bench_results):
     original = path.read_text()
     try:
         path.write_text(yaml.safe_dump({**moe_env["params"], "one": {"router": {
-            "route_after_layer": 1, "second_look": {"rate": 0, "source": "plain"}}}}))
-        out_of_scope.main(["--tasks", "senti", "nli", "quest", "--test-rows", "12", "--profile", "one",
-                           "--second-look-rates", "0.05", "0.5", "1"])
-        result = json.loads((bench_results / "out_of_scope.json").read_text())
+            "route_after_layer": 1, "second_look": second_look}}}))
+        out_of_scope.main(["--tasks", "senti", "nli", "quest", "--test-rows", "12", "--profile", "one", *argv])
+        return json.loads((bench_results / "out_of_scope.json").read_text())
     finally:
         path.write_text(original)
+
+
+def test_second_look_rows_lead_when_bands_are_given(moe_env, bench_results):
+    from benchmarks import out_of_scope
+
+    result = run_single_pass(moe_env, bench_results, {"rate": 0, "source": "plain"},
+                             ["--second-look-rates", "0.05", "0.5", "1"])
     rows = result["rows"]
     looks = ["relative + second look 0.05", "relative + second look 0.5", "relative + second look 1"]
-    assert [r["detector"] for r in rows[:6]] == [*looks, "relative", "knn", "fused"]
+    assert [r["detector"] for r in rows[:9]] == [d for look in looks for d in (look, f"{look}, summed")] + [
+        "relative", "knn", "fused"]
     assert result["second_look"]["rate"] == 0.05
-    shares = [r["looked_in_scope"] for r in rows[:3]]
+    shares = [r["looked_in_scope"] for r in rows[:6:2]]
     assert shares[0] <= shares[1] <= shares[2] == 1.0  # a wider band looks at more in-scope rows; rate 1 at all
     mean = {r["detector"]: r for r in rows if r["held_out"] == "**mean**"}
     assert result["goals"]["junk_abstains_at_least_99pct"] == (mean[looks[0]]["abstain_junk"] >= 0.99)
@@ -113,25 +121,15 @@ def test_an_adapted_look_trains_the_experts_and_scores_each_row_through_the_one_
     import os
     from pathlib import Path
 
-    import yaml
-
     from benchmarks import out_of_scope
 
-    path = moe_env["root"] / "params.yaml"
-    original = path.read_text()
-    try:
-        path.write_text(yaml.safe_dump({**moe_env["params"], "one": {"router": {
-            "route_after_layer": 1, "second_look": {"rate": 1, "source": "adapted"}}}}))
-        out_of_scope.main(["--tasks", "senti", "nli", "quest", "--test-rows", "12", "--profile", "one",
-                           "--expert-samples", "16"])
-        result = json.loads((bench_results / "out_of_scope.json").read_text())
-    finally:
-        path.write_text(original)
+    result = run_single_pass(moe_env, bench_results, {"rate": 1, "source": "adapted"}, ["--expert-samples", "16"])
     experts = Path(os.environ["TTLORA_BENCH_OUTPUTS"]) / "out_of_scope_experts" / "full" / "ttlora"
     assert sorted(p.name for p in experts.iterdir()) == ["nli", "quest", "senti"]  # kept for the next run
     assert json.loads((experts / "nli" / "expert.json").read_text())["tt"]["layers_from"] == 1
     rows = result["rows"]
-    assert [r["detector"] for r in rows[:2]] == ["relative + adapted look 1", "relative"]
+    assert [r["detector"] for r in rows[:3]] == ["relative + adapted look 1", "relative + adapted look 1, summed", "relative"]
+    assert all(0 <= r["validation_auroc"] <= 1 for r in rows[:2])
     assert result["second_look"]["source"] == "adapted"
     assert all(r["looked_in_scope"] == 1.0 for r in rows if "adapted look" in r["detector"])
     assert all(0 <= r[k] <= 1 for r in rows for k in out_of_scope.LOOK_COLUMNS[2:] if k in r)

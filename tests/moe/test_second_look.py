@@ -207,3 +207,21 @@ def test_an_unknown_second_look_source_is_a_one_line_error():
     with pytest.raises(BadInput, match="source") as info:
         RouterConfig(second_look={"rate": 1, "source": "tail"})
     assert "\n" not in str(info.value)
+
+
+def test_a_summed_look_adds_both_surprisals_and_keeps_looked_inputs_above_the_band():
+    from ttlora_moe.moe.second_look import calibrate_second_look
+
+    generator = torch.Generator().manual_seed(1)
+    early, second = torch.rand(1000, generator=generator) * 10, torch.rand(1000, generator=generator) * 10
+    look, report = calibrate_second_look(None, FeatureSpec(), early, second, torch.ones(1000), 0.2, 0.02, "adapted", "sum")
+    assert (look.source, look.combine) == ("adapted", "sum") and look.record()["combine"] == "sum"
+    looked = early > look.band
+    served = look.score(early, looked, second[looked])
+    assert torch.equal(served[looked], early[looked] + second[looked]) and torch.equal(served[~looked], early[~looked])
+    assert served[looked].min() > served[~looked].max()  # monotone in the decision, like the band
+    assert 19 <= int((served > look.threshold).sum()) <= 20 and look.threshold >= look.band
+    everyone, _ = calibrate_second_look(None, FeatureSpec(), early, second, torch.ones(1000), 1, 0.02, "adapted", "sum")
+    assert everyone.band == -1.0 and torch.equal(everyone.score(early, early > -1, second), early + second)
+    with pytest.raises(BadInput, match="combine"):
+        RouterConfig(second_look={"rate": 1, "combine": "max"})

@@ -103,11 +103,13 @@ class RouterConfig(Section):
         None, "Single-pass routing: the router reads hidden states 0..k (embeddings + first k blocks) and experts "
               "must adapt only layers >= k (tt.layers_from), so one forward routes and adapts; null = two passes.")
     second_look: dict[str, Any] = option(
-        {"rate": 0.0, "out_of_scope": {"components": 768, "task_covariance": 0.1, "task_covariance_weight": 0.5}},
+        {"rate": 0.0, "source": "plain", "combine": "band",
+         "out_of_scope": {"components": 768, "task_covariance": 0.1, "task_covariance_weight": 0.5}},
         "Single-pass only (see moe/second_look.py): inputs whose early out-of-scope score is in the top `rate` of the "
         "in-scope validation scores get a second router and detector on every state (out_of_scope: its options over "
         "router.out_of_scope), which decide whether they abstain; rate 0 turns it off. source: plain (another forward "
-        "of the plain base) or adapted (the single pass's own states, through the expert each input rides with).")
+        "of the plain base) or adapted (the single pass's own states, through the expert each input rides with); "
+        "combine: a looked input's score is band + second (band) or early + second (sum).")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -18,7 +18,8 @@ to, so every state is there for free (no second forward; only the pooling and th
 scoring). The second router is then trained on each task's rows *through that task's own expert*
 (:mod:`ttlora_moe.moe.expert_features`), which is what an in-scope input routed to its own expert
 holds at the end of its forward; a bundle build needs the experts for that, and ``rate: 1`` scores
-every input this way.
+every input this way. ``combine: sum`` serves a looked input the early score plus the second one. Measured
+worse than the early states alone (README "Abstention": an expert pulls an unseen sibling toward its task).
 
 The served score is one number, monotone in the decision: the early score below the band, the band
 plus the second score inside it (both are sums of surprisals, never negative), so a threshold on it,
@@ -51,7 +52,8 @@ from ttlora_moe.moe.single_pass import router_feature_spec
 
 DIRECTORY = "second_look"  # in a bundle: the second router's router.safetensors and router.json
 SOURCES = ("plain", "adapted")  # where the second look's states come from: another plain forward, or the single pass
-DEFAULTS: dict[str, Any] = {"rate": 0.0, "source": "plain", "out_of_scope": {}}
+COMBINES = ("band", "sum")  # a looked input's served score: the band plus the second score, or the early plus the second
+DEFAULTS: dict[str, Any] = {"rate": 0.0, "source": "plain", "combine": "band", "out_of_scope": {}}
 
 
 def check_second_look(options: dict[str, Any]) -> None:
@@ -60,11 +62,12 @@ def check_second_look(options: dict[str, Any]) -> None:
     rate = options.get("rate", DEFAULTS["rate"])
     oos = options.get("out_of_scope", {})
     if unknown or isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1 \
-            or not isinstance(oos, dict) or options.get("source", DEFAULTS["source"]) not in SOURCES:
+            or not isinstance(oos, dict) or options.get("source", DEFAULTS["source"]) not in SOURCES \
+            or options.get("combine", DEFAULTS["combine"]) not in COMBINES:
         raise BadInput(f"router.second_look is {options}",
                        "use rate (0 to 1: the share of in-scope inputs that get a second look; 0 turns it off), "
-                       f"source ({' or '.join(SOURCES)}) and out_of_scope (router.out_of_scope options for the second "
-                       "detector) only")
+                       f"source ({' or '.join(SOURCES)}), combine ({' or '.join(COMBINES)}) and out_of_scope "
+                       "(router.out_of_scope options for the second detector) only")
     check_options(oos)
 
 
@@ -91,10 +94,16 @@ def second_look_source(config: RouterConfig) -> str:
     return str({**DEFAULTS, **config.second_look}["source"])
 
 
+def second_look_combine(config: RouterConfig) -> str:
+    """``band`` or ``sum``: how a looked input's served score is made (:data:`COMBINES`)."""
+    return str({**DEFAULTS, **config.second_look}["combine"])
+
+
 @dataclass
 class SecondLook:
     """The second router (on ``spec``: every state), the early score above which an input gets it (``band``), the
-    threshold of the served score (``band + the second score``) and where its states come from (``source``)."""
+    threshold of the served score (``band`` or the early score, by ``combine``, plus the second score) and where its
+    states come from (``source``)."""
 
     router: Router
     spec: FeatureSpec
@@ -102,18 +111,20 @@ class SecondLook:
     threshold: float
     rate: float
     source: str = "plain"
+    combine: str = "band"
 
     def score(self, early: torch.Tensor, looked: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        """The served score: ``early`` where there was no second look, ``band + second`` at the rows ``looked``
-        (a boolean mask; ``second`` has one score per looked row)."""
+        """The served score: ``early`` where there was no second look, ``band + second`` (combine ``band``) or
+        ``early + second`` (``sum``: both detectors' surprisals) at the rows ``looked`` (a boolean mask; ``second``
+        has one score per looked row). Either way a looked input scores above every input below the band."""
         out = early.clone()
-        out[looked] = self.band + second.to(out.dtype)
+        out[looked] = (self.band if self.combine == "band" else early[looked]) + second.to(out.dtype)
         return out
 
     def record(self) -> dict[str, Any]:
         """What a bundle's manifest records."""
-        return {"rate": self.rate, "source": self.source, "band": self.band, "threshold": self.threshold,
-                "features": self.spec.to_dict(), "directory": DIRECTORY}
+        return {"rate": self.rate, "source": self.source, "combine": self.combine, "band": self.band,
+                "threshold": self.threshold, "features": self.spec.to_dict(), "directory": DIRECTORY}
 
 
 def fit_second_look(early_router: Router, early_val_x: torch.Tensor, train: tuple[torch.Tensor, torch.Tensor],
@@ -134,21 +145,21 @@ def fit_second_look(early_router: Router, early_val_x: torch.Tensor, train: tupl
         early, second = early_router.route(early_val_x)[3], router.route(validation[0])[3]
     look, calibration = calibrate_second_look(router, spec, early, second, task_weights(validation[1], len(expert_names)),
                                               float({**DEFAULTS, **config.second_look}["rate"]), config.false_abstain_rate,
-                                              second_look_source(config))
+                                              second_look_source(config), second_look_combine(config))
     return look, {"second_router_validation_balanced_accuracy": report.validation_balanced_accuracy, **calibration,
                   "seconds_router": report.seconds}
 
 
 def calibrate_second_look(router: Router, spec: FeatureSpec, early: torch.Tensor, second: torch.Tensor,
                           weights: torch.Tensor, rate: float, false_abstain_rate: float,
-                          source: str = "plain") -> tuple[SecondLook, dict[str, float]]:
+                          source: str = "plain", combine: str = "band") -> tuple[SecondLook, dict[str, float]]:
     """The band (the early score above which ``rate`` of the weighted validation inputs lie) and the threshold of the
     served score (above which ``false_abstain_rate`` of them lie; only looked inputs can), from the early and the
     second router's scores of the same validation inputs. The threshold is never below the band, so an input below
     it never abstains, even when ``rate`` is smaller than ``false_abstain_rate``."""
     band = weighted_quantile_threshold(early, rate, weights) if rate < 1 else -1.0
     looked = early > band
-    look = SecondLook(router, spec, float(band), 0.0, rate, source)
+    look = SecondLook(router, spec, float(band), 0.0, rate, source, combine)
     served = look.score(early, looked, second[looked])
     look.threshold = max(look.band, weighted_quantile_threshold(
         torch.where(looked, served, torch.full_like(served, -1.0)), false_abstain_rate, weights))
@@ -175,6 +186,7 @@ def load_second_look(bundle_dir: Path) -> SecondLook | None:
     record = meta.get("second_look") or {}
     try:
         return SecondLook(router, FeatureSpec.saved(meta["features"]), float(record["band"]), float(record["threshold"]),
-                          float(record["rate"]), str(record.get("source", "plain")))  # bundles before the source: plain
+                          float(record["rate"]), str(record.get("source", "plain")),  # older bundles: plain, band
+                          str(record.get("combine", "band")))
     except (KeyError, TypeError, ValueError):
         raise BadInput(f"{directory / ROUTER_META} has no complete second_look record", "rebuild the bundle") from None
