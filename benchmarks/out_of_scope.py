@@ -17,8 +17,8 @@ configured one first; all on one second router), with the share of in-scope test
 second look (its cost); the first sets the goals. Goals (issue): mean AUROC >= 0.95, junk abstains >= 99%, in-scope
 false abstain <= 2%.
 
-With ``router.second_look.source: adapted`` (the default) the second router reads the states a single pass ends
-with: it is trained on each in-scope task's rows through that task's own expert, and every scored row (in-scope,
+With ``router.second_look.source: adapted`` (off by default: README "Abstention") the second router reads the
+states a single pass ends with: it is trained on each in-scope task's rows through that task's own expert, and every scored row (in-scope,
 held-out, junk) goes through the expert the early router sends it to, as in a bundle. That needs an expert per task:
 ``--experts DIR`` (``DIR/<task>``), or the benchmark trains them (``--expert-samples`` rows x 1 epoch, default
 12,000, with ``tt.layers_from`` = the routing block) into ``outputs/out_of_scope_experts`` and reuses them while the
@@ -69,12 +69,12 @@ from ttlora_moe.moe.out_of_scope import OPTIONS, check_options, fit_detector
 from ttlora_moe.moe.router import SOLVERS, RouterConfig, task_weights, train_router
 from ttlora_moe.moe.router_data import router_data, test_features, test_rows
 from ttlora_moe.moe.second_look import (
+    COMBINES,
     DEFAULTS as SECOND_LOOK,
     calibrate_second_look,
     every_state_spec,
-    second_look_config,
-    COMBINES,
     second_look_combine,
+    second_look_config,
     second_look_source,
 )
 from ttlora_moe.moe.single_pass import router_feature_spec

@@ -15,6 +15,7 @@ from ttlora_moe.experts.artifact import META_FILE, WEIGHTS_FILE, read_expert_met
 from ttlora_moe.experts.base_model import load_base_model
 from ttlora_moe.files import atomic_dir, sha256_file, write_json
 from ttlora_moe.moe.bundle import BUNDLE_FORMAT, MANIFEST, bundle_params, check_experts
+from ttlora_moe.moe.expert_features import adapted_base, expert_router_data
 from ttlora_moe.moe.features import num_hidden_states
 from ttlora_moe.moe.router import (
     ROUTER_META,
@@ -24,7 +25,6 @@ from ttlora_moe.moe.router import (
     train_router,
 )
 from ttlora_moe.moe.router_data import router_data
-from ttlora_moe.moe.expert_features import adapted_base, expert_router_data
 from ttlora_moe.moe.second_look import (
     every_state_spec,
     fit_second_look,
