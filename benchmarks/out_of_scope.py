@@ -56,18 +56,15 @@ import yaml
 
 from benchmarks.bench_experts import bench_expert
 from benchmarks.common import kept_models_dir, markdown_table, run_benchmark, write_results
-from ttlora_moe.data.cards import list_tasks, load_task_card
-from ttlora_moe.data.prepare import ensure_prepared
-from ttlora_moe.data.prepared import load_split, num_rows
+from ttlora_moe.data.cards import list_tasks
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.moe.detection import auroc, fpr_at_tpr
 from ttlora_moe.moe.expert_features import adapted_base, expert_router_data
-from ttlora_moe.moe.feature_cache import sample_indices
 from ttlora_moe.moe.features import FeatureSpec, compute_features
 from ttlora_moe.moe.out_of_scope import OPTIONS, check_options, fit_detector
 from ttlora_moe.moe.router import SOLVERS, RouterConfig, task_weights, train_router
-from ttlora_moe.moe.router_data import router_data, test_features, test_rows
+from ttlora_moe.moe.router_data import router_data, test_features, test_rows, validation_rows
 from ttlora_moe.moe.second_look import (
     COMBINES,
     DEFAULTS as SECOND_LOOK,
@@ -156,18 +153,15 @@ def through_experts(rows: list[dict[str, Any]], ride: torch.Tensor, experts: lis
     return out
 
 
-def held_validation(held: str, base, spec: FeatureSpec, config: RouterConfig, params: dict[str, Any],
-                    every_state: dict[str, Any], router) -> tuple[tuple, torch.Tensor]:
+def held_validation(held: str, base, config: RouterConfig, params: dict[str, Any], every_state: dict[str, Any],
+                    router, experts: list | None) -> tuple[tuple, torch.Tensor]:
     """The held-out task's validation rows (the sample a bundle would validate on): the early router's outputs, and
-    their every-state features (source ``adapted``: each through the expert it rides with)."""
-    early = router_data(base, [held], spec, config, params, progress=False)[0]["validation"][0]
+    their every-state features (``experts``, source ``adapted``: each through the expert it rides with)."""
+    early = router_data(base, [held], every_state["early_spec"], config, params, progress=False)[0]["validation"][0]
     routed = router.route(early)
-    if every_state["source"] != "adapted":
+    if experts is None:
         return routed, router_data(base, [held], every_state["spec"], config, params, progress=False)[0]["validation"][0]
-    prepared = ensure_prepared(load_task_card(held), params)
-    rows = load_split(prepared, "validation")
-    rows = [rows[i] for i in sample_indices(num_rows(prepared, "validation"), config.validation_per_task, config.seed)]
-    return routed, through_experts(rows, routed[2].argmax(-1), every_state["ins_experts"], every_state["spec"])
+    return routed, through_experts(validation_rows(held, config, params), routed[2].argmax(-1), experts, every_state["spec"])
 
 
 def second_look_rows(held: str, ins: list[str], base, config: RouterConfig, params: dict[str, Any],
@@ -181,7 +175,7 @@ def second_look_rows(held: str, ins: list[str], base, config: RouterConfig, para
     its own expert, and every scored row goes through the expert it rides with."""
     spec, source = every_state["spec"], every_state["source"]
     if source == "adapted":
-        experts = every_state["ins_experts"] = [every_state["experts"][t] for t in ins]
+        experts = [every_state["experts"][t] for t in ins]
         full, _ = expert_router_data(experts, ins, spec, config, params, progress=False)
         ride = {name: r[2].argmax(-1) for name, r in routed.items()}
         starts = itertools.accumulate([len(every_state["rows"][t]) for t in ins], initial=0)
@@ -191,6 +185,7 @@ def second_look_rows(held: str, ins: list[str], base, config: RouterConfig, para
                 "out": through_experts(every_state["rows"][held], ride["out"], experts, spec),
                 "junk": through_experts(every_state["junk_rows"], ride["junk"], experts, spec)}
     else:
+        experts = None
         full, _, _ = router_data(base, ins, spec, config, params, progress=False)
         sets = {"in": torch.cat([every_state["tests"][t] for t in ins]), "out": every_state["tests"][held],
                 "junk": every_state["junk"]}
@@ -199,7 +194,7 @@ def second_look_rows(held: str, ins: list[str], base, config: RouterConfig, para
                                         progress=False, block=base.hidden_size)
     second = {name: second_router.route(x)[3] for name, x in sets.items()}
     second_val = second_router.route(full["validation"][0])[3]
-    held_routed, held_full = held_validation(held, base, every_state["early_spec"], config, params, every_state, router)
+    held_routed, held_full = held_validation(held, base, config, params, every_state, router, experts)
     checks = {"in": (val_routed[3], second_val), "out": (held_routed[3], second_router.route(held_full)[3])}
     weights = task_weights(data["validation"][1], len(ins))
     configured = second_look_combine(config)

@@ -74,7 +74,8 @@ def build_bundle(
     spec = router_feature_spec(config.features, int(first.get("max_length", 128)), config.route_after_layer)
 
     t0 = time.perf_counter()
-    base = load_base_model(first["base_model"]["ref"], first.get("pooling"), device=params_device(params, device))
+    device = params_device(params, device)
+    base = load_base_model(first["base_model"]["ref"], first.get("pooling"), device=device)
     if base.fingerprint != first["base_model"]["fingerprint"]:
         raise BadInput(f"{metas[0][0] / META_FILE} names base model {first['base_model']['ref']!r} with fingerprint "
                        f"{first['base_model']['fingerprint'][:12]}, but it resolves to {base.fingerprint[:12]} here",
@@ -102,8 +103,7 @@ def build_bundle(
         t0 = time.perf_counter()
         every_state = every_state_spec(config, spec.max_length)
         if second_look_source(config) == "adapted":  # as a single pass ends: each task's rows through its own expert
-            bases = (adapted_base(d, first["base_model"]["ref"], first.get("pooling"), params_device(params, device))
-                     for d, _ in metas)
+            bases = (adapted_base(d, first["base_model"]["ref"], first.get("pooling"), device) for d, _ in metas)
             full, full_stats = expert_router_data(bases, tasks, every_state, config, params, progress)
         else:
             full, full_stats, _ = router_data(base, tasks, every_state, config, params, progress)
@@ -111,6 +111,7 @@ def build_bundle(
         look, look_report = fit_second_look(model, data["validation"][0], full["train"], full["validation"], tasks,
                                             config, every_state, base.hidden_size, progress)
         look_report["seconds"] = round(time.perf_counter() - t0, 2)
+    look_record = None if look is None else {**look.record(), **look_report}  # in the manifest and the summary
 
     versions = versions or {}
     experts = []
@@ -155,7 +156,7 @@ def build_bundle(
             "router": {"kind": config.kind, "config": config.to_dict(), "features": spec.to_dict(),
                        "temperature": report.temperature, "threshold": report.threshold,
                        "false_abstain_rate": config.false_abstain_rate, "files": [ROUTER_WEIGHTS, ROUTER_META],
-                       "second_look": None if look is None else {**look.record(), **look_report}},
+                       "second_look": look_record},
             "experts": experts,
             "files": files,
             "gates": gates,
@@ -179,7 +180,7 @@ def build_bundle(
         "router_passes": report.epochs,  # AdamW epochs or L-BFGS loss evaluations
         "temperature": report.temperature,
         "abstain_threshold": report.threshold,
-        "second_look": None if look is None else {**look.record(), **look_report},
+        "second_look": look_record,
         "gates": gates,
         "cache_hits": stats.hits,
         "cache_misses": stats.computed,

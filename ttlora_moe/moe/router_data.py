@@ -69,6 +69,13 @@ def router_data(
     return {s: (torch.cat(x), torch.cat(y)) for s, (x, y) in out.items()}, stats, versions
 
 
+def validation_rows(task: str, config: RouterConfig, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The task's validation rows whose features :func:`router_data` gives, in the same order."""
+    prepared, _ = _task_data(task, params)
+    rows = load_split(prepared, "validation")
+    return [rows[i] for i in sample_indices(num_rows(prepared, "validation"), config.validation_per_task, config.seed)]
+
+
 def _test_sample(task: str, params: dict[str, Any], cap: int, seed: int) -> tuple[Path, str, list[int]]:
     prepared, md5 = _task_data(task, params)
     return prepared, md5, sorted(sample_indices(num_rows(prepared, "test"), cap, seed))
