@@ -63,7 +63,7 @@ from ttlora_moe.moe.detection import auroc, fpr_at_tpr
 from ttlora_moe.moe.expert_features import adapted_base, expert_router_data
 from ttlora_moe.moe.features import FeatureSpec, compute_features
 from ttlora_moe.moe.out_of_scope import OPTIONS, check_options, fit_detector
-from ttlora_moe.moe.router import SOLVERS, RouterConfig, task_weights, train_router
+from ttlora_moe.moe.router import SOLVERS, RouterConfig, latest_state_block, task_weights, train_router
 from ttlora_moe.moe.router_data import router_data, test_features, test_rows, validation_rows
 from ttlora_moe.moe.second_look import (
     COMBINES,
@@ -131,7 +131,8 @@ def refit(router, data: dict[str, tuple[torch.Tensor, torch.Tensor]], val_routed
     _, confidence, probs, _ = val_routed
     return fit_detector(train_x, train_y, val_x, confidence, probs.argmax(-1), task_weights(val_y, router.num_experts),
                         router.num_experts, block, {**config.out_of_scope, **options}, config.false_abstain_rate,
-                        config.seed, FeatureSpec.from_dict(config.features).fragmentation)
+                        config.seed, FeatureSpec.from_dict(config.features).fragmentation,
+                        latest_state_block(config, train_x.shape[1], block))
 
 
 def detector_scores(detector, sets: dict[str, torch.Tensor], routed: dict[str, tuple]) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ import torch
 
 from ttlora_moe.errors import BadInput
 from ttlora_moe.moe.detection import auroc
+from ttlora_moe.moe.features import FeatureSpec
 from ttlora_moe.moe.out_of_scope import (
     check_options,
     fit_detector,
@@ -142,7 +143,8 @@ def test_confidence_method_and_a_zero_rate():
                                      {"shrinkage": "a lot"}, {"whitening": True},
                                      {"confidence_weight": -1}, {"bank_per_task": True},
                                      {"lexical_weight": -0.5}, {"task_covariance": 1.0},
-                                     {"task_covariance": -0.1}, {"task_covariance_weight": -1}])
+                                     {"task_covariance": -0.1}, {"task_covariance_weight": -1},
+                                     {"state_weight": -1}, {"state_weight": "yes"}])
 def test_bad_options_are_one_line(options):
     with pytest.raises(BadInput, match="router.out_of_scope is"):
         check_options(options)
@@ -235,3 +237,49 @@ def test_task_shaped_term_matches_the_textbook_and_sees_a_task_unlike_each_shape
     assert torch.allclose(shaped.task_shaped(test_x[:20]).double(), expected, rtol=1e-3, atol=1e-2)
     whole = shaped.task_shaped(test_x)  # 300 inputs: two steps of SHAPED_ROWS
     assert len(test_x) > 256 and torch.allclose(whole[-20:], shaped.task_shaped(test_x[-20:]), atol=1e-3)
+
+
+@pytest.mark.parametrize("spec,blocks,expected", [
+    ({}, 8, 6),  # segments 0..3 (text, pair each): state 3's text
+    ({"segment_layers": [0, 3, 1]}, 6, 2),
+    ({"layers": [0, -1], "pooling": ["mean", "max"], "segment_layers": []}, 4, 2),  # -1: the last state
+    ({"layers": "all", "segment_layers": "all"}, 12, 10),  # 4 states: 4 pooled blocks, then 4 text/pair pairs
+    ({"layers": "all", "segment_layers": [1, 2]}, 7, 5),
+    ({"layers": [2], "segment_layers": "all"}, 5, 3),
+])
+def test_latest_text_block_is_the_highest_states_text(spec, blocks, expected):
+    assert FeatureSpec.from_dict(spec).latest_text_block(blocks) == expected
+
+
+def test_latest_state_term_is_the_relative_distance_on_that_block_alone():
+    """Task 0's first block with a second block no task has: the principal subspace of both blocks barely sees it,
+    the latest block alone does; the term is the textbook relative Mahalanobis distance on that block."""
+    g = torch.Generator().manual_seed(0)
+    first, second = torch.randn(3, BLOCK, generator=g), torch.randn(4, BLOCK, generator=g)
+    centres = torch.cat([first, second[:3]], 1)
+    train_x, train_y = clusters(150, centres, seed=1)
+    val_x, val_y = clusters(60, centres, seed=2)
+    test_x, _ = clusters(100, centres, seed=3)
+    unseen, _ = clusters(100, torch.cat([first[:1], 0.5 * second[:1] + 0.5 * second[3:]], 1), seed=4)
+    ones = torch.ones(len(val_x))
+    options = {"method": "relative", "components": 4, "bank_per_task": 100, "shrinkage": 0.1}
+    plain = fit_detector(train_x, train_y, val_x, ones, val_y, ones, 3, BLOCK, {**options, "state_weight": 0.0}, 0.02,
+                         state_block=1)
+    state = fit_detector(train_x, train_y, val_x, ones, val_y, ones, 3, BLOCK, options, 0.02, state_block=1)
+    assert not hasattr(plain, "state_whiten") and len(state.surprisals) == len(plain.surprisals) + 1
+    assert state.state_weight == 1.0 and state.state_block == 1
+    score = lambda d, x: d.score(x, torch.ones(len(x)), torch.zeros(len(x), dtype=torch.long))  # noqa: E731
+    assert auroc(score(state, unseen), score(state, test_x)) > auroc(score(plain, unseen), score(plain, test_x))
+    z = torch.nn.functional.normalize(train_x[:, BLOCK:2 * BLOCK], dim=1).double()
+    means = torch.stack([z[train_y == t].mean(0) for t in range(3)])
+    within = sum(torch.cov((z[train_y == t] - means[t]).T, correction=0) for t in range(3)) / 3
+    mix_mean = means.mean(0)
+    mix = ((z - mix_mean).T @ (z - mix_mean)) / len(z)  # equal task sizes: task-balanced = every row alike
+    shrink = lambda c: c + 0.1 * c.diagonal().mean() * torch.eye(len(c), dtype=c.dtype)  # noqa: E731
+    p, p0 = torch.linalg.inv(shrink(within)), torch.linalg.inv(shrink(mix))
+    q = torch.nn.functional.normalize(unseen[:20, BLOCK:2 * BLOCK], dim=1).double()
+    to_tasks = torch.stack([torch.einsum("bi,ij,bj->b", q - m, p, q - m) for m in means], 1).min(1).values
+    expected = to_tasks - torch.einsum("bi,ij,bj->b", q - mix_mean, p0, q - mix_mean)
+    assert torch.allclose(state.latest_state(unseen[:20]).double(), expected, rtol=1e-3, atol=1e-2)
+    whole_row = fit_detector(train_x, train_y, val_x, ones, val_y, ones, 3, None, options, 0.02, state_block=0)
+    assert whole_row.state_weight == 0.0  # one block: nothing to single out

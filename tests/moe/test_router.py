@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 import torch
@@ -168,3 +169,28 @@ def test_the_detectors_task_gaussians_join_the_logits_only_when_validation_says_
 def test_bad_generative_weights_are_one_line(weights):
     with pytest.raises(BadInput, match="router.generative_weights"):
         RouterConfig(generative_weights=weights)
+
+
+def test_the_latest_state_term_is_saved_and_loaded(tmp_path):
+    """With blocks, the relative detector adds the latest state's text block (default spec: segments only, so the
+    features' second-to-last block); router.json records it and a router saved without it loads without it."""
+    tx, ty = _blobs(40, dim=8)
+    tx = torch.cat([tx, tx.flip(1), tx.roll(1, 1), tx * 0.5 + 1], 1)  # 4 blocks of 8: states 0 and 1, text and pair
+    router, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], RouterConfig(max_epochs=3), progress=False, block=8)
+    assert router.detector.state_weight == 1.0 and router.detector.state_block == 2
+    save_router(tmp_path, router, {"experts": ["a", "b", "c"]})
+    loaded, meta = load_router(tmp_path)
+    assert meta["out_of_scope"]["state_weight"] == 1.0 and meta["out_of_scope"]["state_block"] == 2
+    for got, want in zip(loaded.route(tx), router.route(tx)):
+        assert torch.equal(got, want)
+    off, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], RouterConfig(max_epochs=3, out_of_scope={"state_weight": 0}),
+                          progress=False, block=8)
+    (tmp_path / "off").mkdir()
+    save_router(tmp_path / "off", off, {"experts": ["a", "b", "c"]})
+    meta_path = tmp_path / "off" / "router.json"
+    saved = json.loads(meta_path.read_text())
+    del saved["out_of_scope"]["state_weight"], saved["out_of_scope"]["state_block"]  # as routers before it wrote
+    meta_path.write_text(json.dumps(saved))
+    old, _ = load_router(tmp_path / "off")
+    assert old.detector.state_weight == 0.0 and not hasattr(old.detector, "state_whiten")
+    assert torch.equal(old.route(tx)[3], off.route(tx)[3])

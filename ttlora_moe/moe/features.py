@@ -73,6 +73,25 @@ class FeatureSpec(Section):
         fragmentation existed has none."""
         return cls.from_dict({"fragmentation": False, **data})
 
+    def latest_text_block(self, num_blocks: int) -> int:
+        """Index, among the ``num_blocks`` pooled blocks of these features, of the latest state's ``text``: the
+        text half of the highest segment layer, else the first pooling of the highest whole-input layer."""
+        pools = len(self.pooling)
+        if self.layers == "all" and self.segment_layers == "all":
+            states = num_blocks // (pools + 2)
+            layer_blocks, segments = states * pools, list(range(states))
+        elif self.layers == "all":
+            segments = list(self.segment_layers)
+            layer_blocks = num_blocks - 2 * len(segments)
+        else:
+            layer_blocks = len(self.layers) * pools
+            segments = (list(range((num_blocks - layer_blocks) // 2)) if self.segment_layers == "all"
+                        else list(self.segment_layers))
+        if segments:
+            return layer_blocks + 2 * _latest(segments)
+        layers = list(range(layer_blocks // pools)) if self.layers == "all" else list(self.layers)
+        return pools * _latest(layers)
+
     def resolve(self, num_states: int) -> tuple[list[int], list[int]]:
         """Concrete (pooled layers, segment layers) for a model with ``num_states`` hidden states."""
         def concrete(value: tuple[int, ...] | str) -> list[int]:
@@ -92,6 +111,11 @@ class FeatureSpec(Section):
 def num_hidden_states(base: BaseModel) -> int:
     """Embeddings plus one state per block."""
     return int(base.model.config.num_hidden_layers) + 1
+
+
+def _latest(states: list[int]) -> int:
+    """Position of the highest hidden state in ``states`` (negative indices count from the last state)."""
+    return max(range(len(states)), key=lambda i: (states[i] < 0, states[i]))
 
 
 def feature_dim(spec: FeatureSpec, base: BaseModel) -> int:

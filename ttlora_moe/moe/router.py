@@ -81,14 +81,15 @@ class RouterConfig(Section):
     validation_per_task: int = option(400, "Validation rows per task for early stopping, temperature and threshold.")
     unlabelled_per_task: int = option(
         1000, "Extra training inputs per task from its prepared unlabelled.parquet when that file exists (0: never).")
-    false_abstain_rate: float = option(0.01, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
+    false_abstain_rate: float = option(0.015, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
     out_of_scope: dict[str, Any] = option(
         dict(DEFAULTS),
         "Out-of-scope detector (see moe/out_of_scope.py): method knn (distance to the training mix), "
         "fused (distance and the router's doubt), relative (fused plus the relative Mahalanobis distance) or "
         "confidence; principal components, neighbours k, bank_per_task, confidence_weight, shrinkage, lexical_weight "
         "(the fragmentation's weight, when router.features.fragmentation), task_covariance and task_covariance_weight "
-        "(relative: each task's own covariance, this share of it, as one more surprisal at this weight).")
+        "(relative: each task's own covariance, this share of it, as one more surprisal at this weight), state_weight "
+        "(relative: the distance on the latest state's text block alone, one more surprisal at this weight).")
     generative_weights: tuple[float, ...] = option(
         (0.0,),
         "Candidate weights of the detector's task Gaussians (method relative) added to the router's logits; the one "
@@ -104,7 +105,7 @@ class RouterConfig(Section):
               "must adapt only layers >= k (tt.layers_from), so one forward routes and adapts; null = two passes.")
     second_look: dict[str, Any] = option(
         {"rate": 0.0, "source": "plain", "combine": "band",
-         "out_of_scope": {"components": 768, "task_covariance": 0.1, "task_covariance_weight": 0.5}},
+         "out_of_scope": {"components": 768, "task_covariance": 0.1, "task_covariance_weight": 0.5, "state_weight": 0.0}},
         "Single-pass only (see moe/second_look.py): inputs whose early out-of-scope score is in the top `rate` of the "
         "in-scope validation scores get a second router and detector on every state (out_of_scope: its options over "
         "router.out_of_scope), which decide whether they abstain; rate 0 turns it off. source: plain (another forward "
@@ -283,6 +284,12 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
+def latest_state_block(config: RouterConfig, width: int, block: int | None) -> int | None:
+    """The detector's latest-state block in features ``width`` wide, pooled ``block`` values at a time (None: one
+    block, nothing to single out)."""
+    return FeatureSpec.from_dict(config.features).latest_text_block(width // block) if block else None
+
+
 def train_router(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -330,7 +337,8 @@ def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress
     router.eval()
     with torch.no_grad():
         router.detector = build_detector(train_x, train_y, val_x, w_val, num_experts, block, config.out_of_scope,
-                                         config.seed, FeatureSpec.from_dict(config.features).fragmentation)
+                                         config.seed, FeatureSpec.from_dict(config.features).fragmentation,
+                                         latest_state_block(config, train_x.shape[1], block))
         router.generative_weight = _choose_generative_weight(router, val_z, val_x, val_y, w_val,
                                                              config.generative_weights)
         val_logits = router.logits(val_x)
@@ -478,6 +486,7 @@ def save_router(directory: Path, router: Router, meta: dict[str, Any]) -> None:
             "method": detector.method, "block": detector.block, "components": int(detector.components.shape[0]),
             "bank_rows": int(detector.bank.shape[0]), "k": detector.k, "confidence_weight": detector.confidence_weight,
             "lexical_weight": detector.lexical_weight, "task_covariance_weight": detector.task_covariance_weight,
+            "state_weight": detector.state_weight, "state_block": detector.state_block,
             "threshold": float(detector.threshold)},
         **meta,
     })
@@ -495,7 +504,8 @@ def load_router(directory: Path) -> tuple[Router, dict[str, Any]]:
                                                       int(oos["bank_rows"]), int(oos["k"]), oos["method"],
                                                       float(oos["confidence_weight"]), int(meta["num_experts"]),
                                                       float(oos.get("lexical_weight", 0.0)),  # routers saved before it: none
-                                                      float(oos.get("task_covariance_weight", 0.0)))
+                                                      float(oos.get("task_covariance_weight", 0.0)),
+                                                      float(oos.get("state_weight", 0.0)), int(oos.get("state_block", 0)))
     router = Router(int(meta["in_dim"]), int(meta["num_experts"]), meta["kind"], int(meta.get("hidden", 256)), 0.0, detector)
     tensors = load_tensors(directory / ROUTER_WEIGHTS)
     try:
