@@ -63,15 +63,15 @@ from ttlora_moe.moe.detection import auroc, fpr_at_tpr
 from ttlora_moe.moe.expert_features import adapted_base, expert_router_data
 from ttlora_moe.moe.features import FeatureSpec, compute_features
 from ttlora_moe.moe.out_of_scope import OPTIONS, check_options, fit_detector
-from ttlora_moe.moe.router import SOLVERS, RouterConfig, latest_state_block, task_weights, train_router
+from ttlora_moe.moe.router import SOLVERS, RouterConfig, feature_layout, task_weights, train_router
 from ttlora_moe.moe.router_data import router_data, test_features, test_rows, validation_rows
 from ttlora_moe.moe.second_look import (
     COMBINES,
-    DEFAULTS as SECOND_LOOK,
     calibrate_second_look,
     every_state_spec,
     second_look_combine,
     second_look_config,
+    second_look_option,
     second_look_source,
 )
 from ttlora_moe.moe.single_pass import router_feature_spec
@@ -131,8 +131,7 @@ def refit(router, data: dict[str, tuple[torch.Tensor, torch.Tensor]], val_routed
     _, confidence, probs, _ = val_routed
     return fit_detector(train_x, train_y, val_x, confidence, probs.argmax(-1), task_weights(val_y, router.num_experts),
                         router.num_experts, block, {**config.out_of_scope, **options}, config.false_abstain_rate,
-                        config.seed, FeatureSpec.from_dict(config.features).fragmentation,
-                        latest_state_block(config, train_x.shape[1], block))
+                        config.seed, *feature_layout(config, train_x.shape[1], block))
 
 
 def detector_scores(detector, sets: dict[str, torch.Tensor], routed: dict[str, tuple]) -> dict[str, torch.Tensor]:
@@ -318,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
     tests = {t: test_features(base, t, spec, params, args.test_rows, seed) for t in tasks}
     junk = compute_features(base, junk_rows(), spec, progress=False)
     validation_junk = compute_features(base, junk_rows(VALIDATION_JUNK), spec, progress=False) if sweep else None
-    configured_rate = float({**SECOND_LOOK, **config.second_look}["rate"])
+    configured_rate = float(second_look_option(config, "rate"))
     rates = list(dict.fromkeys([configured_rate, *args.second_look_rates] if configured_rate else args.second_look_rates))
     every_state = None
     if rates and config.route_after_layer is not None:

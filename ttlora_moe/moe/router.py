@@ -284,10 +284,11 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
-def latest_state_block(config: RouterConfig, width: int, block: int | None) -> int | None:
-    """The detector's latest-state block in features ``width`` wide, pooled ``block`` values at a time (None: one
-    block, nothing to single out)."""
-    return FeatureSpec.from_dict(config.features).latest_text_block(width // block) if block else None
+def feature_layout(config: RouterConfig, width: int, block: int | None) -> tuple[bool, int | None]:
+    """What the detector needs to know of features ``width`` wide, pooled ``block`` values at a time: whether they
+    end in the fragmentation, and which block is the latest state's text (None: one block, nothing to single out)."""
+    spec = FeatureSpec.from_dict(config.features)
+    return spec.fragmentation, spec.latest_text_block(width // block) if block else None
 
 
 def train_router(
@@ -337,8 +338,7 @@ def _train_router(train_x, train_y, val_x, val_y, expert_names, config, progress
     router.eval()
     with torch.no_grad():
         router.detector = build_detector(train_x, train_y, val_x, w_val, num_experts, block, config.out_of_scope,
-                                         config.seed, FeatureSpec.from_dict(config.features).fragmentation,
-                                         latest_state_block(config, train_x.shape[1], block))
+                                         config.seed, *feature_layout(config, train_x.shape[1], block))
         router.generative_weight = _choose_generative_weight(router, val_z, val_x, val_y, w_val,
                                                              config.generative_weights)
         val_logits = router.logits(val_x)

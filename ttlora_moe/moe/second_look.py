@@ -74,12 +74,11 @@ def check_second_look(options: dict[str, Any]) -> None:
 def second_look_config(config: RouterConfig) -> RouterConfig | None:
     """The second router's config (two passes, the second detector's options), or None when there is no second
     look: two-pass routing, or ``rate`` 0."""
-    options = {**DEFAULTS, **config.second_look}
-    if config.route_after_layer is None or not options["rate"]:
+    if config.route_after_layer is None or not second_look_option(config, "rate"):
         return None
     second = copy.deepcopy(config)
     second.route_after_layer = None
-    second.out_of_scope = {**config.out_of_scope, **options["out_of_scope"]}
+    second.out_of_scope = {**config.out_of_scope, **second_look_option(config, "out_of_scope")}
     second.generative_weights = (0.0,)
     return second
 
@@ -89,14 +88,19 @@ def every_state_spec(config: RouterConfig, max_length: int) -> FeatureSpec:
     return router_feature_spec(config.features, max_length, None)
 
 
+def second_look_option(config: RouterConfig, name: str) -> Any:
+    """``router.second_look``'s option ``name``, its default (:data:`DEFAULTS`) when unset."""
+    return {**DEFAULTS, **config.second_look}[name]
+
+
 def second_look_source(config: RouterConfig) -> str:
     """``plain`` or ``adapted``: where the second look's states come from (:data:`SOURCES`)."""
-    return str({**DEFAULTS, **config.second_look}["source"])
+    return str(second_look_option(config, "source"))
 
 
 def second_look_combine(config: RouterConfig) -> str:
     """``band`` or ``sum``: how a looked input's served score is made (:data:`COMBINES`)."""
-    return str({**DEFAULTS, **config.second_look}["combine"])
+    return str(second_look_option(config, "combine"))
 
 
 @dataclass
@@ -144,7 +148,7 @@ def fit_second_look(early_router: Router, early_val_x: torch.Tensor, train: tupl
     with torch.no_grad():
         early, second = early_router.route(early_val_x)[3], router.route(validation[0])[3]
     look, calibration = calibrate_second_look(router, spec, early, second, task_weights(validation[1], len(expert_names)),
-                                              float({**DEFAULTS, **config.second_look}["rate"]), config.false_abstain_rate,
+                                              float(second_look_option(config, "rate")), config.false_abstain_rate,
                                               second_look_source(config), second_look_combine(config))
     return look, {"second_router_validation_balanced_accuracy": report.validation_balanced_accuracy, **calibration,
                   "seconds_router": report.seconds}
