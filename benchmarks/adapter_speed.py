@@ -7,10 +7,11 @@ batch's rows spread over all six (what a bundle serves: each expert's rows throu
 weight, each sample's rank-r factors of ``ΔW``, the per-sample contraction, or ``auto``: merged for a
 one-expert batch, factors for a mixed one; ``ttlora_moe.moe.expert_linear``), each sample's head
 included; its ``auto`` is also given against the base as one task's classifier (the base, mean
-pooling and one linear head: what one fine-tuned model serves). Forward
-latency is the median of several rounds after warm-up (288 at batch 1, down to 9 from batch 32: a
-small batch is fast and noisy), the modes timed in turn within each round (so they share the
-machine's drift); ratios are taken within one run. Memory is
+pooling and one linear head: what one fine-tuned model serves), and its adapted forward alone
+(``auto_forward``: no pooling, no heads) against the base's forward. Forward
+latency is the median of several rounds after warm-up (288 at batch 1, down to 15 from batch 32: a
+small batch is fast and noisy), the modes timed in turn within each round, in a shuffled order (so they
+share the machine's drift); a ratio is the median over rounds of the ratio within a round. Memory is
 the bytes the forward allocates beyond the frozen base (torch profiler), a proxy for peak memory
 on CPU (on a GPU, the true peak from ``torch.cuda.max_memory_allocated``).
 
@@ -21,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from benchmarks.common import interleaved_medians, markdown_table, run_benchmark, write_results
+from benchmarks.common import interleaved_times, markdown_table, paired_ratios, run_benchmark, write_results
 from ttlora_moe.devices import resolve_device
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model, pool
 from ttlora_moe.params import load_params, section
@@ -70,7 +72,8 @@ def mode(forwards: dict[TTLoRALinear, dict[str, Callable]], name: str) -> Iterat
 
 def timed_modes(forwards: dict[TTLoRALinear, dict[str, Callable]], call: Callable[[], Any], rounds: int,
                 inner: int = 1) -> dict[str, float]:
-    """Median milliseconds of ``call`` in each mode; one timed block of ``inner`` calls per mode per round."""
+    """``<mode>_ms`` (median milliseconds of ``call``) and ``<mode>_x`` (against ``base``, paired by round) for each
+    mode; one timed block of ``inner`` calls per mode per round."""
     def block(name: str) -> Callable[[], None]:
         def run() -> None:
             with mode(forwards, name):
@@ -78,8 +81,15 @@ def timed_modes(forwards: dict[TTLoRALinear, dict[str, Callable]], call: Callabl
                     call()
         return run
 
-    seconds = interleaved_medians({name: block(name) for name in MODES}, rounds, warmup=2)
-    return {name: 1000 * s / inner for name, s in seconds.items()}
+    return timing_columns(interleaved_times({name: block(name) for name in MODES}, rounds, warmup=2), inner)
+
+
+def timing_columns(times: dict[str, list[float]], inner: int = 1) -> dict[str, float]:
+    """``<name>_ms``: the median milliseconds of one call; ``<name>_x``: its time over ``base``'s, the median of
+    the ratios within a round (:func:`~benchmarks.common.paired_ratios`)."""
+    ratios = paired_ratios(times, "base")
+    columns = {f"{name}_ms": 1000 * statistics.median(t) / inner for name, t in times.items()}
+    return {**columns, **{f"{name}_x": ratios[name] for name in times if name != "base"}}
 
 
 def allocated_bytes(fn) -> int:
@@ -104,9 +114,8 @@ def layer_rows(batch_sizes: list[int], seq_len: int, repeats: int, device: torch
         row: dict[str, Any] = {"level": "layer", "batch": bs}
         with torch.inference_mode():
             forwards = {layer: mode_forwards(layer)}
-            ms = timed_modes(forwards, lambda: layer(x), repeats, inner=20)  # one call is too short to time alone
+            row.update(timed_modes(forwards, lambda: layer(x), repeats, inner=20))  # one call is too short alone
             for name in MODES:
-                row[f"{name}_ms"] = ms[name]
                 with mode(forwards, name):
                     row[f"{name}_bytes"] = allocated_bytes(lambda: layer(x))
         rows.append(row)
@@ -128,9 +137,8 @@ def model_rows(rounds: dict[int, int], device: torch.device) -> list[dict]:
         row: dict[str, Any] = {"level": "model", "batch": bs, "tokens": int(enc["input_ids"].shape[1])}
         with torch.inference_mode():
             forwards = {layer: mode_forwards(layer) for layer in tt_modules(base.model).values()}
-            ms = timed_modes(forwards, lambda: base.model(**enc), repeats)
+            row.update(timed_modes(forwards, lambda: base.model(**enc), repeats))
             for name in MODES:
-                row[f"{name}_ms"] = ms[name]
                 with mode(forwards, name):
                     row[f"{name}_bytes"] = allocated_bytes(lambda: base.model(**enc))
         rows.append(row)
@@ -179,13 +187,21 @@ def mixture_rows(rounds: dict[int, int], device: torch.device, experts: int = 6)
                                                  plain.pooling))}
         calls.update({path: (lambda m=moe: m.expert_logits(enc["input_ids"], enc["attention_mask"], index))
                       for path, moe in mixtures.items()})
+        calls["auto_forward"] = lambda: adapted_forward(mixtures["auto"], enc, index)
         with torch.inference_mode():
-            seconds = interleaved_medians(calls, repeats, warmup=2)
+            times = interleaved_times(calls, repeats, warmup=2)
         row: dict[str, Any] = {"level": f"mixture of {experts}", "batch": bs, "tokens": int(enc["input_ids"].shape[1])}
-        row.update({f"{name}_ms": 1000 * seconds[name] for name in MIXTURE_MODES + ("classifier",)})
-        row["auto_vs_classifier_x"] = seconds["auto"] / seconds["classifier"]
+        row.update(timing_columns(times))
+        row["auto_vs_classifier_x"] = paired_ratios(times, "classifier")["auto"]
         rows.append(row)
     return rows
+
+
+def adapted_forward(moe: Any, enc: dict[str, torch.Tensor], index: torch.Tensor) -> Any:
+    """The mixture's adapted forward alone, on the base's own inputs: each sample through its expert's layers,
+    no pooling and no heads (what the ``base`` column runs, adapted)."""
+    with moe.routing(index):
+        return moe.base.model(**enc)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -196,18 +212,15 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     batch_sizes = [1, 32] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128]
     repeats = 3 if args.quick else 9
-    # small batches are fast and noisy: more rounds (about the same seconds per batch size) steady their medians
-    rounds = {bs: repeats if args.quick else max(repeats, repeats * 32 // bs) for bs in batch_sizes}
+    # small batches are fast and noisy: more rounds (about the same seconds per batch size) steady their medians;
+    # at least 15 rounds for the large ones, where a slow stretch of a shared machine lasts several calls
+    rounds = {bs: repeats if args.quick else max(15, repeats * 32 // bs) for bs in batch_sizes}
     rows = (layer_rows(batch_sizes, 32, repeats, device) + model_rows(rounds, device)
             + mixture_rows(rounds, device, 2 if args.quick else 6))
     for row in rows:
         row["device"] = str(device)
-    for row in rows:
-        for name in MODES[1:] + MIXTURE_MODES[1:]:
-            if f"{name}_ms" in row:
-                row[f"{name}_x"] = row[f"{name}_ms"] / row["base_ms"]
     columns = ["level", "batch", "base_ms", "contraction_x", "reconstruction_x", "merged_x", "factored_x", "contract_x",
-               "auto_x", "auto_vs_classifier_x",
+               "auto_x", "auto_forward_x", "auto_vs_classifier_x",
                "base_bytes", "contraction_bytes", "reconstruction_bytes"]
     table = markdown_table(rows, columns)
     write_results("adapter_speed", {"rows": rows, "quick": args.quick, "device": str(device)}, table)

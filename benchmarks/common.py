@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -54,8 +55,11 @@ def median_seconds(fn: Callable[[], Any], warmup: int = 2, repeats: int = 7) -> 
     return statistics.median(times)
 
 
-def interleaved_medians(runners: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each callable over ``rounds`` rounds, one call of each per round, after ``warmup`` calls each.
+def interleaved_times(runners: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
+                      seed: int = 0) -> dict[str, list[float]]:
+    """Seconds of each callable in each of ``rounds`` rounds: one call of each per round, in an order shuffled
+    anew each round (seeded, so that no callable always runs right after a given one), after ``warmup``
+    calls each.
 
     Interleaving puts every method under the same drift of a shared, noisy machine, so their ratios
     hold even when the absolute times move.
@@ -63,11 +67,25 @@ def interleaved_medians(runners: dict[str, Callable[[], Any]], rounds: int, warm
     for fn in runners.values():
         for _ in range(warmup):
             fn()
+    order, rng = list(runners), random.Random(seed)
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
-        for name, fn in runners.items():
-            times[name].append(median_seconds(fn, warmup=0, repeats=1))
-    return {name: statistics.median(t) for name, t in times.items()}
+        rng.shuffle(order)
+        for name in order:
+            times[name].append(median_seconds(runners[name], warmup=0, repeats=1))
+    return times
+
+
+def interleaved_medians(runners: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each callable over :func:`interleaved_times`' rounds."""
+    return {name: statistics.median(t) for name, t in interleaved_times(runners, rounds, warmup).items()}
+
+
+def paired_ratios(times: dict[str, list[float]], reference: str) -> dict[str, float]:
+    """Each callable's time over ``reference``'s, as the median over rounds of the ratio within a round:
+    a slow stretch of the machine then moves both sides of a ratio, where a ratio of two medians can
+    take them from different stretches (a few percent apart at 10 ms calls on a shared 2-core VM)."""
+    return {name: statistics.median(a / b for a, b in zip(t, times[reference])) for name, t in times.items()}
 
 
 def machine() -> dict[str, Any]:

@@ -108,10 +108,10 @@ def test_adapter_speed_reports_every_mode(project, bench_results):
     for row in rows:
         modes = adapter_speed.MIXTURE_MODES if row["level"].startswith("mixture") else adapter_speed.MODES
         assert all(row[f"{m}_ms"] > 0 for m in modes)
-        for m in modes[1:]:
-            assert row[f"{m}_x"] == pytest.approx(row[f"{m}_ms"] / row["base_ms"])
-        if row["level"].startswith("mixture"):  # also against the base as one task's classifier
-            assert row["auto_vs_classifier_x"] == pytest.approx(row["auto_ms"] / row["classifier_ms"])
+        for m in modes[1:]:  # paired by round (benchmarks.common.paired_ratios), so not a ratio of the medians
+            assert row[f"{m}_x"] > 0
+        if row["level"].startswith("mixture"):  # also against the base as one task's classifier, and its forward alone
+            assert row["auto_vs_classifier_x"] > 0 and row["auto_forward_x"] > 0
 
 
 def test_fusion_vs_moe_puts_our_bundle_beside_adapterfusion_on_the_same_rows(project, bench_results, tmp_path):

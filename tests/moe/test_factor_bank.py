@@ -37,3 +37,15 @@ def test_routing_reads_each_samples_factors_of_every_layer_of_any_shape(budget, 
     for (down, up), part in zip(layers, slices):
         got_down, got_up = routing.factors(part)
         assert torch.equal(got_down, down[index]) and torch.equal(got_up, up[index])
+
+
+def test_split_reads_rows_of_any_layout():
+    torch.manual_seed(2)
+    layers = [(torch.randn(3, 6, 2), torch.randn(3, 2, 5))]
+    bank, (part,) = build_bank(layers)
+    padded = torch.randn(3, bank.shape[1] + 7)
+    padded[:, 7:] = bank
+    for rows, start in [(bank, 0), (padded[:, 7:], 0), (padded, 7), (bank.T.contiguous().T, 0), (bank[1:], 0)]:
+        down, up = part.split(rows, start)
+        first = 1 if rows.shape[0] == 2 else 0
+        assert torch.equal(down, layers[0][0][first:]) and torch.equal(up, layers[0][1][first:])

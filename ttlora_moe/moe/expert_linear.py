@@ -127,7 +127,7 @@ class MoETTLinear(nn.Module):
         rows = x if x.dim() == 3 else x.reshape(len(routing.index), -1, x.shape[-1])  # [B, tokens, in]
         low = torch.bmm(rows, _as(down, x.dtype))  # [B, tokens, r]
         out = self._base(rows)
-        out = torch.baddbmm(out, low, _as(up, out.dtype))
+        out.baddbmm_(low, _as(up, out.dtype))  # in place: the base output is this call's own tensor
         return out if out.dim() == x.dim() else out.reshape(*x.shape[:-1], -1)
 
     def _contracted(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

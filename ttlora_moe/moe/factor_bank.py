@@ -21,7 +21,8 @@ GATHER_ONCE_BYTES = 64 * 2**20  # MiniLM's q,v at rank 4: 147 KB a sample, so ba
 
 @dataclass(frozen=True)
 class FactorSlice:
-    """Where one layer sits in a bank row: ``down`` (``in × r``) from ``offset``, then ``up`` (``r × out``)."""
+    """Where one layer sits in a bank row: ``down`` from ``offset``, stored as its transpose (``r × in``: a
+    batched matmul reads that layout about twice as fast at a few rows on a CPU), then ``up`` (``r × out``)."""
 
     offset: int
     in_features: int
@@ -37,10 +38,14 @@ class FactorSlice:
         return bank[:, self.offset:self.offset + self.size]
 
     def split(self, rows: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``down [B, in, r]`` and ``up [B, r, out]`` from ``[B, *]`` rows whose layer columns begin at ``start``."""
-        count, mid = rows.shape[0], start + self.in_features * self.rank
-        return (rows[:, start:mid].view(count, self.in_features, self.rank),
-                rows[:, mid:mid + self.rank * self.out_features].view(count, self.rank, self.out_features))
+        """``down [B, in, r]`` and ``up [B, r, out]`` from ``[B, *]`` rows whose layer columns begin at ``start``:
+        one strided view each (a slice, a reshape and a transpose would be three ops, in every layer of a forward)."""
+        if rows.stride(-1) != 1:
+            rows = rows.contiguous()
+        count, step, at = rows.shape[0], rows.stride(0), rows.storage_offset() + start
+        return (rows.as_strided((count, self.in_features, self.rank), (step, 1, self.in_features), at),
+                rows.as_strided((count, self.rank, self.out_features), (step, self.out_features, 1),
+                                at + self.in_features * self.rank))
 
 
 def layer_factors(cores: Sequence[torch.Tensor], alphas: torch.Tensor, in_factors: list[int],
@@ -58,6 +63,6 @@ def build_bank(factors: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[to
     for down, up in factors:
         part = FactorSlice(offset, down.shape[1], down.shape[2], up.shape[2])
         slices.append(part)
-        columns += [down.flatten(1), up.flatten(1)]
+        columns += [down.transpose(1, 2).flatten(1), up.flatten(1)]
         offset += part.size
     return torch.cat(columns, dim=1), slices
