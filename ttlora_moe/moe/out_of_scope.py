@@ -227,8 +227,7 @@ class OutOfScopeDetector(nn.Module):
 
     def _to_tasks(self, projected: torch.Tensor) -> torch.Tensor:
         """``[B, E]``: squared Mahalanobis distances to each task's mean under the shared covariance."""
-        z = projected @ self.whiten
-        return z.square().sum(1, keepdim=True) - 2 * z @ self.task_means.T + self.task_means.square().sum(1)
+        return _to_means(projected, self.whiten, self.task_means)
 
     def relative_mahalanobis(self, features: torch.Tensor) -> torch.Tensor:
         """``[B]``: min over tasks of the squared Mahalanobis distance to the task's mean (shared covariance),
@@ -236,8 +235,7 @@ class OutOfScopeDetector(nn.Module):
         return self._relative_mahalanobis(self._project(features)[1])
 
     def _relative_mahalanobis(self, projected: torch.Tensor) -> torch.Tensor:
-        to_mix = (projected @ self.whiten_mix - self.mix_mean).square().sum(1)
-        return self._to_tasks(projected).min(1).values - to_mix
+        return _relative_distance(projected, self.whiten, self.task_means, self.whiten_mix, self.mix_mean)
 
     def task_shaped(self, features: torch.Tensor) -> torch.Tensor:
         """``[B]``: the smallest, over tasks, negative log density (up to constants) under the task's Gaussian with
@@ -255,10 +253,8 @@ class OutOfScopeDetector(nn.Module):
         """``[B]``: the relative Mahalanobis distance on the latest state's ``text`` block alone (L2-normalised, full
         covariance): the state nearest the expert-adapted blocks, which the principal subspace of every block mixes
         with the earlier ones (README "Abstention")."""
-        z = self._state_vector(features)
-        a = z @ self.state_whiten
-        to_tasks = a.square().sum(1, keepdim=True) - 2 * a @ self.state_means.T + self.state_means.square().sum(1)
-        return to_tasks.min(1).values - (z @ self.state_whiten_mix - self.state_mix_mean).square().sum(1)
+        return _relative_distance(self._state_vector(features), self.state_whiten, self.state_means,
+                                  self.state_whiten_mix, self.state_mix_mean)
 
     def _state_vector(self, features: torch.Tensor) -> torch.Tensor:
         start = self.state_block * self.block
@@ -354,6 +350,20 @@ def _fit_gaussians(detector: OutOfScopeDetector, train_x: torch.Tensor, train_y:
     detector.whiten.copy_(whiten.float())
     detector.mix_mean.copy_((mix_mean @ whiten_mix).float())
     detector.whiten_mix.copy_(whiten_mix.float())
+
+
+def _to_means(z: torch.Tensor, whiten: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """``[B, E]``: squared distances of ``z`` to each of ``means`` (already whitened) after whitening ``z``."""
+    a = z @ whiten
+    return a.square().sum(1, keepdim=True) - 2 * a @ means.T + means.square().sum(1)
+
+
+def _relative_distance(z: torch.Tensor, whiten: torch.Tensor, means: torch.Tensor, whiten_mix: torch.Tensor,
+                       mix_mean: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the smallest squared distance to a task's mean under the shared whitening, minus the squared
+    distance to the mix's mean under the mix's (Ren et al. 2021; every mean already whitened)."""
+    to_mix = (z @ whiten_mix - mix_mean).square().sum(1)
+    return _to_means(z, whiten, means).min(1).values - to_mix
 
 
 def _task_balanced_gaussians(z: torch.Tensor, y: torch.Tensor, num_tasks: int, shrinkage: float) -> tuple[torch.Tensor, ...]:
