@@ -41,6 +41,31 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on():
     assert batcher([2, 3]) == [2, 3]
 
 
+def test_a_caller_whose_rows_fail_a_shared_batch_fails_alone():
+    release, batches = threading.Event(), []
+
+    def predict(rows: list[int]) -> list[int]:
+        batches.append(list(rows))
+        release.wait(5)
+        if -1 in rows:
+            raise ValueError("bad row")
+        return rows
+
+    batcher = MicroBatcher(predict, max_rows=4, max_wait_ms=200)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        first = pool.submit(batcher, [0] * 4)  # a full batch: it holds the worker while the next three queue up
+        time.sleep(0.05)
+        calls = [pool.submit(batcher, rows) for rows in ([1, 2], [-1], [3])]
+        time.sleep(0.05)
+        release.set()
+        assert first.result(timeout=5) == [0] * 4
+        assert calls[0].result(timeout=5) == [1, 2] and calls[2].result(timeout=5) == [3]
+        with pytest.raises(ValueError, match="bad row"):
+            calls[1].result(timeout=5)
+    assert sorted(batches[1]) == [-1, 1, 2, 3]  # they did share a batch, which failed
+    assert sorted(map(tuple, batches[2:])) == [(-1,), (1, 2), (3,)]  # then each caller's rows went alone
+
+
 def test_a_full_queue_pushes_back_then_times_out():
     release = threading.Event()
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+
+from ttlora_moe.moe.serve_config import ServeConfig
 from ttlora_moe.pipeline.bundles import promote, register_bundle
 from ttlora_moe.pipeline.gates import check_gates
+from ttlora_moe.pipeline.pyfunc import BasePyfunc
 
 
 def test_expert_pyfunc_predicts_with_its_labels(registered_experts):
@@ -47,9 +55,13 @@ def test_champion_answers_rest_requests(registry_env, evaluated_bundle):
                              ([{"text": "x" * 20_001}], "row 0: field 'text' brings the row to 20,001 characters")):
         response = client.post("/invocations", json={"dataframe_records": records})
         assert response.status_code == 400 and message in response.json()["message"], response.text
+    for lone_surrogate in ('{"inputs": ["ok", "a\\ud800"]}', '{"instances": [{"text": "ok"}, {"text": "a\\ud800"}]}'):
+        response = client.post("/invocations", content=lone_surrogate, headers={"Content-Type": "application/json"})
+        assert response.status_code == 400 and "row 1: field 'text' holds '\\ud800'" in response.json()["message"]
     assert client.post("/invocations", json={"inputs": "the movie 3 was good"}).json()["predictions"][0]["task"] == "toy"
     assert "the request is a int" in client.post("/invocations", json={"inputs": 5}).json()["message"]
     for body in ({"inputs": ["the movie 3 was good", "the movie 4 was bad"]},
+                 {"inputs": [{"text": "the movie 3 was good"}, {"text": "the movie 4 was bad", "text_pair": None}]},
                  {"dataframe_split": {"columns": ["text"], "data": [["the movie 3 was good"], ["the movie 4 was bad"]]}},
                  {"instances": [{"text": "the movie 3 was good"}, {"text": "the movie 4 was bad"}]}):
         response = client.post("/invocations", json=body)
@@ -58,3 +70,25 @@ def test_champion_answers_rest_requests(registry_env, evaluated_bundle):
     answers = empty.json()["predictions"]
     assert [p["abstained"] for p in answers] == [True, False]
     assert answers[0]["abstain_reason"] == "empty" and answers[0]["out_of_scope_score"] is None  # null, not NaN
+
+
+def test_a_full_queue_answers_503_and_a_bad_row_400():
+    release = threading.Event()
+
+    def answer(rows):
+        release.wait(5)
+        return [{"norm": 1.0} for _ in rows]
+
+    model = BasePyfunc()
+    model.serve(answer, ServeConfig(max_pending_rows=1, queue_timeout_s=0.1))
+    with pytest.raises(MlflowException, match="row 0: field 'text' is null") as bad:
+        model.answers([{"text": None}])
+    assert bad.value.get_http_status_code() == 400
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(model.answers, [{"text": "a"}])  # takes the queue's only room
+        time.sleep(0.05)
+        with pytest.raises(MlflowException, match="serving queue held 1 rows for 0.1 s; retry later") as busy:
+            model.answers([{"text": "b"}])
+        assert busy.value.get_http_status_code() == 503
+        release.set()
+        assert first.result(timeout=5) == [{"norm": 1.0}]

@@ -20,8 +20,11 @@ def test_good_rows_in_every_shape_a_client_sends():
     assert request_rows([{"text": "a"}, {"text": "b", "text_pair": "c"}]) == want
     assert request_rows("a") == request_rows(np.array("a")) == [{"text": "a", "text_pair": None}]  # {"inputs": "a"}
     columns = {"text": np.array(["a", "b"]), "text_pair": np.array([None, "c"], dtype=object)}  # MLflow's "instances"
-    assert request_rows(columns) == want and all(type(r["text"]) is str for r in request_rows(np.array(["a", "b"])))
+    assert request_rows(columns) == want
+    assert all(type(r["text"]) is str for shape in (columns, np.array(["a", "b"])) for r in request_rows(shape))
     assert request_rows([{"text": "   "}]) == [{"text": "   ", "text_pair": None}]  # answered with an abstention
+    parsed = [{"text": np.array("a")}, {"text": np.array("b"), "text_pair": np.array("c")}]  # {"inputs": [records]}
+    assert request_rows(parsed) == want and all(type(r["text"]) is str for r in request_rows(parsed))
 
 
 @pytest.mark.parametrize("records,message", [
@@ -34,7 +37,11 @@ def test_good_rows_in_every_shape_a_client_sends():
     ([{"text": "a", "label": 1}], "row 0: unknown field(s) ['label']"),
     ([{"text": "x" * 30}], "row 0: field 'text' brings the row to 30 characters; the limit is 20"),
     ([{"text": "x" * 10, "text_pair": "y" * 15}], "row 0: field 'text_pair' brings the row to 25 characters"),
+    ([{"text": "ok"}, {"text": "a\ud800b"}], "row 1: field 'text' holds '\\ud800' at character 1, half of a surrogate"),
+    ([{"text": "a", "text_pair": "\udc80"}], "row 0: field 'text_pair' holds '\\udc80' at character 0"),
+    ({"text": ["ok", "b\ud800"]}, "row 1: field 'text' holds '\\ud800' at character 1"),  # "instances" columns
     ([7], "row 0 is a int, not an object"),
+    (pd.DataFrame([["a", "b"]], columns=["text", "text"]), "the request names column(s) ['text'] more than once"),
     ([], "the request holds no rows"),
     (np.array(5), "the request is a int, not rows"),
     (None, "the request is a NoneType, not rows"),

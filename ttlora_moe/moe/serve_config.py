@@ -26,6 +26,8 @@ class ServeConfig(Section):
     batch_rows: int = option(64, "Micro-batching: rows of concurrent requests gathered into one prediction.")
     batch_wait_ms: float = option(2.0, "Micro-batching: how long the worker waits for more rows before it runs.")
     max_pending_rows: int = option(4096, "Micro-batching: rows that may wait; more callers wait for room.")
+    queue_timeout_s: float = option(30.0, "Micro-batching: how long a caller waits for room before HTTP 503 (keep it "
+                                          "under MLflow's MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT, 60 s by default).")
     max_rows: int = option(1024, "Rows per request; more is HTTP 400.")
     max_chars: int = option(20_000, "Characters of text + text_pair per row; more is HTTP 400.")
     log_base_model: bool = option(True, "Register the bundle with its base model's files, so serving needs no "
@@ -38,7 +40,7 @@ class ServeConfig(Section):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise BadInput(f"serve.{key} must be a positive integer, got {value!r}", "fix params.yaml")
-        for key in ("merged_cache_mb", "batch_wait_ms"):
+        for key in ("merged_cache_mb", "batch_wait_ms", "queue_timeout_s"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise BadInput(f"serve.{key} must be a number >= 0, got {value!r}", "fix params.yaml")

@@ -6,7 +6,8 @@ thread), each caller puts its rows on a queue and waits; one worker thread takes
 waiting, up to ``max_rows`` rows (waiting at most ``max_wait_ms`` for more), runs one prediction
 over all of it, and hands every caller its own answers in order. The queue is bounded by rows
 (``max_pending_rows``): a caller that would overflow it waits, and gives up with an error after
-``timeout_s`` instead of letting memory grow. One failing batch fails only its own callers.
+``timeout_s`` instead of letting memory grow. When a shared prediction fails, each caller's rows are
+tried again alone, so one caller's bad rows fail that caller only, never the clients it was batched with.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class MicroBatcher(Generic[Row, Answer]):
     """``batcher(rows) -> answers``, callable from any number of threads; ``predict`` runs in one worker thread."""
 
     def __init__(self, predict: Callable[[list[Row]], list[Answer]], max_rows: int = 64, max_wait_ms: float = 2.0,
-                 max_pending_rows: int = 4096, timeout_s: float = 120.0) -> None:
+                 max_pending_rows: int = 4096, timeout_s: float = 30.0) -> None:
         if max_rows < 1 or max_pending_rows < 1:
             raise ValueError("max_rows and max_pending_rows must be positive")
         self._predict = predict
@@ -69,7 +70,7 @@ class MicroBatcher(Generic[Row, Answer]):
             if not self._capacity.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 for _ in range(taken):
                     self._capacity.release()
-                raise Overloaded(f"the serving queue held {self.max_pending_rows} rows for {self.timeout_s:.0f} s")
+                raise Overloaded(f"the serving queue held {self.max_pending_rows} rows for {self.timeout_s:g} s")
         return n
 
     def _gather(self, first: _Job[Row]) -> list[_Job[Row]]:
@@ -88,15 +89,24 @@ class MicroBatcher(Generic[Row, Answer]):
     def _run(self) -> None:
         while True:
             jobs = self._gather(self._queue.get())
-            rows = [row for job in jobs for row in job.rows]
             try:
-                answers = self._predict(rows)
+                answers = self._predict([row for job in jobs for row in job.rows])
             except BaseException as exc:  # the callers re-raise it; the worker lives on
-                for job in jobs:
-                    job.future.set_exception(exc)
+                if len(jobs) == 1:
+                    jobs[0].future.set_exception(exc)
+                else:
+                    for job in jobs:
+                        self._answer_alone(job)
                 continue
             start = 0
             for job in jobs:
                 job.future.set_result(answers[start : start + len(job.rows)])
                 start += len(job.rows)
+
+    def _answer_alone(self, job: _Job[Row]) -> None:
+        """One caller's rows in a prediction of their own, after the batch it shared failed."""
+        try:
+            job.future.set_result(self._predict(list(job.rows)))
+        except BaseException as exc:
+            job.future.set_exception(exc)
 

@@ -19,13 +19,14 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.pyfunc import PythonModel
 
 from ttlora_moe.devices import serving_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import META_FILE, read_expert_meta
 from ttlora_moe.moe.serve_config import ServeConfig
-from ttlora_moe.pipeline.micro_batching import MicroBatcher
+from ttlora_moe.pipeline.micro_batching import MicroBatcher, Overloaded
 from ttlora_moe.pipeline.requests import RequestLimits, request_rows
 
 # The distributions the pyfunc code imports (the package itself travels as code_paths).
@@ -67,10 +68,14 @@ class _BatchedPyfunc(PythonModel):
         """Answer requests with ``predict(rows) -> answers`` under ``config``'s limits and batching."""
         self.limits = RequestLimits(max_rows=config.max_rows, max_chars=config.max_chars)
         self.batcher = MicroBatcher(predict, max_rows=config.batch_rows, max_wait_ms=config.batch_wait_ms,
-                                    max_pending_rows=config.max_pending_rows)
+                                    max_pending_rows=config.max_pending_rows, timeout_s=config.queue_timeout_s)
 
     def answers(self, model_input: Any) -> list[Any]:
-        return self.batcher(_checked_rows(model_input, self.limits))
+        rows = _checked_rows(model_input, self.limits)
+        try:
+            return self.batcher(rows)
+        except Overloaded as exc:  # HTTP 503: the client may retry, unlike after a 400
+            raise MlflowException(f"{exc}; retry later", error_code=TEMPORARILY_UNAVAILABLE) from None
 
 
 class ExpertPyfunc(_BatchedPyfunc):

@@ -36,13 +36,17 @@ def _records(model_input: Any) -> list[Any]:
     if isinstance(model_input, np.ndarray) and model_input.ndim == 0:  # MLflow parses {"inputs": "a text"} so
         model_input = model_input.item()
     if isinstance(model_input, pd.DataFrame):
+        twice = sorted({str(c) for c in model_input.columns[model_input.columns.duplicated()]})
+        if twice:
+            raise BadInput(f"the request names column(s) {twice} more than once", "send each field once")
         return model_input.to_dict(orient="records")
     if isinstance(model_input, dict):
         if model_input and all(isinstance(v, COLUMN_TYPES) for v in model_input.values()):
             lengths = {str(k): len(v) for k, v in model_input.items()}
             if len(set(lengths.values())) > 1:
                 raise BadInput(f"the request's columns differ in length ({lengths})", "send one value per row in every column")
-            return pd.DataFrame({k: list(v) for k, v in model_input.items()}).to_dict(orient="records")
+            # zipped, not through pandas, whose arrow strings would fail on text that is not valid Unicode
+            return [dict(zip(model_input, values)) for values in zip(*model_input.values())]
         return [model_input]
     if isinstance(model_input, str):
         return [{"text": model_input}]
@@ -58,6 +62,8 @@ def _missing(value: Any) -> bool:
 
 def _field(index: int, record: dict[str, Any], name: str, required: bool) -> str | None:
     value = record.get(name)
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # MLflow parses {"inputs": [{"text": "a"}]} so
+        value = value.item()
     if _missing(value):
         if required:
             got = "missing" if name not in record else "null"
@@ -66,7 +72,12 @@ def _field(index: int, record: dict[str, Any], name: str, required: bool) -> str
     if not isinstance(value, str):
         raise BadInput(f"row {index}: field {name!r} is a {type(value).__name__} ({str(value)[:40]!r}), not text",
                        f"send {name!r} as a JSON string")
-    return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's "\ud800" escape: a lone surrogate, which no tokenizer takes
+        raise BadInput(f"row {index}: field {name!r} holds {value[exc.start]!r} at character {exc.start}, "
+                       "half of a surrogate pair, not a character", f"send {name!r} as valid Unicode") from None
+    return str(value)  # a plain str, also for numpy's
 
 
 def request_rows(model_input: Any, limits: RequestLimits = RequestLimits()) -> list[dict[str, str | None]]:
@@ -80,7 +91,7 @@ def request_rows(model_input: Any, limits: RequestLimits = RequestLimits()) -> l
     rows = []
     for i, record in enumerate(records):
         if isinstance(record, str):
-            record = {"text": str(record)}  # a plain str, also for numpy's
+            record = {"text": record}
         if not isinstance(record, dict):
             raise BadInput(f"row {i} is a {type(record).__name__}, not an object", 'send {"text": ..., "text_pair": ...}')
         unknown = sorted(str(k) for k in record if k not in FIELDS)
