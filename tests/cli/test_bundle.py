@@ -58,5 +58,10 @@ def test_cli_build_evaluate_predict(moe_env, tmp_path, capsys, monkeypatch):
     bad.write_text('{"text_pair": "x"}\n')
     code, _, err = run_cli(capsys, "predict", "--bundle", out, "--file", bad)
     assert code == 2 and "bad.jsonl:1" in err
+    bad.write_text('{"text": "fine"}\n{"text": "ok", "text_pair": "a\\udc00"}\n')  # JSON's escape of half a pair
+    code, _, err = run_cli(capsys, "predict", "--bundle", out, "--file", bad)
+    assert code == 2 and "bad.jsonl:2: \"text_pair\" holds '\\udc00' at character 1, half of a surrogate pair" in err
+    code, _, err = run_cli(capsys, "predict", "--bundle", out, "fine", b"b\xff".decode(errors="surrogateescape"))
+    assert code == 2 and "argument 2 holds '\\udcff' at character 1" in err  # argv bytes that are not UTF-8
     code, _, err = run_cli(capsys, "build-bundle", "--experts", tmp_path / "nope", "--output", tmp_path / "x")
     assert code == 2 and "expert.json does not exist" in err

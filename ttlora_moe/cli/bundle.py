@@ -17,6 +17,10 @@ from ttlora_moe.errors import BadInput
 
 
 def _read_inputs(texts: list[str], file: Path | None) -> list[dict[str, Any]]:
+    from ttlora_moe.pipeline.requests import check_unicode
+
+    for i, text in enumerate(texts, 1):
+        check_unicode(text, f"argument {i}")
     rows: list[dict[str, Any]] = [{"text": t, "text_pair": None} for t in texts]
     ignored: set[str] = set()
     if file is not None:
@@ -34,6 +38,8 @@ def _read_inputs(texts: list[str], file: Path | None) -> list[dict[str, Any]]:
             pair = obj.get("text_pair")
             if pair is not None and not isinstance(pair, str):
                 raise BadInput(f"{file}:{n}: \"text_pair\" must be a string or null", "fix the line")
+            for name in ("text", "text_pair"):
+                check_unicode(obj.get(name) or "", f"{file}:{n}: \"{name}\"")
             rows.append({"text": obj["text"], "text_pair": pair or None})
             ignored.update(str(k) for k in obj if k not in ("text", "text_pair"))
     if ignored:  # an id or a label is fine to leave in the file; a misspelt "txt_pair" must not pass unseen

@@ -72,12 +72,18 @@ def _field(index: int, record: dict[str, Any], name: str, required: bool) -> str
     if not isinstance(value, str):
         raise BadInput(f"row {index}: field {name!r} is a {type(value).__name__} ({str(value)[:40]!r}), not text",
                        f"send {name!r} as a JSON string")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:  # JSON's "\ud800" escape: a lone surrogate, which no tokenizer takes
-        raise BadInput(f"row {index}: field {name!r} holds {value[exc.start]!r} at character {exc.start}, "
-                       "half of a surrogate pair, not a character", f"send {name!r} as valid Unicode") from None
+    check_unicode(value, f"row {index}: field {name!r}")
     return str(value)  # a plain str, also for numpy's
+
+
+def check_unicode(text: str, where: str) -> None:
+    """:class:`BadInput` naming ``where`` when ``text`` is not valid Unicode: JSON's ``"\\ud800"`` escape, or a
+    command-line argument that was not UTF-8, leaves half of a surrogate pair, which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadInput(f"{where} holds {text[exc.start]!r} at character {exc.start}, half of a surrogate pair, "
+                       "not a character", "send valid Unicode (UTF-8) text") from None
 
 
 def request_rows(model_input: Any, limits: RequestLimits = RequestLimits()) -> list[dict[str, str | None]]:
