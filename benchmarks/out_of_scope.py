@@ -104,7 +104,10 @@ def measure(scores: dict[str, torch.Tensor], threshold: float) -> dict[str, floa
 
 def sweep_options(specs: list[str], configured: dict[str, Any]) -> list[dict[str, Any]]:
     """Every combination of ``--sweep`` specs (``key=v1,v2``: ``router.out_of_scope`` options), each checked as
-    it would be in params.yaml; combinations that differ only in a weight of a switched-off term count once."""
+    it would be in params.yaml; combinations that differ only in a weight of a switched-off term count once.
+    No specs, no combinations (not one empty combination: that would refit the configured detector again)."""
+    if not specs:
+        return []
     grid: dict[str, list[Any]] = {}
     for spec in specs:
         key, _, values = spec.partition("=")

@@ -21,6 +21,7 @@ def test_every_task_is_held_out_once_for_every_detector(moe_env, bench_results):
     knn = [r for r in rows[:-4] if r["detector"] == "knn"]
     assert [r for r in rows[-4:] if r["detector"] == "knn"][0]["auroc"] == sum(r["auroc"] for r in knn) / 3
     assert set(result["goals"]) == {"mean_auroc_at_least_0_95", "junk_abstains_at_least_99pct", "false_abstain_at_most_2pct"}
+    assert result["sweep"] == [] and result["sweep_rows"] == []  # no --sweep: no refit of the configured detector
     junk, validation_junk = out_of_scope.junk_rows(), out_of_scope.junk_rows(out_of_scope.VALIDATION_JUNK)
     assert len(junk) >= 30 and len(validation_junk) >= 30  # what a sweep chooses on is never what it reports
     assert not {r["text"] for r in junk} & {r["text"] for r in validation_junk}
