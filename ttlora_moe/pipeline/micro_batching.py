@@ -109,4 +109,3 @@ class MicroBatcher(Generic[Row, Answer]):
             job.future.set_result(self._predict(list(job.rows)))
         except BaseException as exc:
             job.future.set_exception(exc)
-
