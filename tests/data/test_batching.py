@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.toys import SHORT_MIXED_ROWS, choice_card, choice_frame
-from ttlora_moe.data.batching import Collator, tokenize
+from ttlora_moe.data.batching import Collator, length_order, tokenize
 from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.data.choices import choice_inputs
 from ttlora_moe.data.clean import card_inputs
@@ -123,3 +123,9 @@ def test_option_mask_marks_each_options_tokens(tiny_bert_base):
         assert picked == tokenizer(option, add_special_tokens=False)["input_ids"]
     assert (batch["segment_ids"][0][mask[0].any(0)] == 1).all()  # only text_pair tokens, never the markers' own
     assert "option_mask" not in tokenize(tokenizer, rows, 64)
+
+
+def test_length_order_puts_short_rows_first_and_keeps_ties_in_order():
+    rows = [{"text": "ccc"}, {"text": "a", "text_pair": "bb"}, {"text": "dd", "text_pair": None}, {"text": "e"}]
+    assert length_order(rows) == [3, 2, 0, 1]  # lengths 3, 3, 2, 1: rows 0 and 1 tie and keep their order
+    assert length_order(rows, [0, 1, 2]) == [2, 0, 1]

@@ -92,3 +92,18 @@ def test_a_full_queue_answers_503_and_a_bad_row_400():
         assert busy.value.get_http_status_code() == 503
         release.set()
         assert first.result(timeout=5) == [{"norm": 1.0}]
+
+
+def test_the_base_pyfunc_batches_by_length_and_answers_in_order(tiny_bert, tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    spec = tmp_path / "base.json"
+    spec.write_text(json.dumps({"ref": tiny_bert, "max_length": 32, "serve": {"batch_size": 2}}))
+    model = BasePyfunc()
+    model.load_context(SimpleNamespace(artifacts={"base": str(spec)}))
+    texts = ["a much longer movie review with many words in it", "short", "mid length text", "x", "two words"]
+    together = model.answers([{"text": t} for t in texts])  # three batches of length-sorted neighbours
+    alone = [model.answers([{"text": t}])[0] for t in texts]
+    assert [a["norm"] for a in together] == pytest.approx([a["norm"] for a in alone], rel=1e-5)
+    assert len({round(a["norm"], 4) for a in alone}) >= 4  # the answers differ, so a wrong order shows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +29,13 @@ class Collator:
         if all(r.get("label") is not None for r in rows):
             out["labels"] = torch.tensor([int(r["label"]) for r in rows])
         return out
+
+
+def length_order(rows: Sequence[dict[str, Any]], indices: Iterable[int] | None = None) -> list[int]:
+    """``indices`` (default: every row) shortest ``text`` + ``text_pair`` first, so that a batch of neighbours
+    pads little; ties keep their order."""
+    chosen = range(len(rows)) if indices is None else indices
+    return sorted(chosen, key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
 
 
 def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int,

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ttlora_moe.data.batching import tokenize
+from ttlora_moe.data.batching import length_order, tokenize
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel, pool
 from ttlora_moe.experts.classifier import class_states, scores_options
@@ -295,7 +295,7 @@ class MixtureOfExperts(nn.Module):
                                'give {"text": ..., "text_pair": ...} per input')
         answers: list[dict[str, Any]] = [_EMPTY] * len(rows)
         texts = [i for i, r in enumerate(rows) if r["text"].strip() or (r.get("text_pair") or "").strip()]
-        order = sorted(texts, key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
+        order = length_order(rows, texts)
         for start in tqdm(range(0, len(order), batch_size), desc="predict", leave=False, disable=not progress,
                           file=sys.stderr, dynamic_ncols=True):
             idx = order[start : start + batch_size]

@@ -145,7 +145,7 @@ class BasePyfunc(_BatchedPyfunc):
 
         import torch
 
-        from ttlora_moe.data.batching import tokenize
+        from ttlora_moe.data.batching import length_order, tokenize
         from ttlora_moe.experts.base_model import load_base_model, pool
 
         spec = json.loads(Path(context.artifacts["base"]).read_text())
@@ -154,14 +154,17 @@ class BasePyfunc(_BatchedPyfunc):
         device = next(base.model.parameters()).device
 
         def answer(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
-            out = []
-            for start in range(0, len(rows), config.batch_size):
-                batch = tokenize(base.tokenizer, rows[start : start + config.batch_size], int(spec["max_length"]))
+            out: list[dict[str, float]] = [{}] * len(rows)
+            order = length_order(rows)  # as the bundle batches: a limit that pads more would flatter the bundle
+            for start in range(0, len(order), config.batch_size):
+                idx = order[start : start + config.batch_size]
+                batch = tokenize(base.tokenizer, [rows[i] for i in idx], int(spec["max_length"]))
                 ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
                 with torch.inference_mode():
                     hidden = base.model(input_ids=ids, attention_mask=mask)
                     pooled = pool(hidden.last_hidden_state, mask, base.pooling)
-                out += [{"norm": float(v)} for v in pooled.norm(dim=-1).tolist()]
+                for i, norm in zip(idx, pooled.norm(dim=-1).tolist()):
+                    out[i] = {"norm": float(norm)}
             return out
 
         self.serve(answer, config)
