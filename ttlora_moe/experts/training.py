@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ttlora_moe.config_fields import Section, option
+from ttlora_moe.data.batching import length_order
 from ttlora_moe.devices import to_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.checkpoint import (
@@ -158,7 +159,7 @@ def predict(
 ) -> tuple[list[int], torch.Tensor]:
     """Labels and class probabilities for ``rows``; batches are length-sorted to pad less."""
     device = next(model.parameters()).device
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
+    order = length_order(rows)
     probs = torch.empty(len(rows), 0)
     chunks: list[torch.Tensor] = []
     was_training = model.training

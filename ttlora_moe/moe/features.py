@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ttlora_moe.config_fields import Section, option
-from ttlora_moe.data.batching import tokenize
+from ttlora_moe.data.batching import length_order, tokenize
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel
 from ttlora_moe.moe.block_hooks import early_hidden_states
@@ -221,7 +221,7 @@ def compute_features(
     desc: str = "features",
 ) -> torch.Tensor:
     """``[N, D]`` features for ``rows``; batches are length-sorted to pad less."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
+    order = length_order(rows)
     out: torch.Tensor | None = None
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress,
                       file=sys.stderr, dynamic_ncols=True):
