@@ -8,7 +8,8 @@ server's whole process tree), then sends
   by request (both are up; the idle one costs nothing), so a drift in the machine's speed falls on
   both alike and the ratio between them holds, and
 - a concurrent phase: ``--requests`` requests of 1 to ``--max-rows`` mixed-task rows from
-  ``--clients`` concurrent clients, one server at a time (two loaded servers would share the cores),
+  ``--clients`` concurrent clients, one server at a time (two loaded servers would share the cores), in
+  ten parts that the servers take in turns (A B, B A, ...),
 
 and reports errors, samples/s, p50 and p99 latency and peak RSS. The base model alone is the limit:
 a pyfunc that tokenises, runs the frozen base and pools, served the same way
@@ -58,6 +59,7 @@ from ttlora_moe.tt.config import TTLoRAConfig
 COLUMNS = ["model", "phase", "clients", "requests", "rows", "errors", "samples_per_s", "p50_ms", "p99_ms",
            "idle_rss_mb", "peak_rss_mb", "peak_x_idle", "x_base"]
 QUICK_TASKS = ["toy"]
+CONCURRENT_ROUNDS = 10  # parts of the concurrent phase, the servers taking turns on each
 
 
 # --- the models -----------------------------------------------------------------------------------
@@ -222,15 +224,19 @@ def take_turns(servers: dict[str, Server], requests: list[list[dict[str, Any]]])
             for name, got in results.items()}
 
 
-def in_halves(servers: dict[str, Server], requests: list[list[dict[str, Any]]], clients: int) -> dict[str, dict[str, Any]]:
-    """Concurrent: one server at a time (two loaded servers would share the cores), the first half of the
-    requests in order A, B, the second in order B, A, so a steady drift in the machine's speed falls on
-    each alike; per server the :func:`summary` of both halves and the peak RSS."""
-    names, half = list(servers), len(requests) // 2
+def in_rounds(servers: dict[str, Server], requests: list[list[dict[str, Any]]], clients: int,
+              rounds: int = CONCURRENT_ROUNDS) -> dict[str, dict[str, Any]]:
+    """Concurrent: one server at a time (two loaded servers would share the cores), the requests in
+    ``rounds`` consecutive parts, each part sent to every server in turn, the first server alternating
+    (A B, B A, A B, ...), so a drift in the machine's speed, even one that turns within minutes, falls on
+    each alike; per server the :func:`summary` of all parts and the peak RSS."""
+    names = list(servers)
     results: dict[str, list[tuple[float, bool]]] = {name: [] for name in names}
     seconds, peak = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
-    for part, order in ((requests[:half], names), (requests[half:], names[::-1])):
-        for name in order:
+    size = -(-len(requests) // max(1, rounds))
+    for k, start in enumerate(range(0, len(requests), size)):
+        part = requests[start : start + size]
+        for name in (names if k % 2 == 0 else names[::-1]):
             with PeakRss(servers[name].proc.pid) as sampled:
                 got, took = send(servers[name].port, part, clients)
             results[name] += got
@@ -290,7 +296,7 @@ def measure(uris: dict[str, str], env: dict[str, str], requests: dict[str, list]
         time.sleep(1.0)
         idle = {name: tree_rss_mb(server.proc.pid) for name, server in servers.items()}
         phases = {"sequential": take_turns(servers, requests["sequential"]),
-                  "concurrent": in_halves(servers, requests["concurrent"], clients)}
+                  "concurrent": in_rounds(servers, requests["concurrent"], clients)}
     rows = []
     for name in uris:
         for phase, results in phases.items():

@@ -38,3 +38,39 @@ def test_serve_goals_judge_the_bundle_against_the_base_reference():
     assert not serve_goals(broken)["zero_errors"]
     assert serve_goals(fat) == {"zero_errors": True, "peak_rss_at_most_1_5x_idle": False,
                                 "bundle_at_least_0_9x_base": False, "concurrent_at_least_sequential": False}
+
+
+def test_the_concurrent_phase_alternates_the_servers_round_by_round(monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks import serve_load
+
+    sent: list[tuple[int, list]] = []
+
+    def send(port, part, clients):
+        sent.append((port, part))
+        return [(0.01 * port, True) for _ in part], 0.5
+
+    class NoRss:
+        peak = 100.0
+
+        def __init__(self, pid):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(serve_load, "send", send)
+    monkeypatch.setattr(serve_load, "PeakRss", NoRss)
+    servers = {"base": SimpleNamespace(port=1, proc=SimpleNamespace(pid=0)),
+               "bundle": SimpleNamespace(port=2, proc=SimpleNamespace(pid=0))}
+    requests = [[{"text": str(i)}] * (1 + i % 3) for i in range(25)]
+    out = serve_load.in_rounds(servers, requests, clients=4, rounds=4)
+    assert [port for port, _ in sent] == [1, 2, 2, 1, 1, 2, 2, 1]  # the first server alternates
+    for port in (1, 2):  # every request reaches every server once, in order
+        assert [r for p, part in sent if p == port for r in part] == requests
+    assert out["base"]["requests"] == out["bundle"]["requests"] == 25
+    assert out["bundle"]["rows"] == sum(map(len, requests)) and out["base"]["peak_rss_mb"] == 100.0
