@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.toys import SHORT_MIXED_ROWS, choice_card, choice_frame
-from ttlora_moe.data.batching import Collator, length_order, tokenize
+from ttlora_moe.data.batching import Collator, length_batches, length_order, tokenize
 from ttlora_moe.data.cards import load_task_card
 from ttlora_moe.data.choices import choice_inputs
 from ttlora_moe.data.clean import card_inputs
@@ -129,3 +129,4 @@ def test_length_order_puts_short_rows_first_and_keeps_ties_in_order():
     rows = [{"text": "ccc"}, {"text": "a", "text_pair": "bb"}, {"text": "dd", "text_pair": None}, {"text": "e"}]
     assert length_order(rows) == [3, 2, 0, 1]  # lengths 3, 3, 2, 1: rows 0 and 1 tie and keep their order
     assert length_order(rows, [0, 1, 2]) == [2, 0, 1]
+    assert length_batches(rows, 3) == [[3, 2, 0], [1]] and length_batches(rows, 2, [0, 1, 2]) == [[2, 0], [1]]

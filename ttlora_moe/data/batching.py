@@ -38,6 +38,13 @@ def length_order(rows: Sequence[dict[str, Any]], indices: Iterable[int] | None =
     return sorted(chosen, key=lambda i: len(rows[i]["text"]) + len(rows[i].get("text_pair") or ""))
 
 
+def length_batches(rows: Sequence[dict[str, Any]], batch_size: int,
+                   indices: Iterable[int] | None = None) -> list[list[int]]:
+    """:func:`length_order`'s indices cut into batches of ``batch_size``."""
+    order = length_order(rows, indices)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int,
              options: bool = False) -> dict[str, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` (right padding, to the longest row), plus ``segment_ids``.

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ttlora_moe.config_fields import Section, option
-from ttlora_moe.data.batching import length_order, tokenize
+from ttlora_moe.data.batching import length_batches, tokenize
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel
 from ttlora_moe.moe.block_hooks import early_hidden_states
@@ -221,11 +221,9 @@ def compute_features(
     desc: str = "features",
 ) -> torch.Tensor:
     """``[N, D]`` features for ``rows``; batches are length-sorted to pad less."""
-    order = length_order(rows)
     out: torch.Tensor | None = None
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress,
-                      file=sys.stderr, dynamic_ncols=True):
-        idx = order[start : start + batch_size]
+    for idx in tqdm(length_batches(rows, batch_size), desc=desc, leave=False, disable=not progress,
+                    file=sys.stderr, dynamic_ncols=True):
         feats = batch_features(base, tokenize(base.tokenizer, [rows[i] for i in idx], spec.max_length), spec)
         if out is None:
             out = torch.empty(len(rows), feats.shape[1])

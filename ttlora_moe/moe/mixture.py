@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ttlora_moe.data.batching import length_order, tokenize
+from ttlora_moe.data.batching import length_batches, tokenize
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel, pool
 from ttlora_moe.experts.classifier import class_states, scores_options
@@ -295,10 +295,8 @@ class MixtureOfExperts(nn.Module):
                                'give {"text": ..., "text_pair": ...} per input')
         answers: list[dict[str, Any]] = [_EMPTY] * len(rows)
         texts = [i for i, r in enumerate(rows) if r["text"].strip() or (r.get("text_pair") or "").strip()]
-        order = length_order(rows, texts)
-        for start in tqdm(range(0, len(order), batch_size), desc="predict", leave=False, disable=not progress,
-                          file=sys.stderr, dynamic_ncols=True):
-            idx = order[start : start + batch_size]
+        for idx in tqdm(length_batches(rows, batch_size, texts), desc="predict", leave=False, disable=not progress,
+                        file=sys.stderr, dynamic_ncols=True):
             batch = tokenize(self.base.tokenizer, [rows[i] for i in idx], self.max_length, options=self.reads_options)
             if force_expert is None and self.route_after_layer is not None:
                 index, confidence, router_probs, score, logits = self.single_pass(batch)

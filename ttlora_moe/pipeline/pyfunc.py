@@ -145,7 +145,7 @@ class BasePyfunc(_BatchedPyfunc):
 
         import torch
 
-        from ttlora_moe.data.batching import length_order, tokenize
+        from ttlora_moe.data.batching import length_batches, tokenize
         from ttlora_moe.experts.base_model import load_base_model, pool
 
         spec = json.loads(Path(context.artifacts["base"]).read_text())
@@ -155,9 +155,8 @@ class BasePyfunc(_BatchedPyfunc):
 
         def answer(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
             out: list[dict[str, float]] = [{}] * len(rows)
-            order = length_order(rows)  # as the bundle batches: a limit that pads more would flatter the bundle
-            for start in range(0, len(order), config.batch_size):
-                idx = order[start : start + config.batch_size]
+            # length-sorted as the bundle batches: a limit that pads more would flatter the bundle
+            for idx in length_batches(rows, config.batch_size):
                 batch = tokenize(base.tokenizer, [rows[i] for i in idx], int(spec["max_length"]))
                 ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
                 with torch.inference_mode():
