@@ -17,6 +17,7 @@ from ttlora_moe.moe.out_of_scope import (
     fit_surprisal,
     normalise_blocks,
     surprisal,
+    surprisals,
     weighted_quantiles,
 )
 
@@ -100,6 +101,19 @@ def test_surprisal_follows_the_validation_tail_and_never_saturates():
     uniform = torch.arange(1000.0)
     weights = torch.where(uniform < 500, 3.0, 1.0)
     assert float(weighted_quantiles(uniform, weights, torch.tensor([0.5]))) == pytest.approx(333, abs=2)
+
+
+def test_surprisals_of_several_terms_each_follow_their_own_tail():
+    # one call for every term of a score: row t of the values is read on row t's summary only
+    values = -torch.log1p(-(torch.arange(2000.0) + 0.5) / 2000)  # exponential, scale 1
+    fitted = torch.stack([fit_surprisal(values, torch.ones(2000)), fit_surprisal(3 * values, torch.ones(2000)),
+                          fit_surprisal(values + 10, torch.ones(2000))])
+    x = torch.tensor([0.5, 1.0, 2.0, 5.0, 30.0])
+    got = surprisals(torch.stack([x, 3 * x, x + 10]), fitted)
+    assert got.shape == (3, 5)
+    assert torch.allclose(got[0], x, rtol=0.05, atol=0.05)
+    assert torch.equal(got[0], surprisal(x, fitted[0])) and torch.equal(got[2], surprisal(x + 10, fitted[2]))
+    assert torch.allclose(got[1], got[0], rtol=0.02, atol=0.02) and torch.allclose(got[2], got[0], rtol=0.02, atol=0.02)
 
 
 @pytest.mark.parametrize("method", ["relative", "fused"])

@@ -126,9 +126,17 @@ def feature_dim(spec: FeatureSpec, base: BaseModel) -> int:
 
 # --- pooling --------------------------------------------------------------------------------------
 
-def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+def _mean_weights(masks: torch.Tensor) -> torch.Tensor:
+    """``[B, K, T]`` weights that average, per row, the tokens of each of ``K`` boolean ``[B, K, T]`` masks (an
+    empty mask averages to zeros)."""
+    weights = masks.float()
+    return weights / weights.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+def _masked_means(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``[B, K * H]``: the ``K`` means of ``hidden`` ``[B, T, H]`` under :func:`_mean_weights`, side by side (one
+    batched matmul, where a product and a sum per mask would each write a ``[B, T, H]`` temporary)."""
+    return torch.bmm(weights, hidden.float()).flatten(1)
 
 
 def pool_states(
@@ -152,7 +160,7 @@ def pool_states(
         h = hidden_states[layer].float()
         for mode in spec.pooling:
             if mode == "mean":
-                parts.append(_masked_mean(h, valid))
+                parts.append(_masked_means(h, _mean_weights(valid.unsqueeze(1))))
             elif mode == "max":
                 parts.append(h.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1).clamp_min(-1e4))
             elif mode == "cls":
@@ -160,10 +168,9 @@ def pool_states(
             else:  # last non-pad token (right padding)
                 last = valid.long().sum(1).clamp_min(1) - 1
                 parts.append(h[torch.arange(h.shape[0], device=h.device), last])
-    for layer in segment_layers:
-        h = hidden_states[layer].float()
-        parts.append(_masked_mean(h, segment_ids == 0))
-        parts.append(_masked_mean(h, segment_ids == 1))
+    if segment_layers:
+        segments = _mean_weights(torch.stack([segment_ids == 0, segment_ids == 1], 1))  # text, text_pair
+        parts += [_masked_means(hidden_states[layer], segments) for layer in segment_layers]
     if spec.lengths or spec.fragmentation:
         tokens = torch.stack([(segment_ids == 0).sum(1), (segment_ids == 1).sum(1)], 1).float()  # of text, text_pair
         if spec.lengths:

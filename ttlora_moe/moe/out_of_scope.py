@@ -61,6 +61,7 @@ benchmarks/out_of_scope.py measures every method leave-one-task-out; the README 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -114,9 +115,10 @@ def weighted_quantiles(values: torch.Tensor, weights: torch.Tensor, levels: torc
 
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """``numpy.interp``: piecewise-linear through ``(xp, fp)`` (``xp`` ascending), constant outside."""
-    i = torch.searchsorted(xp, x.contiguous()).clamp(1, len(xp) - 1)
-    x0, x1, f0, f1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    """``numpy.interp``: piecewise-linear through ``(xp, fp)`` (``xp`` ascending), constant outside; batched
+    over leading dimensions when ``x``, ``xp`` and ``fp`` have them (each row of ``x`` on its own curve)."""
+    i = torch.searchsorted(xp, x.contiguous()).clamp(1, xp.shape[-1] - 1)
+    x0, x1, f0, f1 = xp.gather(-1, i - 1), xp.gather(-1, i), fp.gather(-1, i - 1), fp.gather(-1, i)
     t = ((x - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0, 1)
     return f0 + t * (f1 - f0)
 
@@ -134,11 +136,24 @@ def fit_surprisal(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def surprisal(x: torch.Tensor, fitted: torch.Tensor) -> torch.Tensor:
     """``-log P(validation score >= x)`` from :func:`fit_surprisal`'s summary: the empirical tail up to its
     top quantile, then ``-log(1 - TAIL_LEVEL) + excess / scale`` (exponential, so it never saturates)."""
-    grid, scale = fitted[:-1], fitted[-1]
-    levels = torch.linspace(0, TAIL_LEVEL, len(grid), dtype=torch.float64, device=fitted.device)
-    below = -torch.log1p(-_interp(x.double(), grid.double(), levels))
-    beyond = -math.log(1 - TAIL_LEVEL) + (x.double() - grid[-1].double()) / scale.double()
-    return torch.where(x > grid[-1], beyond, below).float()
+    return surprisals(x.unsqueeze(0), fitted.unsqueeze(0))[0]
+
+
+def surprisals(x: torch.Tensor, fitted: torch.Tensor) -> torch.Tensor:
+    """:func:`surprisal` of each row of ``x`` ``[T, B]`` under its own summary, row of ``fitted`` ``[T, GRID + 1]``:
+    the same values, in one set of ops for every term of a score (a served batch of one input pays per op)."""
+    grid, scale = fitted[:, :-1].double(), fitted[:, -1:].double()
+    top, wide = grid[:, -1:], x.double()
+    levels = _levels(grid.shape[1], fitted.device).expand_as(grid)
+    below = -torch.log1p(-_interp(wide, grid, levels))
+    beyond = -math.log(1 - TAIL_LEVEL) + (wide - top) / scale
+    return torch.where(x > fitted[:, -2:-1], beyond, below).float()
+
+
+@functools.lru_cache(maxsize=8)
+def _levels(count: int, device: torch.device) -> torch.Tensor:
+    """The quantile levels of a surprisal's grid (made once per device: read-only, shared by every call)."""
+    return torch.linspace(0, TAIL_LEVEL, count, dtype=torch.float64, device=device)
 
 
 def normalise_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -283,16 +298,19 @@ class OutOfScopeDetector(nn.Module):
         chosen ``expert`` for each input."""
         if self.method in SURPRISALS:
             centered, projected = self._project(features)  # once: the distance and the Gaussians share it
-            score = (surprisal(self._distance(centered, projected), self.surprisals[0])
-                     + surprisal(self.doubt(confidence, expert), self.surprisals[1]))
+            terms = [(1.0, self._distance(centered, projected)), (1.0, self.doubt(confidence, expert))]
             if self.method == "relative":
-                score = score + surprisal(self._relative_mahalanobis(projected), self.surprisals[2])
+                terms.append((1.0, self._relative_mahalanobis(projected)))
             if self.task_covariance_weight:
-                score = score + self.task_covariance_weight * surprisal(self._task_shaped(projected), self.surprisals[3])
+                terms.append((self.task_covariance_weight, self._task_shaped(projected)))
             if self.state_weight:
-                score = score + self.state_weight * surprisal(self.latest_state(features), self.surprisals[self.state_row])
+                terms.append((self.state_weight, self.latest_state(features)))
             if self.lexical_weight:
-                score = score + self.lexical_weight * surprisal(self.fragmentation(features), self.surprisals[-1])
+                terms.append((self.lexical_weight, self.fragmentation(features)))
+            each = surprisals(torch.stack([raw.float() for _, raw in terms]), self.surprisals)  # rows in fitted order
+            score = each[0] + each[1]
+            for row, (weight, _) in enumerate(terms[2:], start=2):
+                score = score + weight * each[row]  # in the order and the float32 sums of the terms one by one
             return score
         surprise = -torch.log(confidence.float().clamp_min(1e-12))
         if self.method == "confidence":
