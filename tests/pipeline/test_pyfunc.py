@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,10 @@ def test_champion_answers_rest_requests(registry_env, evaluated_bundle):
     for lone_surrogate in ('{"inputs": ["ok", "a\\ud800"]}', '{"instances": [{"text": "ok"}, {"text": "a\\ud800"}]}'):
         response = client.post("/invocations", content=lone_surrogate, headers={"Content-Type": "application/json"})
         assert response.status_code == 400 and "row 1: field 'text' holds '\\ud800'" in response.json()["message"]
+    # MLflow would prefix the 400 with the whole request (3 MB here); the answer is our message alone
+    response = client.post("/invocations", json={"inputs": ["a long review " * 700] * 300 + [None]})
+    assert response.status_code == 400 and len(response.content) < 1_000, len(response.content)
+    assert response.json()["message"].startswith("row 300 is a NoneType"), response.json()["message"]
     assert client.post("/invocations", json={"inputs": "the movie 3 was good"}).json()["predictions"][0]["task"] == "toy"
     assert "the request is a int" in client.post("/invocations", json={"inputs": 5}).json()["message"]
     for body in ({"inputs": ["the movie 3 was good", "the movie 4 was bad"]},
@@ -84,6 +89,9 @@ def test_a_full_queue_answers_503_and_a_bad_row_400():
     with pytest.raises(MlflowException, match="row 0: field 'text' is null") as bad:
         model.answers([{"text": None}])
     assert bad.value.get_http_status_code() == 400
+    bad.value.message = f"Failed to predict data '{'x' * 10_000}'. \nError: {bad.value.message}"  # what MLflow does
+    assert bad.value.message.startswith("row 0: field 'text' is null")
+    assert json.loads(bad.value.serialize_as_json())["message"] == bad.value.message
     with ThreadPoolExecutor(max_workers=1) as pool:
         first = pool.submit(model.answers, [{"text": "a"}])  # takes the queue's only room
         time.sleep(0.05)

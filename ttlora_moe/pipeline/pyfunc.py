@@ -50,12 +50,31 @@ mlflow.models.set_model({cls}())
 """
 
 
+class RequestError(MlflowException):
+    """An error whose HTTP answer is this message alone.
+
+    MLflow's scoring server prefixes the message of every ``MlflowException`` a model raises with
+    ``Failed to predict data '<the request>'``. For ``inputs`` and ``instances`` that is the whole request: a
+    400 for one bad row of a thousand long ones came back as megabytes of the client's own text. Later
+    assignments that only wrap the message are ignored.
+    """
+
+    @property
+    def message(self) -> str:
+        return self._said
+
+    @message.setter
+    def message(self, value: str) -> None:
+        said = getattr(self, "_said", None)
+        self._said = said if said is not None and value.endswith(said) else value
+
+
 def _checked_rows(model_input: Any, limits: RequestLimits) -> list[dict[str, Any]]:
     """The request's rows, or HTTP 400 (MLflow's INVALID_PARAMETER_VALUE) naming the bad row and field."""
     try:
         return request_rows(model_input, limits)
     except BadInput as exc:
-        raise MlflowException.invalid_parameter_value(str(exc)) from None
+        raise RequestError.invalid_parameter_value(str(exc)) from None
 
 
 class _BatchedPyfunc(PythonModel):
@@ -75,7 +94,7 @@ class _BatchedPyfunc(PythonModel):
         try:
             return self.batcher(rows)
         except Overloaded as exc:  # HTTP 503: the client may retry, unlike after a 400
-            raise MlflowException(f"{exc}; retry later", error_code=TEMPORARILY_UNAVAILABLE) from None
+            raise RequestError(f"{exc}; retry later", error_code=TEMPORARILY_UNAVAILABLE) from None
 
 
 class ExpertPyfunc(_BatchedPyfunc):
