@@ -6,9 +6,9 @@ machine has cores, it stops spin-waiting between parallel regions: a team thread
 soon as it is idle, and the next op waits for it to wake. A pyfunc that builds tensors in MLflow's
 loading thread (the bundle's merged weights and factor bank) and then serves from its micro-batching
 worker kept two teams: on 2 cores the worker and its team thread each slept 10-20% of the time inside
-the forward's matmuls, and the server ran at 176% CPU where the base model's ran at 196% (the bundle at
-0.85-0.87x the base's throughput under concurrent load). Loaded on a thread that then ends, the team it
-made goes with it; the worker's is the only one left.
+the forward's matmuls, and the server ran at 176% CPU where the base model's ran at 196% (the bundle
+at 0.85-0.94x the base's throughput under concurrent load, in four runs). Loaded on a thread that then
+ends, the team it made goes with it; the worker's is the only one left.
 """
 
 from __future__ import annotations
