@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ttlora_moe.config_fields import Section, option
-from ttlora_moe.data.batching import length_order
+from ttlora_moe.data.batching import length_batches
 from ttlora_moe.devices import to_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.checkpoint import (
@@ -159,20 +159,20 @@ def predict(
 ) -> tuple[list[int], torch.Tensor]:
     """Labels and class probabilities for ``rows``; batches are length-sorted to pad less."""
     device = next(model.parameters()).device
-    order = length_order(rows)
+    batches = length_batches(rows, batch_size)
     probs = torch.empty(len(rows), 0)
     chunks: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
     with torch.inference_mode(), _autocast(bf16, device):
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress, file=sys.stderr):
-            batch = collate([rows[i] for i in order[start : start + batch_size]])
+        for idx in tqdm(batches, desc=desc, leave=False, disable=not progress, file=sys.stderr):
+            batch = collate([rows[i] for i in idx])
             logits = model(**model_inputs(batch, device))
             chunks.append(torch.softmax(logits.float(), -1).cpu())
     model.train(was_training)
     if chunks:
         probs = torch.empty(len(rows), chunks[0].shape[1])
-        probs[torch.tensor(order)] = torch.cat(chunks)
+        probs[torch.tensor([i for idx in batches for i in idx])] = torch.cat(chunks)
     return [int(r["label"]) for r in rows], probs
 
 

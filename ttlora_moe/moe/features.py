@@ -155,12 +155,13 @@ def pool_states(
     """
     layers, segment_layers = spec.resolve(num_states or len(hidden_states))
     valid = attention_mask.bool()
+    whole = _mean_weights(valid.unsqueeze(1)) if layers and "mean" in spec.pooling else None
     parts: list[torch.Tensor] = []
     for layer in layers:
         h = hidden_states[layer].float()
         for mode in spec.pooling:
             if mode == "mean":
-                parts.append(_masked_means(h, _mean_weights(valid.unsqueeze(1))))
+                parts.append(_masked_means(h, whole))
             elif mode == "max":
                 parts.append(h.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1).clamp_min(-1e4))
             elif mode == "cls":

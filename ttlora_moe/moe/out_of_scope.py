@@ -308,8 +308,8 @@ class OutOfScopeDetector(nn.Module):
             if self.lexical_weight:
                 terms.append((self.lexical_weight, self.fragmentation(features)))
             each = surprisals(torch.stack([raw.float() for _, raw in terms]), self.surprisals)  # rows in fitted order
-            score = each[0] + each[1]
-            for row, (weight, _) in enumerate(terms[2:], start=2):
+            score = each[0]
+            for row, (weight, _) in enumerate(terms[1:], start=1):
                 score = score + weight * each[row]  # in the order and the float32 sums of the terms one by one
             return score
         surprise = -torch.log(confidence.float().clamp_min(1e-12))
