@@ -28,6 +28,9 @@ class ServeConfig(Section):
     max_pending_rows: int = option(4096, "Micro-batching: rows that may wait; more callers wait for room.")
     queue_timeout_s: float = option(30.0, "Micro-batching: how long a caller waits for room before HTTP 503 (keep it "
                                           "under MLflow's MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT, 60 s by default).")
+    release_heap_mb: float = option(256.0, "After a prediction, when the server's resident memory has grown by more than "
+                                           "this, give the C heap's free memory back to the OS (glibc malloc_trim; 0: "
+                                           "never). Keeps peak memory under load near idle.")
     max_rows: int = option(1024, "Rows per request; more is HTTP 400.")
     max_chars: int = option(20_000, "Characters of text + text_pair per row; more is HTTP 400.")
     log_base_model: bool = option(True, "Register the bundle with its base model's files, so serving needs no "
@@ -40,7 +43,7 @@ class ServeConfig(Section):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise BadInput(f"serve.{key} must be a positive integer, got {value!r}", "fix params.yaml")
-        for key in ("merged_cache_mb", "batch_wait_ms", "queue_timeout_s"):
+        for key in ("merged_cache_mb", "batch_wait_ms", "queue_timeout_s", "release_heap_mb"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise BadInput(f"serve.{key} must be a number >= 0, got {value!r}", "fix params.yaml")

@@ -26,6 +26,7 @@ from ttlora_moe.devices import serving_device
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.artifact import META_FILE, read_expert_meta
 from ttlora_moe.moe.serve_config import ServeConfig
+from ttlora_moe.pipeline.heap_release import HeapRelease
 from ttlora_moe.pipeline.micro_batching import MicroBatcher, Overloaded
 from ttlora_moe.pipeline.own_thread import run_on_own_thread
 from ttlora_moe.pipeline.requests import RequestLimits, request_rows
@@ -95,9 +96,17 @@ class _BatchedPyfunc(PythonModel):
         raise NotImplementedError
 
     def serve(self, predict, config: ServeConfig) -> None:
-        """Answer requests with ``predict(rows) -> answers`` under ``config``'s limits and batching."""
+        """Answer requests with ``predict(rows) -> answers`` under ``config``'s limits, batching and heap release."""
         self.limits = RequestLimits(max_rows=config.max_rows, max_chars=config.max_chars)
-        self.batcher = MicroBatcher(predict, max_rows=config.batch_rows, max_wait_ms=config.batch_wait_ms,
+        release = HeapRelease(config.release_heap_mb)  # the worker's alone: it is the only caller
+
+        def predict_then_release(rows: list[dict[str, Any]]) -> list[Any]:
+            try:
+                return predict(rows)
+            finally:
+                release()
+
+        self.batcher = MicroBatcher(predict_then_release, max_rows=config.batch_rows, max_wait_ms=config.batch_wait_ms,
                                     max_pending_rows=config.max_pending_rows, timeout_s=config.queue_timeout_s)
 
     def answers(self, model_input: Any) -> list[Any]:
