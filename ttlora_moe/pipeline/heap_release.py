@@ -7,9 +7,9 @@ MB that no live object uses, spread over new 64 MB arena heaps. A served bundle 
 clients (300 requests, 2-core EPYC, 2026-12-06) peaked at 1.11-1.50x its idle memory in eight runs; the
 base model's pyfunc behaves alike. ``malloc_trim(0)`` returns the free pages of every arena. Called when
 the process has grown by 256 MB, it held the peak at 1.14-1.28x in five runs, for about 20 ms per trim
-(9-19 trims a run) and 0.1-0.4 s more system CPU per 1,000 rows, of about 20 s (the pages fault back in);
-at 128 MB, 1.15-1.17x for 0.6-0.9 s. Where malloc is not glibc's (musl, macOS, Windows) there is nothing
-to call and this does nothing.
+(9-19 trims a run), system CPU per 1,000 rows rising from 0.13-0.28 s to 0.33-0.68 s of about 20 s (the
+pages fault back in); at 128 MB, 1.15-1.17x for 0.74-1.10 s. Where malloc is not glibc's (musl, macOS,
+Windows) there is nothing to call and this does nothing.
 """
 
 from __future__ import annotations
