@@ -47,13 +47,13 @@ class HeapRelease:
     def __init__(self, after_mb: float, trim: Callable[[], object] | None = None,
                  resident: Callable[[], int | None] = resident_bytes) -> None:
         self.after_bytes = after_mb * _MB
-        self._trim = trim if trim is not None else malloc_trim()
+        self._trim = None if after_mb <= 0 else trim if trim is not None else malloc_trim()  # None: never trims
         self._resident = resident
         self._since: int | None = None  # the lowest resident size since the last trim
 
     def __call__(self) -> bool:
         """Trim if the process has grown by more than ``after_mb``; whether it did."""
-        if self.after_bytes <= 0 or self._trim is None:
+        if self._trim is None:
             return False
         now = self._resident()
         if now is None:
