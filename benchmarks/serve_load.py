@@ -22,7 +22,11 @@ tt, router (routing mode) and serve settings, and registered in a temporary sqli
 With ``--model-uri models:/ttlora-moe@champion`` (and ``MLFLOW_TRACKING_URI``) it loads that bundle.
 
     python -m benchmarks.serve_load [--quick] [--tasks ...] [--requests N] [--clients N] [--max-rows N]
-        [--model-uri URI] [--base REF] [--device DEVICE]
+        [--model-uri URI] [--base REF] [--device DEVICE] [--preload LIBRARY] [--results NAME]
+
+``--preload`` starts both servers with that library in ``LD_PRELOAD``: another malloc, such as Debian's
+``libtcmalloc-minimal4`` (``/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4``), for what an operator who
+starts the server process can choose (README "Memory stays bounded under load").
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ import psutil
 from benchmarks.common import markdown_table, run_benchmark, write_results
 from benchmarks.moe_throughput import DEFAULT_TASKS, mixed_stream, random_expert
 from ttlora_moe.devices import resolve_device
+from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import DEFAULT_BASE_MODEL, load_base_model
 from ttlora_moe.params import load_params, section
 from ttlora_moe.tt.config import TTLoRAConfig
@@ -334,7 +339,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model-uri", default=None, help="serve this registered bundle (MLFLOW_TRACKING_URI) instead")
     parser.add_argument("--device", default=None, help="the servers' TTLORA_DEVICE: auto, cpu, cuda, cuda:N (default: auto)")
     parser.add_argument("--base", default=None, help="base model reference of both models (default: params.yaml's)")
+    parser.add_argument("--preload", type=Path, default=None,
+                        help="a shared library both servers start with in LD_PRELOAD, e.g. another malloc")
+    parser.add_argument("--results", default="serve_load", help="results name under benchmarks/results/")
     args = parser.parse_args(argv)
+    if args.preload and not args.preload.is_file():
+        raise BadInput(f"--preload {args.preload} is not a file",
+                       "name a shared library, e.g. /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 "
+                       "(apt-get install libtcmalloc-minimal4)")
     quick = args.quick
     tasks = args.tasks or (QUICK_TASKS if quick else DEFAULT_TASKS)
     counts = {"concurrent": args.requests or (60 if quick else 1000), "sequential": args.sequential or (20 if quick else 200)}
@@ -348,6 +360,8 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(tmp)
         uris = register_models(root, params, tasks, args.router_rows or (40 if quick else 300))
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+        if args.preload:
+            env["LD_PRELOAD"] = " ".join(filter(None, [str(args.preload.resolve()), env.get("LD_PRELOAD")]))
         if args.device:
             env["TTLORA_DEVICE"] = str(resolve_device(args.device))
         if args.model_uri:
@@ -359,11 +373,12 @@ def main(argv: list[str] | None = None) -> dict:
         row["x_base"] = row["samples_per_s"] / base_rate[row["phase"]]
     goals = serve_goals(rows)
     seconds = round(time.perf_counter() - start, 1)
+    preloaded = f"servers started with LD_PRELOAD={args.preload}; " if args.preload else ""
     table = markdown_table(rows, COLUMNS) + (
-        f"\n\nTasks {', '.join(tasks)}; requests of 1 to {args.max_rows} mixed rows; "
+        f"\n\nTasks {', '.join(tasks)}; requests of 1 to {args.max_rows} mixed rows; {preloaded}"
         f"goals: {', '.join(f'{k} {v}' for k, v in goals.items())}; run took {seconds:.0f} s.")
-    write_results("serve_load", {"rows": rows, "goals": goals, "tasks": tasks, "clients": clients,
-                                 "device": env_device(args.device),
+    write_results(args.results, {"rows": rows, "goals": goals, "tasks": tasks, "clients": clients,
+                                 "device": env_device(args.device), "preload": str(args.preload or ""),
                                  "max_rows": args.max_rows, "seconds": seconds}, table)
     return {"rows": rows, "goals": goals}
 

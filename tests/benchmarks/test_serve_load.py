@@ -74,3 +74,14 @@ def test_the_concurrent_phase_alternates_the_servers_round_by_round(monkeypatch)
         assert [r for p, part in sent if p == port for r in part] == requests
     assert out["base"]["requests"] == out["bundle"]["requests"] == 25
     assert out["bundle"]["rows"] == sum(map(len, requests)) and out["base"]["peak_rss_mb"] == 100.0
+
+
+def test_a_preload_that_is_not_a_file_is_one_error_before_any_work(tmp_path, monkeypatch):
+    import pytest
+
+    from benchmarks import serve_load
+    from ttlora_moe.errors import BadInput
+
+    monkeypatch.setattr(serve_load, "load_params", lambda **_: pytest.fail("no work before the check"))
+    with pytest.raises(BadInput, match="--preload .*none.so is not a file"):
+        serve_load.main(["--quick", "--preload", str(tmp_path / "none.so")])
