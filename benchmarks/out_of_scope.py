@@ -314,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
         config.out_of_scope = {**config.out_of_scope, "method": args.method}
     sweep = sweep_options(args.sweep, config.out_of_scope)
     base_section = section(params, "base_model")
-    base = load_base_model(base_section.get("ref", DEFAULT_BASE_MODEL), base_section.get("pooling"))
+    base_ref = base_section.get("ref", DEFAULT_BASE_MODEL)
+    base = load_base_model(base_ref, base_section.get("pooling"))
     spec = router_feature_spec(config.features, int(section(params, "train").get("max_length", 128)),
                                config.route_after_layer)
     tasks = args.tasks or (QUICK_TASKS if args.quick else list_tasks())
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - start
     table = markdown_table(rows, LOOK_COLUMNS if every_state else COLUMNS) + (
         f"\n\n{len(tasks)} tasks, {args.test_rows} test rows each, {len(junk)} junk strings; profile "
-        f"{args.profile or 'none'}; base {base_section.get('ref', DEFAULT_BASE_MODEL)}; detector "
+        f"{args.profile or 'none'}; base {base_ref}; detector "
         f"{config.out_of_scope}; second look {config.second_look if every_state else 'none'}; false_abstain_rate "
         f"{config.false_abstain_rate}; goals: "
         f"{', '.join(f'{k} {v}' for k, v in goals.items())}; took {seconds:.0f} s.")
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "the columns after the two validation ones are on the test rows and junk.txt):\n\n" + markdown_table(
                       [{**r, "options": json.dumps(r["options"])} for r in sweep_means], SWEEP_COLUMNS))
     write_results(args.results, {"rows": rows, "goals": goals, "tasks": tasks, "profile": args.profile,
-                                 "base": base_section.get("ref", DEFAULT_BASE_MODEL),
+                                 "base": base_ref,
                                  "detector": config.out_of_scope, "false_abstain_rate": config.false_abstain_rate,
                                  "second_look": config.second_look if every_state else None,
                                  "sweep": sweep_means, "sweep_rows": swept}, table)
