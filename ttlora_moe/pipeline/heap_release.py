@@ -47,7 +47,7 @@ class HeapRelease:
 
     def __init__(self, after_mb: float, trim: Callable[[], object] | None = None,
                  resident: Callable[[], int | None] = resident_bytes) -> None:
-        self.after_bytes = after_mb * _MB
+        self._after_bytes = after_mb * _MB
         self._trim = None if after_mb <= 0 else trim if trim is not None else malloc_trim()  # None: never trims
         self._resident = resident
         self._since: int | None = None  # the lowest resident size since the last trim
@@ -61,7 +61,7 @@ class HeapRelease:
             return False
         if self._since is None or now < self._since:
             self._since = now
-        if now - self._since <= self.after_bytes:
+        if now - self._since <= self._after_bytes:
             return False
         self._trim()
         self._since = self._resident() or now
