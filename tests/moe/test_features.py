@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.toys import SHORT_MIXED_ROWS
+from ttlora_moe.data.surface import SURFACE_COLUMNS, surface_features
 from ttlora_moe.errors import BadInput
 from ttlora_moe.moe.features import (
     FeatureSpec,
@@ -37,6 +38,7 @@ def test_feature_spec_checks_and_dimensions(tiny_bert_base):
     # default: text and text_pair mean-pooled apart on all 3 hidden states, plus 3 length features and 2 of fragmentation
     assert feature_dim(FeatureSpec(), tiny_bert_base) == 24 * 3 * 2 + 3 + 2
     assert compute_features(tiny_bert_base, SHORT_MIXED_ROWS, FeatureSpec(), batch_size=3, progress=False).shape == (4, 24 * 6 + 5)
+    assert feature_dim(FeatureSpec(surface=True), tiny_bert_base) == 24 * 3 * 2 + 3 + 12 + 2
     spec = FeatureSpec(layers="all", pooling=("mean", "max"), segment_layers=[-1], lengths=False, fragmentation=False)
     assert compute_features(tiny_bert_base, SHORT_MIXED_ROWS, spec, progress=False).shape == (4, 24 * (3 * 2 + 2))
     with pytest.raises(BadInput, match="pools no hidden state"):
@@ -74,3 +76,29 @@ def test_fragmentation_counts_tokens_per_word_of_each_segment(tiny_bert_base):
     feats = compute_features(tiny_bert_base, rows, FeatureSpec(fragmentation=True), progress=False)
     assert feats.shape[1] == feature_dim(FeatureSpec(fragmentation=True), tiny_bert_base) == 24 * 6 + 3 + 2
     assert feats[1, -2] > feats[0, -2] and torch.all(feats[:, -1] == 0)
+
+
+def test_the_surface_columns_come_from_the_raw_text_before_the_fragmentation(tiny_bert_base):
+    rows = [{"text": "Is it raining in Paris?", "text_pair": "is it raining in paris today?"},
+            {"text": "the movie 's 2 hours felt long .", "text_pair": None}]
+    want = surface_features(rows)
+    by_name = dict(zip(SURFACE_COLUMNS, want.T))
+    assert torch.equal(by_name["has_pair"], torch.tensor([1.0, 0.0]))
+    assert torch.allclose(by_name["pair_overlap"], torch.tensor([5 / 6, 0.0]))  # five shared words of six in all
+    assert torch.equal(by_name["pair_covered"], torch.tensor([5 / 6, 0.0]))  # of the pair's six distinct words
+    assert torch.equal(by_name["question"], torch.tensor([1.0, 0.0]))
+    assert torch.equal(by_name["pair_question"], torch.tensor([1.0, 0.0]))
+    assert torch.allclose(by_name["uppercase"], torch.tensor([2 / 18, 0.0])) and by_name["digits"][1] > 0
+    assert torch.equal(by_name["capitalised"], torch.tensor([1.0, 0.0]))
+    # in the features: after the blocks and the lengths, before the two fragmentation columns
+    feats = compute_features(tiny_bert_base, rows, FeatureSpec(surface=True), progress=False)
+    assert torch.allclose(feats[:, -2 - len(SURFACE_COLUMNS):-2], want)
+    alone = compute_features(tiny_bert_base, rows, FeatureSpec(surface=True, fragmentation=False), progress=False)
+    assert torch.allclose(alone[:, -len(SURFACE_COLUMNS):], want)
+    without = compute_features(tiny_bert_base, rows, FeatureSpec(), progress=False)
+    assert torch.equal(torch.cat([without[:, :-2], want, without[:, -2:]], 1), feats)
+    # a router saved before the surface existed has none; a batch without the statistics is a clear error
+    assert not FeatureSpec.saved({"segment_layers": "all"}).surface
+    with pytest.raises(BadInput, match="surface statistics"):
+        pool_states([torch.zeros(1, 3, 24)], torch.ones(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long),
+                    FeatureSpec(segment_layers=[0], surface=True, fragmentation=False))

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from ttlora_moe.data.surface import SURFACE_COLUMNS
 from ttlora_moe.errors import BadInput
 from ttlora_moe.moe.detection import auroc
 from ttlora_moe.moe.features import FeatureSpec
@@ -297,3 +298,54 @@ def test_latest_state_term_is_the_relative_distance_on_that_block_alone():
     assert torch.allclose(state.latest_state(unseen[:20]).double(), expected, rtol=1e-3, atol=1e-2)
     whole_row = fit_detector(train_x, train_y, val_x, ones, val_y, ones, 3, None, options, 0.02, state_block=0)
     assert whole_row.state_weight == 0.0  # one block: nothing to single out
+
+
+def with_surface(x: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """``x`` with the surface columns (around each row's centre) and two fragmentation columns appended."""
+    g = torch.Generator().manual_seed(seed)
+    surface = centres[labels] + 0.3 * torch.randn(len(x), len(SURFACE_COLUMNS), generator=g)
+    return torch.cat([x, surface, torch.zeros(len(x), 2)], 1)
+
+
+def test_surface_term_is_the_relative_distance_on_the_standardised_surface_columns():
+    """An unseen task whose pooled states sit on a served task's but whose surface no task has: only the surface
+    term finds it; the term reads the surface columns before the fragmentation, standardised on the training mix."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 2 * BLOCK, generator=g)
+    forms = torch.randn(4, len(SURFACE_COLUMNS), generator=g) * 3
+    train_x, train_y = clusters(150, centres, seed=1)
+    val_x, val_y = clusters(60, centres, seed=2)
+    test_x, test_y = clusters(100, centres, seed=3)
+    unseen, _ = clusters(100, centres[:1], seed=4)  # task 0's states, a fourth form
+    train_x, val_x = with_surface(train_x, forms, train_y, 5), with_surface(val_x, forms, val_y, 6)
+    test_x, unseen = with_surface(test_x, forms, test_y, 7), with_surface(unseen, forms, torch.full((100,), 3), 8)
+    ones = torch.ones(len(val_x))
+    options = {"method": "relative", "components": 4, "bank_per_task": 100, "shrinkage": 0.1, "lexical_weight": 0.0}
+    plain = fit_detector(train_x, train_y, val_x, ones, val_y, ones, 3, BLOCK, {**options, "surface_weight": 0.0}, 0.02,
+                         fragmentation=True, surface=True)
+    shaped = fit_detector(train_x, train_y, val_x, ones, val_y, ones, 3, BLOCK, options, 0.02, fragmentation=True,
+                          surface=True)
+    assert not hasattr(plain, "surface_whiten") and len(shaped.surprisals) == len(plain.surprisals) + 1
+    assert shaped.surface_weight == 1.0 and shaped.surface_offset == 2
+    score = lambda d, x: d.score(x, torch.ones(len(x)), torch.zeros(len(x), dtype=torch.long))  # noqa: E731
+    assert auroc(score(plain, unseen), score(plain, test_x)) < 0.8
+    assert auroc(score(shaped, unseen), score(shaped, test_x)) > 0.99
+    raw = train_x[:, -2 - len(SURFACE_COLUMNS):-2].double()
+    z = (raw - raw.mean(0)) / raw.std(0)
+    means = torch.stack([z[train_y == t].mean(0) for t in range(3)])
+    within = sum(torch.cov((z[train_y == t] - means[t]).T, correction=0) for t in range(3)) / 3
+    mix_mean = means.mean(0)
+    mix = ((z - mix_mean).T @ (z - mix_mean)) / len(z)
+    shrink = lambda c: c + 0.1 * c.diagonal().mean() * torch.eye(len(c), dtype=c.dtype)  # noqa: E731
+    p, p0 = torch.linalg.inv(shrink(within)), torch.linalg.inv(shrink(mix))
+    q = (unseen[:20, -2 - len(SURFACE_COLUMNS):-2].double() - raw.mean(0)) / raw.std(0)
+    to_tasks = torch.stack([torch.einsum("bi,ij,bj->b", q - m, p, q - m) for m in means], 1).min(1).values
+    expected = to_tasks - torch.einsum("bi,ij,bj->b", q - mix_mean, p0, q - mix_mean)
+    assert torch.allclose(shaped.surface(unseen[:20]).double(), expected, rtol=1e-3, atol=1e-2)
+    # features that cannot hold the columns the spec says they end in: a clear error, not a shape mismatch
+    with pytest.raises(BadInput, match="cannot hold the 14 surface and fragmentation columns"):
+        fit_detector(train_x[:, -10:], train_y, val_x[:, -10:], ones, val_y, ones, 3, None, options, 0.02,
+                     fragmentation=True, surface=True)
+    # the method that reads no Gaussians ignores the option
+    assert fit_detector(train_x, train_y, val_x, ones, val_y, ones, 3, BLOCK, {**options, "method": "fused"}, 0.02,
+                        fragmentation=True, surface=True).surface_weight == 0.0

@@ -194,3 +194,26 @@ def test_the_latest_state_term_is_saved_and_loaded(tmp_path):
     old, _ = load_router(tmp_path / "off")
     assert old.detector.state_weight == 0.0 and not hasattr(old.detector, "state_whiten")
     assert torch.equal(old.route(tx)[3], off.route(tx)[3])
+
+
+def test_a_router_with_the_surface_term_saves_and_loads_it(tmp_path):
+    """With router.features.surface the features end in the surface and fragmentation columns: the detector reads the
+    surface, and router.json records its weight and where the columns lie."""
+    tx, ty = _blobs(40, dim=8)
+    g = torch.Generator().manual_seed(3)
+    form = torch.randn(3, 12, generator=g)[ty] + 0.2 * torch.randn(len(tx), 12, generator=g)
+    tx = torch.cat([tx, tx.flip(1), form, torch.zeros(len(tx), 2)], 1)  # 2 blocks of 8, surface, fragmentation
+    config = RouterConfig(max_epochs=3, features={"surface": True})
+    router, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], config, progress=False, block=8)
+    assert router.detector.surface_weight == 1.0 and router.detector.surface_offset == 2
+    save_router(tmp_path, router, {"experts": ["a", "b", "c"]})
+    loaded, meta = load_router(tmp_path)
+    assert meta["out_of_scope"]["surface_weight"] == 1.0 and meta["out_of_scope"]["surface_offset"] == 2
+    for got, want in zip(loaded.route(tx), router.route(tx)):
+        assert torch.equal(got, want)
+    far = tx[:5].clone()
+    far[:, 16:28] += 50  # a form no task has: out of scope on the surface alone
+    assert bool((router.route(far)[0] == -1).all())
+    plain, _ = train_router(tx[:, :16], ty, tx[:, :16], ty, ["a", "b", "c"],
+                            RouterConfig(max_epochs=3, features={"fragmentation": False}), progress=False, block=8)
+    assert plain.detector.surface_weight == 0.0 and not hasattr(plain.detector, "surface_whiten")  # the default spec: none

@@ -15,7 +15,7 @@ from ttlora_moe.experts.artifact import load_expert, read_expert_meta, save_expe
 from ttlora_moe.experts.base_model import load_base_model
 from ttlora_moe.experts.classifier import SequenceClassifier
 from ttlora_moe.files import load_tensors
-from ttlora_moe.moe.features import FeatureSpec, batch_features, feature_dim
+from ttlora_moe.moe.features import FeatureSpec, batch_features, compute_features, feature_dim
 from ttlora_moe.moe.mixture import ExpertInfo, MixtureOfExperts
 from ttlora_moe.moe.router import Router, RouterConfig
 from ttlora_moe.moe.second_look import SecondLook
@@ -47,7 +47,7 @@ def make_expert(directory: Path, ref: str, task: str, seed: int, layers_from: in
 def spread_router(base, spec: FeatureSpec, num_experts: int, seed: int = 0) -> Router:
     """A random linear router standardised on MIXED_ROWS, so that its picks differ between rows."""
     router = Router(feature_dim(spec, base), num_experts, "linear")
-    feats = batch_features(base, tokenize(base.tokenizer, MIXED_ROWS, 32), spec)
+    feats = batch_features(base, tokenize(base.tokenizer, MIXED_ROWS, 32, surface=spec.surface), spec)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         router.mean.copy_(feats.mean(0))
@@ -97,6 +97,22 @@ def test_single_pass_equals_route_then_adapted_pass(tiny_bert, experts):
     assert not torch.allclose(moe.expert_logits(batch["input_ids"], batch["attention_mask"], torch.zeros_like(index))[:, :2],
                               moe.expert_logits(batch["input_ids"], batch["attention_mask"], torch.full_like(index, 2))[:, :2],
                               atol=1e-3)
+
+
+@pytest.mark.parametrize("k", [1, None])
+def test_a_router_reading_the_surface_statistics_gets_them_in_predict(tiny_bert, experts, k):
+    """router.features.surface: predict() tokenises with the raw text's statistics, in one pass and in two, and the
+    router sees what the offline features hold."""
+    plain = load_base_model(tiny_bert)
+    spec = FeatureSpec(surface=True)
+    routed_spec = restrict_spec(spec, k) if k is not None else spec
+    router = spread_router(plain, routed_spec, len(experts), seed=5)
+    with torch.no_grad():
+        router.net[0].weight[:, -2 - 12:-2] *= 50  # the surface columns weigh in
+    moe = build(tiny_bert, experts, router, spec, k)
+    got = moe.predict(MIXED_ROWS, batch_size=4)
+    want = router.route(compute_features(plain, MIXED_ROWS, routed_spec, progress=False))
+    assert [a["router_confidence"] for a in got] == pytest.approx(want[1].tolist(), abs=1e-4)
 
 
 def test_single_pass_answers_equal_two_pass_answers_with_abstains(tiny_bert, experts):

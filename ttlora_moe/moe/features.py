@@ -5,9 +5,10 @@ features depend only on (base model, data, feature spec): they are computed once
 A :class:`FeatureSpec` says which hidden states (embeddings = 0, then every block) are pooled over
 the whole input and how (masked ``mean``, masked ``max``, ``cls``, ``last`` non-pad token), which
 hidden states are mean-pooled over the ``text`` and the ``text_pair`` tokens separately, and whether
-token counts and the fragmentation (tokens per word) are appended. The default (segments of every
-hidden state + counts) is what docs/router.md found best for all-MiniLM-L6-v2; the fragmentation is
-for the out-of-scope detector. Pads and special tokens are never pooled into a
+token counts, the raw text's surface statistics (:mod:`ttlora_moe.data.surface`) and the fragmentation
+(tokens per word) are appended. The default (segments of every hidden state + counts) is what
+docs/router.md found best for all-MiniLM-L6-v2; the surface and the fragmentation are for the
+out-of-scope detector. Pads and special tokens are never pooled into a
 segment. The same :func:`batch_features` runs in training (through the cache) and inside the
 mixture-of-experts forward, so a router always sees features computed by the same code.
 The cache of computed features is :mod:`ttlora_moe.moe.feature_cache`.
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ttlora_moe.config_fields import Section, option
 from ttlora_moe.data.batching import length_batches, tokenize
+from ttlora_moe.data.surface import SURFACE_COLUMNS
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel
 from ttlora_moe.moe.block_hooks import early_hidden_states
@@ -32,6 +34,7 @@ from ttlora_moe.moe.block_hooks import early_hidden_states
 FEATURE_VERSION = 1  # bump when the feature code changes meaning: old caches are then ignored
 POOLINGS = ("mean", "max", "cls", "last")
 FRAGMENTATION_COLUMNS = 2  # the last columns of features with ``fragmentation``: text, text_pair
+# features with ``surface`` carry len(SURFACE_COLUMNS) columns just before the fragmentation (or last, without it)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class FeatureSpec(Section):
     segment_layers: tuple[int, ...] | str = option(
         "all", "Hidden states whose text and text_pair tokens are mean-pooled separately.")
     lengths: bool = option(True, "Append log token counts of text and text_pair and a has-pair flag.")
+    surface: bool = option(
+        False, "Append the raw text's surface statistics (ttlora_moe/data/surface.py: length, case, punctuation, "
+        "digits, a pair's word overlap) before the fragmentation: the out-of-scope detector reads them.")
     fragmentation: bool = option(
         True, "Append log(tokens per whitespace word) of text and text_pair, last: high for code, URLs, numbers, "
         "noise and other languages (the out-of-scope detector reads it).")
@@ -70,8 +76,8 @@ class FeatureSpec(Section):
     @classmethod
     def saved(cls, data: dict[str, Any]) -> FeatureSpec:
         """The spec a saved router was trained with (``router.json``'s ``features``): one saved before the
-        fragmentation existed has none."""
-        return cls.from_dict({"fragmentation": False, **data})
+        fragmentation or the surface existed has neither."""
+        return cls.from_dict({"fragmentation": False, "surface": False, **data})
 
     def latest_text_block(self, num_blocks: int) -> int:
         """Index, among the ``num_blocks`` pooled blocks of these features, of the latest state's ``text``: the
@@ -121,7 +127,7 @@ def _latest(states: list[int]) -> int:
 def feature_dim(spec: FeatureSpec, base: BaseModel) -> int:
     layers, segments = spec.resolve(num_hidden_states(base))
     return (base.hidden_size * (len(layers) * len(spec.pooling) + 2 * len(segments)) + (3 if spec.lengths else 0)
-            + (FRAGMENTATION_COLUMNS if spec.fragmentation else 0))
+            + (len(SURFACE_COLUMNS) if spec.surface else 0) + (FRAGMENTATION_COLUMNS if spec.fragmentation else 0))
 
 
 # --- pooling --------------------------------------------------------------------------------------
@@ -146,12 +152,13 @@ def pool_states(
     spec: FeatureSpec,
     num_states: int | None = None,
     word_counts: torch.Tensor | None = None,
+    surface: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[B, D]`` router features from a model's ``hidden_states`` (embeddings first).
 
     ``hidden_states`` may be only the first states of a model with ``num_states`` (default: all given);
-    the spec's layers (``all``, negative indices) are resolved against ``num_states``. ``word_counts``
-    (``tokenize``'s) is needed when the spec appends the fragmentation.
+    the spec's layers (``all``, negative indices) are resolved against ``num_states``. ``word_counts`` and
+    ``surface`` (``tokenize``'s) are needed when the spec appends the fragmentation and the surface.
     """
     layers, segment_layers = spec.resolve(num_states or len(hidden_states))
     valid = attention_mask.bool()
@@ -172,12 +179,16 @@ def pool_states(
     if segment_layers:
         segments = _mean_weights(torch.stack([segment_ids == 0, segment_ids == 1], 1))  # text, text_pair
         parts += [_masked_means(hidden_states[layer], segments) for layer in segment_layers]
-    if spec.lengths or spec.fragmentation:
-        tokens = torch.stack([(segment_ids == 0).sum(1), (segment_ids == 1).sum(1)], 1).float()  # of text, text_pair
-        if spec.lengths:
-            parts.append(torch.cat([torch.log1p(tokens), (tokens[:, 1:] > 0).float()], 1))
-        if spec.fragmentation:
-            parts.append(fragmentation(tokens, word_counts))
+    tokens = torch.stack([(segment_ids == 0).sum(1), (segment_ids == 1).sum(1)], 1).float()  # of text, text_pair
+    if spec.lengths:
+        parts.append(torch.cat([torch.log1p(tokens), (tokens[:, 1:] > 0).float()], 1))
+    if spec.surface:
+        if surface is None:
+            raise BadInput("the router's feature spec appends the surface statistics, but the batch has none",
+                           "tokenise with ttlora_moe.data.batching.tokenize(..., surface=True)")
+        parts.append(surface.to(attention_mask.device).float())
+    if spec.fragmentation:
+        parts.append(fragmentation(tokens, word_counts))
     return torch.cat(parts, 1)
 
 
@@ -217,7 +228,7 @@ def batch_features(base: BaseModel, batch: dict[str, torch.Tensor], spec: Featur
         else:
             states = list(base.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states)
         return pool_states(states, mask, batch["segment_ids"].to(device), spec, num_states,
-                           batch.get("word_counts")).float().cpu()
+                           batch.get("word_counts"), batch.get("surface")).float().cpu()
 
 
 def compute_features(
@@ -232,7 +243,8 @@ def compute_features(
     out: torch.Tensor | None = None
     for idx in tqdm(length_batches(rows, batch_size), desc=desc, leave=False, disable=not progress,
                     file=sys.stderr, dynamic_ncols=True):
-        feats = batch_features(base, tokenize(base.tokenizer, [rows[i] for i in idx], spec.max_length), spec)
+        batch = tokenize(base.tokenizer, [rows[i] for i in idx], spec.max_length, surface=spec.surface)
+        feats = batch_features(base, batch, spec)
         if out is None:
             out = torch.empty(len(rows), feats.shape[1])
         out[torch.tensor(idx)] = feats

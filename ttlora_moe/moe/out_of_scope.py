@@ -44,6 +44,13 @@ and the latest state alone tells an unseen single-sentence task (CoLA beside SST
 (README "Abstention": leave one task out, AUROC 0.936 -> 0.941 and false abstention 1.8% -> 1.5% at a 1.5%
 target, where 99.2% of the junk abstains).
 
+With ``surface_weight > 0`` (``relative`` only, when the features carry the surface statistics of
+``router.features.surface``: length, case, punctuation, digits and a pair's word overlap of the raw text,
+:mod:`ttlora_moe.data.surface`), one more surprisal joins at that weight: the same relative distance on those
+columns, each standardised on the training mix. Tasks differ in form as much as in content, and an uncased base
+never sees case: the form alone tells SST-2's lower-cased sentences from CoLA's and MRPC's overlapping news pairs
+from QQP's questions, where the pooled states read them as alike (README "Abstention").
+
 When the router's features end in the fragmentation (``router.features.fragmentation``: tokens per
 whitespace word of ``text`` and ``text_pair``), ``relative`` and ``fused`` add ``lexical_weight`` times
 one more surprisal, of the larger of the two: code, URLs, identifiers, noise and other languages
@@ -68,16 +75,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from ttlora_moe.data.surface import SURFACE_COLUMNS
 from ttlora_moe.errors import BadInput
 from ttlora_moe.moe.features import FRAGMENTATION_COLUMNS
 
 METHODS = ("relative", "fused", "knn", "confidence")
 SURPRISALS = {"fused": 2, "relative": 3}  # methods that sum surprisals: how many (distance, doubt[, relative])
 OPTIONS = ("method", "components", "k", "bank_per_task", "confidence_weight", "shrinkage", "lexical_weight",
-           "task_covariance", "task_covariance_weight", "state_weight")
+           "task_covariance", "task_covariance_weight", "state_weight", "surface_weight")
 DEFAULTS: dict[str, Any] = {"method": "relative", "components": 256, "k": 10, "bank_per_task": 1000, "confidence_weight": 0.0,
                             "shrinkage": 0.1, "lexical_weight": 0.5, "task_covariance": 0.0, "task_covariance_weight": 0.5,
-                            "state_weight": 1.0}
+                            "state_weight": 1.0, "surface_weight": 1.0}
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -88,12 +96,12 @@ def check_options(options: dict[str, Any]) -> None:
                   for k in ("components", "k", "bank_per_task"))
     floats_ok = all(isinstance(merged[k], (int, float)) and not isinstance(merged[k], bool) and merged[k] >= 0
                     for k in ("confidence_weight", "shrinkage", "lexical_weight", "task_covariance",
-                              "task_covariance_weight", "state_weight"))
+                              "task_covariance_weight", "state_weight", "surface_weight"))
     floats_ok = floats_ok and merged["shrinkage"] > 0 and merged["task_covariance"] < 1
     if unknown or merged["method"] not in METHODS or not ints_ok or not floats_ok:
         raise BadInput(f"router.out_of_scope is {options}",
                        f"use method ({', '.join(METHODS)}), components, k and bank_per_task (integers >= 1), "
-                       "confidence_weight, lexical_weight, task_covariance_weight and state_weight (>= 0), "
+                       "confidence_weight, lexical_weight, task_covariance_weight, state_weight and surface_weight (>= 0), "
                        "task_covariance (0 to below 1) and shrinkage (> 0) only")
 
 
@@ -170,12 +178,14 @@ class OutOfScopeDetector(nn.Module):
     def __init__(self, dim: int, block: int, components: int, bank_rows: int, k: int = 10,
                  method: str = "knn", confidence_weight: float = 0.0, num_experts: int = 0,
                  lexical_weight: float = 0.0, task_covariance_weight: float = 0.0, state_weight: float = 0.0,
-                 state_block: int = 0) -> None:
+                 state_block: int = 0, surface_weight: float = 0.0, surface_offset: int = 0) -> None:
         """``lexical_weight > 0`` (methods ``relative`` and ``fused``): the features end in the fragmentation
         columns, and their surprisal joins the sum at this weight. ``task_covariance_weight > 0`` (method
         ``relative``): the surprisal of the task-shaped relative distance joins it at this weight.
         ``state_weight > 0`` (``relative``): so does the relative distance on pooled block ``state_block`` alone
-        (the latest state's ``text``, :meth:`FeatureSpec.latest_text_block`)."""
+        (the latest state's ``text``, :meth:`FeatureSpec.latest_text_block`). ``surface_weight > 0`` (``relative``):
+        the features carry the surface columns, ``surface_offset`` columns before their end, and the relative
+        distance on them joins at this weight."""
         super().__init__()
         if method not in METHODS:
             raise BadInput(f"unknown out-of-scope method {method!r}", f"use one of {', '.join(METHODS)}")
@@ -184,6 +194,8 @@ class OutOfScopeDetector(nn.Module):
         self.task_covariance_weight = float(task_covariance_weight) if method == "relative" else 0.0
         self.state_weight = float(state_weight) if method == "relative" else 0.0
         self.state_block = int(state_block)
+        self.surface_weight = float(surface_weight) if method == "relative" else 0.0
+        self.surface_offset = int(surface_offset)
         width = 0 if method == "confidence" else (dim // block) * block
         q = 0 if method == "confidence" else components
         self.register_buffer("center", torch.zeros(width))
@@ -194,10 +206,11 @@ class OutOfScopeDetector(nn.Module):
         if method in SURPRISALS:  # only then, so that routers saved before them load unchanged
             self.register_buffer("expert_scales", torch.tensor([[0.0, 1.0]] * num_experts))  # doubt, per routed expert
             # of distance, of doubt[, of the relative Mahalanobis distance][, of the task-shaped one][, of the
-            # latest state's][, of the fragmentation] (fit_surprisal)
+            # latest state's][, of the surface][, of the fragmentation] (fit_surprisal)
             rows = (SURPRISALS[method] + bool(self.task_covariance_weight) + bool(self.state_weight)
-                    + bool(self.lexical_weight))
+                    + bool(self.surface_weight) + bool(self.lexical_weight))
             self.state_row = SURPRISALS[method] + bool(self.task_covariance_weight)
+            self.surface_row = self.state_row + bool(self.state_weight)
             self.register_buffer("surprisals", torch.zeros(rows, GRID + 1))
         if method == "relative":  # in the principal subspace, whitened: x -> x @ whiten (whiten @ whiten.T = inverse covariance)
             self.register_buffer("task_means", torch.zeros(num_experts, q))  # each task's mean, whitened
@@ -215,6 +228,14 @@ class OutOfScopeDetector(nn.Module):
             self.register_buffer("state_whiten", torch.zeros(block, block))
             self.register_buffer("state_mix_mean", torch.zeros(block))
             self.register_buffer("state_whiten_mix", torch.zeros(block, block))
+        if self.surface_weight:  # the surface columns, standardised on the training mix, then as above
+            width = len(SURFACE_COLUMNS)
+            self.register_buffer("surface_center", torch.zeros(width))
+            self.register_buffer("surface_scale", torch.ones(width))
+            self.register_buffer("surface_means", torch.zeros(num_experts, width))
+            self.register_buffer("surface_whiten", torch.zeros(width, width))
+            self.register_buffer("surface_mix_mean", torch.zeros(width))
+            self.register_buffer("surface_whiten_mix", torch.zeros(width, width))
 
     def _project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(block-normalised centred features, their coordinates on the principal directions)."""
@@ -275,6 +296,18 @@ class OutOfScopeDetector(nn.Module):
         start = self.state_block * self.block
         return nn.functional.normalize(features[:, start:start + self.block].float(), dim=1)
 
+    def surface(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the relative Mahalanobis distance on the surface columns (:mod:`ttlora_moe.data.surface`)."""
+        return _relative_distance(self._surface_vector(features), self.surface_whiten, self.surface_means,
+                                  self.surface_whiten_mix, self.surface_mix_mean)
+
+    def _surface_columns(self, features: torch.Tensor) -> torch.Tensor:
+        stop = features.shape[1] - self.surface_offset
+        return features[:, stop - len(SURFACE_COLUMNS):stop]
+
+    def _surface_vector(self, features: torch.Tensor) -> torch.Tensor:
+        return (self._surface_columns(features).float() - self.surface_center) / self.surface_scale
+
     def task_log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
         """``[B, E]``: log P(task | input) under the ``relative`` method's Gaussians (shared covariance, equal
         priors): a generative task classifier the router can add to its logits."""
@@ -305,6 +338,8 @@ class OutOfScopeDetector(nn.Module):
                 terms.append((self.task_covariance_weight, self._task_shaped(projected)))
             if self.state_weight:
                 terms.append((self.state_weight, self.latest_state(features)))
+            if self.surface_weight:
+                terms.append((self.surface_weight, self.surface(features)))
             if self.lexical_weight:
                 terms.append((self.lexical_weight, self.fragmentation(features)))
             each = surprisals(torch.stack([raw.float() for _, raw in terms]), self.surprisals)  # rows in fitted order
@@ -410,6 +445,20 @@ def _fit_state_gaussians(detector: OutOfScopeDetector, train_x: torch.Tensor, tr
     detector.state_whiten_mix.copy_(whiten_mix.float())
 
 
+def _fit_surface_gaussians(detector: OutOfScopeDetector, train_x: torch.Tensor, train_y: torch.Tensor, num_tasks: int,
+                           shrinkage: float) -> None:
+    """The standardisation of the surface columns on the training mix, then their Gaussians as ``relative``'s."""
+    raw = detector._surface_columns(train_x).double()
+    detector.surface_center.copy_(raw.mean(0).float())
+    detector.surface_scale.copy_(raw.std(0).clamp_min(1e-3).float())
+    _, means, _, _, whiten, mix_mean, whiten_mix = _task_balanced_gaussians(
+        detector._surface_vector(train_x).double(), train_y, num_tasks, shrinkage)
+    detector.surface_means.copy_((means @ whiten).float())
+    detector.surface_whiten.copy_(whiten.float())
+    detector.surface_mix_mean.copy_((mix_mean @ whiten_mix).float())
+    detector.surface_whiten_mix.copy_(whiten_mix.float())
+
+
 def _covariance(centred: torch.Tensor) -> torch.Tensor:
     """The covariance of rows already centred on their mean (zeros for fewer than two rows)."""
     return centred.T @ centred / len(centred) if len(centred) > 1 else centred.new_zeros(centred.shape[1], centred.shape[1])
@@ -429,16 +478,18 @@ def weighted_quantile_threshold(scores: torch.Tensor, rate: float, weights: torc
 def fit_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_confidence: torch.Tensor,
                  val_expert: torch.Tensor, val_weights: torch.Tensor, num_tasks: int, block: int | None,
                  options: dict[str, Any], false_abstain_rate: float, seed: int = 0,
-                 fragmentation: bool = False, state_block: int | None = None) -> OutOfScopeDetector:
+                 fragmentation: bool = False, state_block: int | None = None,
+                 surface: bool = False) -> OutOfScopeDetector:
     """Fit the detector on raw training features and calibrate its scales and threshold on validation.
 
     ``val_confidence`` and ``val_expert`` are the router's confidence and choice on ``val_x``;
     ``block`` is the width of one pooled vector (the base model's hidden size; None: the whole row);
     ``fragmentation``: the features end in the fragmentation columns (``FeatureSpec.fragmentation``);
-    ``state_block``: the latest state's text block (``FeatureSpec.latest_text_block``; None: no such term).
+    ``state_block``: the latest state's text block (``FeatureSpec.latest_text_block``; None: no such term);
+    ``surface``: the features carry the surface columns (``FeatureSpec.surface``), before any fragmentation.
     """
     detector = build_detector(train_x, train_y, val_x, val_weights, num_tasks, block, options, seed, fragmentation,
-                              state_block)
+                              state_block, surface)
     calibrate_detector(detector, val_x, val_confidence, val_expert, val_weights, false_abstain_rate)
     return detector
 
@@ -446,7 +497,8 @@ def fit_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
 @torch.no_grad()
 def build_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_weights: torch.Tensor,
                    num_tasks: int, block: int | None, options: dict[str, Any], seed: int = 0,
-                   fragmentation: bool = False, state_block: int | None = None) -> OutOfScopeDetector:
+                   fragmentation: bool = False, state_block: int | None = None,
+                   surface: bool = False) -> OutOfScopeDetector:
     """The parts of the detector that do not depend on the router: bank, principal directions, Gaussians, and
     the validation scales of the distances and of the fragmentation (when the features carry it).
     :func:`calibrate_detector` then adds the router's part."""
@@ -459,11 +511,18 @@ def build_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     # at most one principal direction per bank input (and per dimension)
     components = max(1, min(int(opts["components"]), len(bank_x) - 1, bank_x.shape[1]))
     has_state = state_block is not None and block < train_x.shape[1]  # one block: nothing to single out
+    tail = len(SURFACE_COLUMNS) * surface + FRAGMENTATION_COLUMNS * fragmentation
+    if tail >= train_x.shape[1]:
+        raise BadInput(f"router features {train_x.shape[1]} wide cannot hold the {tail} surface and fragmentation "
+                       "columns that router.features says they end in, and anything before them",
+                       "compute the features with the same router.features spec as the router")
     detector = OutOfScopeDetector(train_x.shape[1], block, components, len(bank_x), int(opts["k"]),
                                   str(opts["method"]), float(opts["confidence_weight"]), num_tasks,
                                   float(opts["lexical_weight"]) if fragmentation else 0.0,
                                   float(opts["task_covariance_weight"]) if opts["task_covariance"] else 0.0,
-                                  float(opts["state_weight"]) if has_state else 0.0, state_block or 0)
+                                  float(opts["state_weight"]) if has_state else 0.0, state_block or 0,
+                                  float(opts["surface_weight"]) if surface else 0.0,
+                                  FRAGMENTATION_COLUMNS if fragmentation else 0)
     if opts["method"] != "confidence":
         center = bank_x.mean(0)
         state = torch.random.get_rng_state()
@@ -483,6 +542,9 @@ def build_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
         if detector.state_weight:
             _fit_state_gaussians(detector, train_x, train_y, num_tasks, float(opts["shrinkage"]))
             detector.surprisals[detector.state_row] = fit_surprisal(detector.latest_state(val_x), val_weights)
+        if detector.surface_weight:
+            _fit_surface_gaussians(detector, train_x, train_y, num_tasks, float(opts["shrinkage"]))
+            detector.surprisals[detector.surface_row] = fit_surprisal(detector.surface(val_x), val_weights)
     if opts["method"] in SURPRISALS:
         detector.surprisals[0] = fit_surprisal(detector.distance(val_x), val_weights)
     if detector.lexical_weight:
