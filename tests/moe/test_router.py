@@ -171,6 +171,15 @@ def test_bad_generative_weights_are_one_line(weights):
         RouterConfig(generative_weights=weights)
 
 
+def _reloaded_meta(directory, router, x) -> dict:
+    """Save ``router`` into ``directory``, load it back, check it routes ``x`` exactly as before; its router.json."""
+    save_router(directory, router, {"experts": ["a", "b", "c"]})
+    loaded, meta = load_router(directory)
+    for got, want in zip(loaded.route(x), router.route(x)):
+        assert torch.equal(got, want)
+    return meta
+
+
 def test_the_latest_state_term_is_saved_and_loaded(tmp_path):
     """With blocks, the relative detector adds the latest state's text block (default spec: segments only, so the
     features' second-to-last block); router.json records it and a router saved without it loads without it."""
@@ -178,11 +187,8 @@ def test_the_latest_state_term_is_saved_and_loaded(tmp_path):
     tx = torch.cat([tx, tx.flip(1), tx.roll(1, 1), tx * 0.5 + 1], 1)  # 4 blocks of 8: states 0 and 1, text and pair
     router, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], RouterConfig(max_epochs=3), progress=False, block=8)
     assert router.detector.state_weight == 1.0 and router.detector.state_block == 2
-    save_router(tmp_path, router, {"experts": ["a", "b", "c"]})
-    loaded, meta = load_router(tmp_path)
+    meta = _reloaded_meta(tmp_path, router, tx)
     assert meta["out_of_scope"]["state_weight"] == 1.0 and meta["out_of_scope"]["state_block"] == 2
-    for got, want in zip(loaded.route(tx), router.route(tx)):
-        assert torch.equal(got, want)
     off, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], RouterConfig(max_epochs=3, out_of_scope={"state_weight": 0}),
                           progress=False, block=8)
     (tmp_path / "off").mkdir()
@@ -206,11 +212,8 @@ def test_a_router_with_the_surface_term_saves_and_loads_it(tmp_path):
     config = RouterConfig(max_epochs=3, features={"surface": True})
     router, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], config, progress=False, block=8)
     assert router.detector.surface_weight == 1.0 and router.detector.surface_offset == 2
-    save_router(tmp_path, router, {"experts": ["a", "b", "c"]})
-    loaded, meta = load_router(tmp_path)
+    meta = _reloaded_meta(tmp_path, router, tx)
     assert meta["out_of_scope"]["surface_weight"] == 1.0 and meta["out_of_scope"]["surface_offset"] == 2
-    for got, want in zip(loaded.route(tx), router.route(tx)):
-        assert torch.equal(got, want)
     far = tx[:5].clone()
     far[:, 16:28] += 50  # a form no task has: out of scope on the surface alone
     assert bool((router.route(far)[0] == -1).all())

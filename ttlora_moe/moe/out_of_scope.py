@@ -433,30 +433,23 @@ def _task_balanced_gaussians(z: torch.Tensor, y: torch.Tensor, num_tasks: int, s
             _whitener(mix.T @ (weights * mix), shrinkage))
 
 
-def _fit_state_gaussians(detector: OutOfScopeDetector, train_x: torch.Tensor, train_y: torch.Tensor, num_tasks: int,
-                         shrinkage: float) -> None:
-    """The task means and the shared and mix covariances of :meth:`OutOfScopeDetector.latest_state`, fitted as
-    ``relative``'s (every task weighs the same) on the latest state's text block, in full."""
-    _, means, _, _, whiten, mix_mean, whiten_mix = _task_balanced_gaussians(
-        detector._state_vector(train_x).double(), train_y, num_tasks, shrinkage)
-    detector.state_means.copy_((means @ whiten).float())
-    detector.state_whiten.copy_(whiten.float())
-    detector.state_mix_mean.copy_((mix_mean @ whiten_mix).float())
-    detector.state_whiten_mix.copy_(whiten_mix.float())
+def _fit_relative_buffers(detector: OutOfScopeDetector, prefix: str, z: torch.Tensor, train_y: torch.Tensor,
+                          num_tasks: int, shrinkage: float) -> None:
+    """The task means and the shared and mix whiteners of a relative distance on ``z`` (one vector per training
+    input), fitted as ``relative``'s (every task weighs the same), into the detector's ``<prefix>_means``,
+    ``<prefix>_whiten``, ``<prefix>_mix_mean`` and ``<prefix>_whiten_mix``."""
+    _, means, _, _, whiten, mix_mean, whiten_mix = _task_balanced_gaussians(z.double(), train_y, num_tasks, shrinkage)
+    getattr(detector, f"{prefix}_means").copy_((means @ whiten).float())
+    getattr(detector, f"{prefix}_whiten").copy_(whiten.float())
+    getattr(detector, f"{prefix}_mix_mean").copy_((mix_mean @ whiten_mix).float())
+    getattr(detector, f"{prefix}_whiten_mix").copy_(whiten_mix.float())
 
 
-def _fit_surface_gaussians(detector: OutOfScopeDetector, train_x: torch.Tensor, train_y: torch.Tensor, num_tasks: int,
-                           shrinkage: float) -> None:
-    """The standardisation of the surface columns on the training mix, then their Gaussians as ``relative``'s."""
+def _fit_surface_scale(detector: OutOfScopeDetector, train_x: torch.Tensor) -> None:
+    """The standardisation of the surface columns: their mean and spread on the training mix."""
     raw = detector._surface_columns(train_x).double()
     detector.surface_center.copy_(raw.mean(0).float())
     detector.surface_scale.copy_(raw.std(0).clamp_min(1e-3).float())
-    _, means, _, _, whiten, mix_mean, whiten_mix = _task_balanced_gaussians(
-        detector._surface_vector(train_x).double(), train_y, num_tasks, shrinkage)
-    detector.surface_means.copy_((means @ whiten).float())
-    detector.surface_whiten.copy_(whiten.float())
-    detector.surface_mix_mean.copy_((mix_mean @ whiten_mix).float())
-    detector.surface_whiten_mix.copy_(whiten_mix.float())
 
 
 def _covariance(centred: torch.Tensor) -> torch.Tensor:
@@ -540,10 +533,13 @@ def build_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
         if detector.task_covariance_weight:
             detector.surprisals[3] = fit_surprisal(detector.task_shaped(val_x), val_weights)
         if detector.state_weight:
-            _fit_state_gaussians(detector, train_x, train_y, num_tasks, float(opts["shrinkage"]))
+            _fit_relative_buffers(detector, "state", detector._state_vector(train_x), train_y, num_tasks,
+                                  float(opts["shrinkage"]))
             detector.surprisals[detector.state_row] = fit_surprisal(detector.latest_state(val_x), val_weights)
         if detector.surface_weight:
-            _fit_surface_gaussians(detector, train_x, train_y, num_tasks, float(opts["shrinkage"]))
+            _fit_surface_scale(detector, train_x)
+            _fit_relative_buffers(detector, "surface", detector._surface_vector(train_x), train_y, num_tasks,
+                                  float(opts["shrinkage"]))
             detector.surprisals[detector.surface_row] = fit_surprisal(detector.surface(val_x), val_weights)
     if opts["method"] in SURPRISALS:
         detector.surprisals[0] = fit_surprisal(detector.distance(val_x), val_weights)
