@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pandas as pd
 import pytest
 import torch
 
 from ttlora_moe.experts.base_model import load_base_model
-from ttlora_moe.moe.feature_cache import cached_features, features_dir, sample_indices
+from ttlora_moe.moe.feature_cache import cache_key, cached_features, features_dir, sample_indices
 from ttlora_moe.moe.features import (
+    FEATURE_VERSION,
     FeatureSpec,
     compute_features,
 )
@@ -66,3 +70,12 @@ def test_sample_indices_are_seeded_nested_and_not_first_n():
     assert sample_indices(1000, 80, 0)[:50] == a               # a larger cap extends a smaller one
     assert sample_indices(1000, 50, 1) != a
     assert sorted(sample_indices(30, None, 0)) == list(range(30))
+
+
+def test_caches_written_before_the_surface_option_keep_their_key(bert):
+    """A spec without the surface statistics hashes as specs did before the option existed; with them, it differs."""
+    spec = FeatureSpec()
+    before = {k: v for k, v in spec.to_dict().items() if k != "surface"}  # what to_dict() held before
+    parts = {"base": bert.fingerprint, "data": "md5", "spec": before, "version": FEATURE_VERSION}
+    assert cache_key(bert, "md5", spec) == hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+    assert cache_key(bert, "md5", FeatureSpec(surface=True)) != cache_key(bert, "md5", spec)

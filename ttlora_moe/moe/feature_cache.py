@@ -27,9 +27,15 @@ from ttlora_moe.moe.features import FEATURE_VERSION, FeatureSpec, compute_featur
 from ttlora_moe.paths import cache_dir
 
 
+# spec options added after caches were written, at the value that changes nothing: left out of the key, so that
+# those caches stay valid
+ADDED_OFF = {"surface": False}
+
+
 def cache_key(base: BaseModel, data_md5: str, spec: FeatureSpec) -> str:
     """Hash of everything the cached features depend on."""
-    parts = {"base": base.fingerprint, "data": data_md5, "spec": spec.to_dict(), "version": FEATURE_VERSION}
+    keyed = {k: v for k, v in spec.to_dict().items() if k not in ADDED_OFF or v != ADDED_OFF[k]}
+    parts = {"base": base.fingerprint, "data": data_md5, "spec": keyed, "version": FEATURE_VERSION}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -179,7 +179,8 @@ def pool_states(
     if segment_layers:
         segments = _mean_weights(torch.stack([segment_ids == 0, segment_ids == 1], 1))  # text, text_pair
         parts += [_masked_means(hidden_states[layer], segments) for layer in segment_layers]
-    tokens = torch.stack([(segment_ids == 0).sum(1), (segment_ids == 1).sum(1)], 1).float()  # of text, text_pair
+    if spec.lengths or spec.fragmentation:
+        tokens = torch.stack([(segment_ids == 0).sum(1), (segment_ids == 1).sum(1)], 1).float()  # of text, text_pair
     if spec.lengths:
         parts.append(torch.cat([torch.log1p(tokens), (tokens[:, 1:] > 0).float()], 1))
     if spec.surface:
