@@ -43,7 +43,8 @@ def _words(text: str) -> set[str]:
 def surface_row(text: str, text_pair: str | None) -> list[float]:
     """The :data:`SURFACE_COLUMNS` of one input."""
     pair = text_pair or ""
-    words, pair_words = _words(text), _words(pair)
+    pair_words = _words(pair)
+    words = _words(text) if pair_words else set()  # the text's words only serve the overlap
     shared = len(words & pair_words)
     chars = max(1, len(text))
     # map() of str's own predicates: every character is visited in C, not in a Python generator
