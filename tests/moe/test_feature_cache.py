@@ -72,10 +72,12 @@ def test_sample_indices_are_seeded_nested_and_not_first_n():
     assert sorted(sample_indices(30, None, 0)) == list(range(30))
 
 
-def test_caches_written_before_the_surface_option_keep_their_key(bert):
-    """A spec without the surface statistics hashes as specs did before the option existed; with them, it differs."""
+def test_caches_written_before_the_row_statistics_keep_their_key(bert):
+    """A spec without the surface statistics and the unknown words hashes as specs did before those options existed;
+    with either, it differs."""
     spec = FeatureSpec()
-    before = {k: v for k, v in spec.to_dict().items() if k != "surface"}  # what to_dict() held before
+    before = {k: v for k, v in spec.to_dict().items() if k not in ("surface", "unknown_words")}  # what to_dict() held
     parts = {"base": bert.fingerprint, "data": "md5", "spec": before, "version": FEATURE_VERSION}
     assert cache_key(bert, "md5", spec) == hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
     assert cache_key(bert, "md5", FeatureSpec(surface=True)) != cache_key(bert, "md5", spec)
+    assert cache_key(bert, "md5", FeatureSpec(unknown_words=True)) != cache_key(bert, "md5", spec)

@@ -7,6 +7,7 @@ import torch
 
 from tests.toys import SHORT_MIXED_ROWS
 from ttlora_moe.data.surface import SURFACE_COLUMNS, surface_features
+from ttlora_moe.data.unknown_words import unknown_word_shares
 from ttlora_moe.errors import BadInput
 from ttlora_moe.moe.features import (
     FeatureSpec,
@@ -102,3 +103,19 @@ def test_the_surface_columns_come_from_the_raw_text_before_the_fragmentation(tin
     with pytest.raises(BadInput, match="surface statistics"):
         pool_states([torch.zeros(1, 3, 24)], torch.ones(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long),
                     FeatureSpec(segment_layers=[0], surface=True, fragmentation=False))
+
+
+def test_the_unknown_word_columns_lie_between_the_surface_and_the_fragmentation(tiny_bert_base):
+    rows = [{"text": "the cat xyzzy", "text_pair": "plugh movie"}, {"text": "good movie", "text_pair": None}]
+    want = unknown_word_shares(tiny_bert_base.tokenizer, rows)
+    assert float(want.sum()) > 0
+    both = compute_features(tiny_bert_base, rows, FeatureSpec(surface=True, unknown_words=True), progress=False)
+    surface = compute_features(tiny_bert_base, rows, FeatureSpec(surface=True), progress=False)
+    assert torch.equal(both, torch.cat([surface[:, :-2], want, surface[:, -2:]], 1))
+    alone = compute_features(tiny_bert_base, rows, FeatureSpec(unknown_words=True, fragmentation=False), progress=False)
+    assert torch.equal(alone[:, -2:], want)
+    assert feature_dim(FeatureSpec(unknown_words=True), tiny_bert_base) == 24 * 3 * 2 + 3 + 2 + 2
+    assert not FeatureSpec.saved({"segment_layers": "all"}).unknown_words  # routers saved before it: none
+    with pytest.raises(BadInput, match="unknown words"):
+        pool_states([torch.zeros(1, 3, 24)], torch.ones(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long),
+                    FeatureSpec(segment_layers=[0], unknown_words=True, fragmentation=False))

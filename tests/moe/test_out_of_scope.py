@@ -343,9 +343,45 @@ def test_surface_term_is_the_relative_distance_on_the_standardised_surface_colum
     expected = to_tasks - torch.einsum("bi,ij,bj->b", q - mix_mean, p0, q - mix_mean)
     assert torch.allclose(shaped.surface(unseen[:20]).double(), expected, rtol=1e-3, atol=1e-2)
     # features that cannot hold the columns the spec says they end in: a clear error, not a shape mismatch
-    with pytest.raises(BadInput, match="cannot hold the 14 surface and fragmentation columns"):
+    with pytest.raises(BadInput, match="cannot hold the 14 surface, unknown-word and fragmentation columns"):
         fit_detector(train_x[:, -10:], train_y, val_x[:, -10:], ones, val_y, ones, 3, None, options, 0.02,
                      fragmentation=True, surface=True)
     # the method that reads no Gaussians ignores the option
     assert fit_detector(train_x, train_y, val_x, ones, val_y, ones, 3, BLOCK, {**options, "method": "fused"}, 0.02,
                         fragmentation=True, surface=True).surface_weight == 0.0
+
+
+@pytest.mark.parametrize("method", ["relative", "fused"])
+def test_unknown_words_count_only_beyond_their_in_scope_quantile(method):
+    """Rows of words nobody writes abstain through the unknown-word term; in-scope rows below the term's level get
+    nothing from it (their scores are those of the detector without it), and it reads the columns between the
+    surface and the fragmentation."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 2 * BLOCK, generator=g)
+
+    def with_tail(x: torch.Tensor, unknown: float) -> torch.Tensor:  # 12 surface, 2 unknown-word, 2 fragmentation
+        shares = unknown + 0.05 * torch.rand(len(x), 2, generator=g)
+        return torch.cat([x, torch.rand(len(x), len(SURFACE_COLUMNS), generator=g), shares, torch.zeros(len(x), 2)], 1)
+
+    (train_x, train_y), (val_x, val_y) = clusters(200, centres, seed=1), clusters(100, centres, seed=2)
+    test_x, test_y = clusters(100, centres, seed=3)
+    train_x, val_x = with_tail(train_x, 0.05), with_tail(val_x, 0.05)
+    ones = torch.ones(len(val_x))
+    options = {"method": method, "components": 8, "bank_per_task": 50, "lexical_weight": 0.0, "surface_weight": 0.0,
+               "unknown_weight": 1.0, "unknown_level": 0.99}
+    fit = lambda opts, unknown=True: fit_detector(train_x, train_y, val_x, ones, val_y, ones, 3, BLOCK,  # noqa: E731
+                                                  opts, 0.02, fragmentation=True, surface=True, unknown_words=unknown)
+    detector, without = fit(options), fit({**options, "unknown_weight": 0.0})
+    assert detector.unknown_offset == 2 and detector.surface_offset == 4 and not without.unknown_weight
+    assert len(detector.surprisals) == len(without.surprisals) + 1 and not fit(options, False).unknown_weight
+    conf, expert = torch.ones(len(test_x)), test_y
+    served, strange = with_tail(test_x, 0.05), with_tail(test_x, 0.6)
+    assert torch.equal(detector.unknown_words(strange), strange[:, -4:-2].amax(1))
+    abstains = lambda d, x: float((d.score(x, conf, expert) > d.threshold).float().mean())  # noqa: E731
+    assert abstains(detector, served) < 0.1 and abstains(detector, strange) > 0.95
+    assert abstains(without, strange) < 0.1
+    below = detector.unknown_words(served) < detector.unknown_words(val_x).quantile(0.9)
+    assert below.sum() > 100 and torch.allclose(detector.score(served, conf, expert)[below],
+                                                without.score(served, conf, expert)[below])
+    with pytest.raises(BadInput, match="unknown_level"):
+        check_options({"unknown_level": 1.0})

@@ -220,3 +220,22 @@ def test_a_router_with_the_surface_term_saves_and_loads_it(tmp_path):
     plain, _ = train_router(tx[:, :16], ty, tx[:, :16], ty, ["a", "b", "c"],
                             RouterConfig(max_epochs=3, features={"fragmentation": False}), progress=False, block=8)
     assert plain.detector.surface_weight == 0.0 and not hasattr(plain.detector, "surface_whiten")  # the default spec: none
+
+
+def test_a_router_with_the_unknown_word_term_saves_and_loads_it(tmp_path):
+    """With router.features.unknown_words the detector reads the unknown-word columns between the surface and the
+    fragmentation, and router.json records its weight, its level and where the columns lie."""
+    tx, ty = _blobs(40, dim=8)
+    g = torch.Generator().manual_seed(4)
+    form, shares = torch.randn(len(tx), 12, generator=g), 0.1 * torch.rand(len(tx), 2, generator=g)
+    tx = torch.cat([tx, tx.flip(1), form, shares, torch.zeros(len(tx), 2)], 1)  # blocks, surface, unknown, fragmentation
+    config = RouterConfig(max_epochs=3, features={"surface": True, "unknown_words": True})
+    router, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], config, progress=False, block=8)
+    detector = router.detector
+    assert (detector.unknown_weight, detector.unknown_level, detector.unknown_offset) == (1.0, 0.99, 2)
+    assert detector.surface_offset == 4
+    oos = _reloaded_meta(tmp_path, router, tx)["out_of_scope"]
+    assert (oos["unknown_weight"], oos["unknown_level"], oos["unknown_offset"], oos["surface_offset"]) == (1.0, 0.99, 2, 4)
+    strange = tx[:5].clone()
+    strange[:, 28:30] = 0.7  # most of the words unknown: out of scope on that alone
+    assert bool((router.route(strange)[0] == -1).all()) and bool((router.route(tx[:5])[0] != -1).all())

@@ -47,7 +47,8 @@ def make_expert(directory: Path, ref: str, task: str, seed: int, layers_from: in
 def spread_router(base, spec: FeatureSpec, num_experts: int, seed: int = 0) -> Router:
     """A random linear router standardised on MIXED_ROWS, so that its picks differ between rows."""
     router = Router(feature_dim(spec, base), num_experts, "linear")
-    feats = batch_features(base, tokenize(base.tokenizer, MIXED_ROWS, 32, surface=spec.surface), spec)
+    feats = batch_features(base, tokenize(base.tokenizer, MIXED_ROWS, 32, surface=spec.surface,
+                                          unknown_words=spec.unknown_words), spec)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         router.mean.copy_(feats.mean(0))
@@ -100,15 +101,16 @@ def test_single_pass_equals_route_then_adapted_pass(tiny_bert, experts):
 
 
 @pytest.mark.parametrize("k", [1, None])
-def test_a_router_reading_the_surface_statistics_gets_them_in_predict(tiny_bert, experts, k):
-    """router.features.surface: predict() tokenises with the raw text's statistics, in one pass and in two, and the
-    router sees what the offline features hold."""
+@pytest.mark.parametrize(("statistic", "width"), [("surface", 12), ("unknown_words", 2)])
+def test_a_router_reading_row_statistics_gets_them_in_predict(tiny_bert, experts, k, statistic, width):
+    """router.features.surface / unknown_words: predict() tokenises with the raw text's statistics, in one pass and in
+    two, and the router sees what the offline features hold."""
     plain = load_base_model(tiny_bert)
-    spec = FeatureSpec(surface=True)
+    spec = FeatureSpec(**{statistic: True})
     routed_spec = restrict_spec(spec, k) if k is not None else spec
     router = spread_router(plain, routed_spec, len(experts), seed=5)
     with torch.no_grad():
-        router.net[0].weight[:, -2 - 12:-2] *= 50  # the surface columns weigh in
+        router.net[0].weight[:, -2 - width:-2] *= 50  # the statistics weigh in
     moe = build(tiny_bert, experts, router, spec, k)
     got = moe.predict(MIXED_ROWS, batch_size=4)
     want = router.route(compute_features(plain, MIXED_ROWS, routed_spec, progress=False))

@@ -9,6 +9,7 @@ import torch
 
 from ttlora_moe.data.choices import option_spans
 from ttlora_moe.data.surface import surface_features
+from ttlora_moe.data.unknown_words import unknown_word_shares
 
 
 class Collator:
@@ -47,14 +48,15 @@ def length_batches(rows: Sequence[dict[str, Any]], batch_size: int,
 
 
 def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int,
-             options: bool = False, surface: bool = False) -> dict[str, torch.Tensor]:
+             options: bool = False, surface: bool = False, unknown_words: bool = False) -> dict[str, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` (right padding, to the longest row), plus ``segment_ids``.
 
     ``segment_ids`` is 0 for ``text`` tokens, 1 for ``text_pair`` tokens and -1 for special and pad
     tokens; ``word_counts`` ``[B, 2]`` counts the whitespace-separated words of ``text`` and
     ``text_pair`` (before truncation; 0 for no pair). Single texts and pairs may be mixed in one call.
     With ``surface`` (router features with ``router.features.surface``), ``surface`` ``[B, S]`` holds each row's
-    :func:`~ttlora_moe.data.surface.surface_features`.
+    :func:`~ttlora_moe.data.surface.surface_features`; with ``unknown_words`` (``router.features.unknown_words``),
+    ``unknown_words`` ``[B, 2]`` their :func:`~ttlora_moe.data.unknown_words.unknown_word_shares`.
     With ``options``, ``option_mask`` ``[B, C, T]`` marks the tokens of each multiple-choice option of a row's ``text_pair``
     (:func:`~ttlora_moe.data.choices.option_spans`; ``C`` = the most options of any row, at least 1;
     a row without options, or an option cut off by truncation, has no tokens).
@@ -86,6 +88,8 @@ def tokenize(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int,
     out = {"input_ids": input_ids, "attention_mask": attention, "segment_ids": segments, "word_counts": words}
     if surface:
         out["surface"] = surface_features(rows)
+    if unknown_words:
+        out["unknown_words"] = unknown_word_shares(tokenizer, rows)
     if options:
         count = max([1] + [max(owners, default=-1) + 1 for _, _, owners in encoded])
         mask = torch.zeros((len(rows), count, width), dtype=torch.bool)

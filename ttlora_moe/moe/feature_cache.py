@@ -29,7 +29,7 @@ from ttlora_moe.paths import cache_dir
 
 # spec options added after caches were written, at the value that changes nothing: left out of the key, so that
 # those caches stay valid
-ADDED_OFF = {"surface": False}
+ADDED_OFF = {"surface": False, "unknown_words": False}
 
 
 def cache_key(base: BaseModel, data_md5: str, spec: FeatureSpec) -> str:

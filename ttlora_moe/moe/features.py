@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ttlora_moe.config_fields import Section, option
 from ttlora_moe.data.batching import length_batches, tokenize
 from ttlora_moe.data.surface import SURFACE_COLUMNS
+from ttlora_moe.data.unknown_words import UNKNOWN_COLUMNS
 from ttlora_moe.errors import BadInput
 from ttlora_moe.experts.base_model import BaseModel
 from ttlora_moe.moe.block_hooks import early_hidden_states
@@ -34,7 +35,8 @@ from ttlora_moe.moe.block_hooks import early_hidden_states
 FEATURE_VERSION = 1  # bump when the feature code changes meaning: old caches are then ignored
 POOLINGS = ("mean", "max", "cls", "last")
 FRAGMENTATION_COLUMNS = 2  # the last columns of features with ``fragmentation``: text, text_pair
-# features with ``surface`` carry len(SURFACE_COLUMNS) columns just before the fragmentation (or last, without it)
+# features with ``surface`` carry len(SURFACE_COLUMNS) columns, then with ``unknown_words`` UNKNOWN_COLUMNS, just before
+# the fragmentation (or last, without it)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class FeatureSpec(Section):
     surface: bool = option(
         False, "Append the raw text's surface statistics (ttlora_moe/data/surface.py: length, case, punctuation, "
         "digits, a pair's word overlap) before the fragmentation: the out-of-scope detector reads them.")
+    unknown_words: bool = option(
+        False, "Append the share of text's and text_pair's words the tokenizer does not hold whole "
+        "(ttlora_moe/data/unknown_words.py: invented words, Latin filler, other languages) after the surface "
+        "statistics: the out-of-scope detector reads it.")
     fragmentation: bool = option(
         True, "Append log(tokens per whitespace word) of text and text_pair, last: high for code, URLs, numbers, "
         "noise and other languages (the out-of-scope detector reads it).")
@@ -76,8 +82,8 @@ class FeatureSpec(Section):
     @classmethod
     def saved(cls, data: dict[str, Any]) -> FeatureSpec:
         """The spec a saved router was trained with (``router.json``'s ``features``): one saved before the
-        fragmentation or the surface existed has neither."""
-        return cls.from_dict({"fragmentation": False, "surface": False, **data})
+        fragmentation, the surface or the unknown words existed has none of them."""
+        return cls.from_dict({"fragmentation": False, "surface": False, "unknown_words": False, **data})
 
     def latest_text_block(self, num_blocks: int) -> int:
         """Index, among the ``num_blocks`` pooled blocks of these features, of the latest state's ``text``: the
@@ -127,7 +133,8 @@ def _latest(states: list[int]) -> int:
 def feature_dim(spec: FeatureSpec, base: BaseModel) -> int:
     layers, segments = spec.resolve(num_hidden_states(base))
     return (base.hidden_size * (len(layers) * len(spec.pooling) + 2 * len(segments)) + (3 if spec.lengths else 0)
-            + (len(SURFACE_COLUMNS) if spec.surface else 0) + (FRAGMENTATION_COLUMNS if spec.fragmentation else 0))
+            + (len(SURFACE_COLUMNS) if spec.surface else 0) + (UNKNOWN_COLUMNS if spec.unknown_words else 0)
+            + (FRAGMENTATION_COLUMNS if spec.fragmentation else 0))
 
 
 # --- pooling --------------------------------------------------------------------------------------
@@ -153,12 +160,13 @@ def pool_states(
     num_states: int | None = None,
     word_counts: torch.Tensor | None = None,
     surface: torch.Tensor | None = None,
+    unknown_words: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[B, D]`` router features from a model's ``hidden_states`` (embeddings first).
 
     ``hidden_states`` may be only the first states of a model with ``num_states`` (default: all given);
     the spec's layers (``all``, negative indices) are resolved against ``num_states``. ``word_counts`` and
-    ``surface`` (``tokenize``'s) are needed when the spec appends the fragmentation and the surface.
+    ``surface`` and ``unknown_words`` (``tokenize``'s) are needed when the spec appends them.
     """
     layers, segment_layers = spec.resolve(num_states or len(hidden_states))
     valid = attention_mask.bool()
@@ -188,6 +196,11 @@ def pool_states(
             raise BadInput("the router's feature spec appends the surface statistics, but the batch has none",
                            "tokenise with ttlora_moe.data.batching.tokenize(..., surface=True)")
         parts.append(surface.to(attention_mask.device).float())
+    if spec.unknown_words:
+        if unknown_words is None:
+            raise BadInput("the router's feature spec appends the unknown words, but the batch has none",
+                           "tokenise with ttlora_moe.data.batching.tokenize(..., unknown_words=True)")
+        parts.append(unknown_words.to(attention_mask.device).float())
     if spec.fragmentation:
         parts.append(fragmentation(tokens, word_counts))
     return torch.cat(parts, 1)
@@ -229,7 +242,7 @@ def batch_features(base: BaseModel, batch: dict[str, torch.Tensor], spec: Featur
         else:
             states = list(base.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states)
         return pool_states(states, mask, batch["segment_ids"].to(device), spec, num_states,
-                           batch.get("word_counts"), batch.get("surface")).float().cpu()
+                           batch.get("word_counts"), batch.get("surface"), batch.get("unknown_words")).float().cpu()
 
 
 def compute_features(
@@ -244,7 +257,8 @@ def compute_features(
     out: torch.Tensor | None = None
     for idx in tqdm(length_batches(rows, batch_size), desc=desc, leave=False, disable=not progress,
                     file=sys.stderr, dynamic_ncols=True):
-        batch = tokenize(base.tokenizer, [rows[i] for i in idx], spec.max_length, surface=spec.surface)
+        batch = tokenize(base.tokenizer, [rows[i] for i in idx], spec.max_length, surface=spec.surface,
+                         unknown_words=spec.unknown_words)
         feats = batch_features(base, batch, spec)
         if out is None:
             out = torch.empty(len(rows), feats.shape[1])

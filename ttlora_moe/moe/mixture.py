@@ -106,8 +106,9 @@ class MixtureOfExperts(nn.Module):
         self.slot = RoutingSlot()
         self.second_look = second_look
         self.second_router = None if second_look is None else second_look.router  # a submodule: .to() moves it
-        # batches carry the raw text's surface statistics only for features that read them
-        self.reads_surface = feature_spec.surface or (second_look is not None and second_look.spec.surface)
+        # batches carry the raw text's surface statistics and unknown words only for features that read them
+        specs = [feature_spec] + ([] if second_look is None else [second_look.spec])
+        self.row_statistics = {name: any(getattr(s, name) for s in specs) for name in ("surface", "unknown_words")}
         layout = expert_meta[0].get("layout") or {}
         self.adapter_path = choose_path(adapter_path, layout, len(experts), merged_cache_mb)
         self._attach(expert_tensors, expert_meta)
@@ -222,7 +223,7 @@ class MixtureOfExperts(nn.Module):
 
         def route_here(states: list[torch.Tensor]) -> None:
             features = pool_states(states, mask, segments, self.feature_spec, num_hidden_states(self.base),
-                                   batch.get("word_counts"), batch.get("surface"))
+                                   batch.get("word_counts"), batch.get("surface"), batch.get("unknown_words"))
             routed["index"], routed["confidence"], routed["probs"], routed["score"] = self.router.route(features)
             routed["ride"] = routed["probs"].argmax(-1)
             self.slot.set(Routing.of(routed["ride"], self.factor_bank))  # read by every adapted linear of the blocks to come
@@ -253,7 +254,7 @@ class MixtureOfExperts(nn.Module):
                 state_rows = rows.to(states[0].device)
                 features = pool_states([h[state_rows] for h in states], part["attention_mask"].to(states[0].device),
                                        part["segment_ids"].to(states[0].device), look.spec, len(states),
-                                       part.get("word_counts"), part.get("surface"))
+                                       part.get("word_counts"), part.get("surface"), part.get("unknown_words"))
             else:
                 with self.routing(None):  # the plain base: no expert adapts this forward
                     features = batch_features(self.base, part, look.spec)
@@ -300,7 +301,7 @@ class MixtureOfExperts(nn.Module):
         for idx in tqdm(length_batches(rows, batch_size, texts), desc="predict", leave=False, disable=not progress,
                         file=sys.stderr, dynamic_ncols=True):
             batch = tokenize(self.base.tokenizer, [rows[i] for i in idx], self.max_length, options=self.reads_options,
-                             surface=self.reads_surface)
+                             **self.row_statistics)
             if force_expert is None and self.route_after_layer is not None:
                 index, confidence, router_probs, score, logits = self.single_pass(batch)
             else:

@@ -51,6 +51,14 @@ columns, each standardised on the training mix. Tasks differ in form as much as 
 never sees case: the form alone tells SST-2's lower-cased sentences from CoLA's and MRPC's overlapping news pairs
 from QQP's questions, where the pooled states read them as alike (README "Abstention").
 
+With ``unknown_weight > 0`` (``relative`` and ``fused``, when the features carry ``router.features.unknown_words``:
+the share of a text's words its tokenizer does not hold whole, :mod:`ttlora_moe.data.unknown_words`), the
+surprisal of the larger of the two shares joins at that weight, counted only beyond its in-scope quantile
+``unknown_level``. Invented words, Latin filler and other languages in the Latin alphabet read as a lower-cased
+sentence to the states and the surface; their words are what no served task writes. Below that quantile the share
+says little about an unseen *task* (its words are as known as the served ones), so it adds nothing there and
+leaves the ranking of held-out tasks alone (README "Abstention").
+
 When the router's features end in the fragmentation (``router.features.fragmentation``: tokens per
 whitespace word of ``text`` and ``text_pair``), ``relative`` and ``fused`` add ``lexical_weight`` times
 one more surprisal, of the larger of the two: code, URLs, identifiers, noise and other languages
@@ -76,16 +84,17 @@ import torch
 from torch import nn
 
 from ttlora_moe.data.surface import SURFACE_COLUMNS
+from ttlora_moe.data.unknown_words import UNKNOWN_COLUMNS
 from ttlora_moe.errors import BadInput
 from ttlora_moe.moe.features import FRAGMENTATION_COLUMNS
 
 METHODS = ("relative", "fused", "knn", "confidence")
 SURPRISALS = {"fused": 2, "relative": 3}  # methods that sum surprisals: how many (distance, doubt[, relative])
 OPTIONS = ("method", "components", "k", "bank_per_task", "confidence_weight", "shrinkage", "lexical_weight",
-           "task_covariance", "task_covariance_weight", "state_weight", "surface_weight")
+           "task_covariance", "task_covariance_weight", "state_weight", "surface_weight", "unknown_weight", "unknown_level")
 DEFAULTS: dict[str, Any] = {"method": "relative", "components": 256, "k": 10, "bank_per_task": 1000, "confidence_weight": 0.0,
                             "shrinkage": 0.1, "lexical_weight": 0.5, "task_covariance": 0.0, "task_covariance_weight": 0.5,
-                            "state_weight": 1.0, "surface_weight": 1.0}
+                            "state_weight": 1.0, "surface_weight": 1.0, "unknown_weight": 1.0, "unknown_level": 0.99}
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -96,13 +105,13 @@ def check_options(options: dict[str, Any]) -> None:
                   for k in ("components", "k", "bank_per_task"))
     floats_ok = all(isinstance(merged[k], (int, float)) and not isinstance(merged[k], bool) and merged[k] >= 0
                     for k in ("confidence_weight", "shrinkage", "lexical_weight", "task_covariance",
-                              "task_covariance_weight", "state_weight", "surface_weight"))
-    floats_ok = floats_ok and merged["shrinkage"] > 0 and merged["task_covariance"] < 1
+                              "task_covariance_weight", "state_weight", "surface_weight", "unknown_weight", "unknown_level"))
+    floats_ok = floats_ok and merged["shrinkage"] > 0 and merged["task_covariance"] < 1 and merged["unknown_level"] < 1
     if unknown or merged["method"] not in METHODS or not ints_ok or not floats_ok:
         raise BadInput(f"router.out_of_scope is {options}",
                        f"use method ({', '.join(METHODS)}), components, k and bank_per_task (integers >= 1), "
-                       "confidence_weight, lexical_weight, task_covariance_weight, state_weight and surface_weight (>= 0), "
-                       "task_covariance (0 to below 1) and shrinkage (> 0) only")
+                       "confidence_weight, lexical_weight, task_covariance_weight, state_weight, surface_weight and "
+                       "unknown_weight (>= 0), task_covariance and unknown_level (0 to below 1) and shrinkage (> 0) only")
 
 
 TAIL_LEVEL = 0.9  # above this quantile of the validation scores a surprisal extrapolates exponentially
@@ -178,14 +187,17 @@ class OutOfScopeDetector(nn.Module):
     def __init__(self, dim: int, block: int, components: int, bank_rows: int, k: int = 10,
                  method: str = "knn", confidence_weight: float = 0.0, num_experts: int = 0,
                  lexical_weight: float = 0.0, task_covariance_weight: float = 0.0, state_weight: float = 0.0,
-                 state_block: int = 0, surface_weight: float = 0.0, surface_offset: int = 0) -> None:
+                 state_block: int = 0, surface_weight: float = 0.0, surface_offset: int = 0,
+                 unknown_weight: float = 0.0, unknown_level: float = 0.0, unknown_offset: int = 0) -> None:
         """``lexical_weight > 0`` (methods ``relative`` and ``fused``): the features end in the fragmentation
         columns, and their surprisal joins the sum at this weight. ``task_covariance_weight > 0`` (method
         ``relative``): the surprisal of the task-shaped relative distance joins it at this weight.
         ``state_weight > 0`` (``relative``): so does the relative distance on pooled block ``state_block`` alone
         (the latest state's ``text``, :meth:`FeatureSpec.latest_text_block`). ``surface_weight > 0`` (``relative``):
         the features carry the surface columns, ``surface_offset`` columns before their end, and the relative
-        distance on them joins at this weight."""
+        distance on them joins at this weight. ``unknown_weight > 0`` (``relative``, ``fused``): the features carry the
+        unknown-word columns, ``unknown_offset`` columns before their end, and the surprisal of their larger one, less
+        that of the in-scope quantile ``unknown_level`` (none below it), joins at this weight."""
         super().__init__()
         if method not in METHODS:
             raise BadInput(f"unknown out-of-scope method {method!r}", f"use one of {', '.join(METHODS)}")
@@ -196,6 +208,9 @@ class OutOfScopeDetector(nn.Module):
         self.state_block = int(state_block)
         self.surface_weight = float(surface_weight) if method == "relative" else 0.0
         self.surface_offset = int(surface_offset)
+        self.unknown_weight = float(unknown_weight) if method in SURPRISALS else 0.0
+        self.unknown_level, self.unknown_offset = float(unknown_level), int(unknown_offset)
+        self.unknown_floor = -math.log1p(-self.unknown_level)  # the surprisal of that quantile: below it, none
         width = 0 if method == "confidence" else (dim // block) * block
         q = 0 if method == "confidence" else components
         self.register_buffer("center", torch.zeros(width))
@@ -206,11 +221,12 @@ class OutOfScopeDetector(nn.Module):
         if method in SURPRISALS:  # only then, so that routers saved before them load unchanged
             self.register_buffer("expert_scales", torch.tensor([[0.0, 1.0]] * num_experts))  # doubt, per routed expert
             # of distance, of doubt[, of the relative Mahalanobis distance][, of the task-shaped one][, of the
-            # latest state's][, of the surface][, of the fragmentation] (fit_surprisal)
+            # latest state's][, of the surface][, of the unknown words][, of the fragmentation] (fit_surprisal)
             rows = (SURPRISALS[method] + bool(self.task_covariance_weight) + bool(self.state_weight)
-                    + bool(self.surface_weight) + bool(self.lexical_weight))
+                    + bool(self.surface_weight) + bool(self.unknown_weight) + bool(self.lexical_weight))
             self.state_row = SURPRISALS[method] + bool(self.task_covariance_weight)
             self.surface_row = self.state_row + bool(self.state_weight)
+            self.unknown_row = self.surface_row + bool(self.surface_weight)
             self.register_buffer("surprisals", torch.zeros(rows, GRID + 1))
         if method == "relative":  # in the principal subspace, whitened: x -> x @ whiten (whiten @ whiten.T = inverse covariance)
             self.register_buffer("task_means", torch.zeros(num_experts, q))  # each task's mean, whitened
@@ -308,6 +324,11 @@ class OutOfScopeDetector(nn.Module):
     def _surface_vector(self, features: torch.Tensor) -> torch.Tensor:
         return (self._surface_columns(features).float() - self.surface_center) / self.surface_scale
 
+    def unknown_words(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B]``: the larger unknown-word share (:mod:`ttlora_moe.data.unknown_words`) of ``text`` and ``text_pair``."""
+        stop = features.shape[1] - self.unknown_offset
+        return features[:, stop - UNKNOWN_COLUMNS:stop].float().amax(1)
+
     def task_log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
         """``[B, E]``: log P(task | input) under the ``relative`` method's Gaussians (shared covariance, equal
         priors): a generative task classifier the router can add to its logits."""
@@ -340,9 +361,13 @@ class OutOfScopeDetector(nn.Module):
                 terms.append((self.state_weight, self.latest_state(features)))
             if self.surface_weight:
                 terms.append((self.surface_weight, self.surface(features)))
+            if self.unknown_weight:
+                terms.append((self.unknown_weight, self.unknown_words(features)))
             if self.lexical_weight:
                 terms.append((self.lexical_weight, self.fragmentation(features)))
             each = surprisals(torch.stack([raw.float() for _, raw in terms]), self.surprisals)  # rows in fitted order
+            if self.unknown_weight:  # only what lies beyond its in-scope quantile counts
+                each[self.unknown_row] = (each[self.unknown_row] - self.unknown_floor).clamp_min(0)
             score = each[0]
             for row, (weight, _) in enumerate(terms[1:], start=1):
                 score = score + weight * each[row]  # in the order and the float32 sums of the terms one by one
@@ -472,17 +497,18 @@ def fit_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
                  val_expert: torch.Tensor, val_weights: torch.Tensor, num_tasks: int, block: int | None,
                  options: dict[str, Any], false_abstain_rate: float, seed: int = 0,
                  fragmentation: bool = False, state_block: int | None = None,
-                 surface: bool = False) -> OutOfScopeDetector:
+                 surface: bool = False, unknown_words: bool = False) -> OutOfScopeDetector:
     """Fit the detector on raw training features and calibrate its scales and threshold on validation.
 
     ``val_confidence`` and ``val_expert`` are the router's confidence and choice on ``val_x``;
     ``block`` is the width of one pooled vector (the base model's hidden size; None: the whole row);
     ``fragmentation``: the features end in the fragmentation columns (``FeatureSpec.fragmentation``);
     ``state_block``: the latest state's text block (``FeatureSpec.latest_text_block``; None: no such term);
-    ``surface``: the features carry the surface columns (``FeatureSpec.surface``), before any fragmentation.
+    ``surface``: the features carry the surface columns (``FeatureSpec.surface``), before any fragmentation;
+    ``unknown_words``: the unknown-word columns (``FeatureSpec.unknown_words``), after them.
     """
     detector = build_detector(train_x, train_y, val_x, val_weights, num_tasks, block, options, seed, fragmentation,
-                              state_block, surface)
+                              state_block, surface, unknown_words)
     calibrate_detector(detector, val_x, val_confidence, val_expert, val_weights, false_abstain_rate)
     return detector
 
@@ -491,7 +517,7 @@ def fit_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tens
 def build_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_weights: torch.Tensor,
                    num_tasks: int, block: int | None, options: dict[str, Any], seed: int = 0,
                    fragmentation: bool = False, state_block: int | None = None,
-                   surface: bool = False) -> OutOfScopeDetector:
+                   surface: bool = False, unknown_words: bool = False) -> OutOfScopeDetector:
     """The parts of the detector that do not depend on the router: bank, principal directions, Gaussians, and
     the validation scales of the distances and of the fragmentation (when the features carry it).
     :func:`calibrate_detector` then adds the router's part."""
@@ -504,18 +530,21 @@ def build_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     # at most one principal direction per bank input (and per dimension)
     components = max(1, min(int(opts["components"]), len(bank_x) - 1, bank_x.shape[1]))
     has_state = state_block is not None and block < train_x.shape[1]  # one block: nothing to single out
-    tail = len(SURFACE_COLUMNS) * surface + FRAGMENTATION_COLUMNS * fragmentation
+    after_unknown = FRAGMENTATION_COLUMNS * fragmentation
+    after_surface = after_unknown + UNKNOWN_COLUMNS * unknown_words
+    tail = after_surface + len(SURFACE_COLUMNS) * surface
     if tail >= train_x.shape[1]:
-        raise BadInput(f"router features {train_x.shape[1]} wide cannot hold the {tail} surface and fragmentation "
-                       "columns that router.features says they end in, and anything before them",
+        raise BadInput(f"router features {train_x.shape[1]} wide cannot hold the {tail} surface, unknown-word and "
+                       "fragmentation columns that router.features says they end in, and anything before them",
                        "compute the features with the same router.features spec as the router")
     detector = OutOfScopeDetector(train_x.shape[1], block, components, len(bank_x), int(opts["k"]),
                                   str(opts["method"]), float(opts["confidence_weight"]), num_tasks,
                                   float(opts["lexical_weight"]) if fragmentation else 0.0,
                                   float(opts["task_covariance_weight"]) if opts["task_covariance"] else 0.0,
                                   float(opts["state_weight"]) if has_state else 0.0, state_block or 0,
-                                  float(opts["surface_weight"]) if surface else 0.0,
-                                  FRAGMENTATION_COLUMNS if fragmentation else 0)
+                                  float(opts["surface_weight"]) if surface else 0.0, after_surface,
+                                  float(opts["unknown_weight"]) if unknown_words else 0.0, float(opts["unknown_level"]),
+                                  after_unknown)
     if opts["method"] != "confidence":
         center = bank_x.mean(0)
         state = torch.random.get_rng_state()
@@ -543,6 +572,8 @@ def build_detector(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
             detector.surprisals[detector.surface_row] = fit_surprisal(detector.surface(val_x), val_weights)
     if opts["method"] in SURPRISALS:
         detector.surprisals[0] = fit_surprisal(detector.distance(val_x), val_weights)
+    if detector.unknown_weight:
+        detector.surprisals[detector.unknown_row] = fit_surprisal(detector.unknown_words(val_x), val_weights)
     if detector.lexical_weight:
         detector.surprisals[-1] = fit_surprisal(detector.fragmentation(val_x), val_weights)
     return detector

@@ -106,7 +106,7 @@ class RouterConfig(Section):
     second_look: dict[str, Any] = option(
         {"rate": 0.0, "source": "plain", "combine": "band",
          "out_of_scope": {"components": 768, "task_covariance": 0.1, "task_covariance_weight": 0.5, "state_weight": 0.0,
-                          "surface_weight": 0.0}},
+                          "surface_weight": 0.0, "unknown_weight": 0.0}},
         "Single-pass only (see moe/second_look.py): inputs whose early out-of-scope score is in the top `rate` of the "
         "in-scope validation scores get a second router and detector on every state (out_of_scope: its options over "
         "router.out_of_scope), which decide whether they abstain; rate 0 turns it off. source: plain (another forward "
@@ -285,12 +285,13 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
-def feature_layout(config: RouterConfig, width: int, block: int | None) -> tuple[bool, int | None, bool]:
+def feature_layout(config: RouterConfig, width: int, block: int | None) -> tuple[bool, int | None, bool, bool]:
     """What the detector needs to know of features ``width`` wide, pooled ``block`` values at a time: whether they
     end in the fragmentation, which block is the latest state's text (None: one block, nothing to single out), and
-    whether they carry the surface columns."""
+    whether they carry the surface columns and the unknown-word columns."""
     spec = FeatureSpec.from_dict(config.features)
-    return spec.fragmentation, spec.latest_text_block(width // block) if block else None, spec.surface
+    return (spec.fragmentation, spec.latest_text_block(width // block) if block else None, spec.surface,
+            spec.unknown_words)
 
 
 def train_router(
@@ -490,7 +491,8 @@ def save_router(directory: Path, router: Router, meta: dict[str, Any]) -> None:
             "lexical_weight": detector.lexical_weight, "task_covariance_weight": detector.task_covariance_weight,
             "state_weight": detector.state_weight, "state_block": detector.state_block,
             "surface_weight": detector.surface_weight, "surface_offset": detector.surface_offset,
-            "threshold": float(detector.threshold)},
+            "unknown_weight": detector.unknown_weight, "unknown_level": detector.unknown_level,
+            "unknown_offset": detector.unknown_offset, "threshold": float(detector.threshold)},
         **meta,
     })
 
@@ -510,7 +512,10 @@ def load_router(directory: Path) -> tuple[Router, dict[str, Any]]:
                                                       float(oos.get("task_covariance_weight", 0.0)),
                                                       float(oos.get("state_weight", 0.0)), int(oos.get("state_block", 0)),
                                                       float(oos.get("surface_weight", 0.0)),
-                                                      int(oos.get("surface_offset", 0)))
+                                                      int(oos.get("surface_offset", 0)),
+                                                      float(oos.get("unknown_weight", 0.0)),
+                                                      float(oos.get("unknown_level", 0.0)),
+                                                      int(oos.get("unknown_offset", 0)))
     router = Router(int(meta["in_dim"]), int(meta["num_experts"]), meta["kind"], int(meta.get("hidden", 256)), 0.0, detector)
     tensors = load_tensors(directory / ROUTER_WEIGHTS)
     try:
