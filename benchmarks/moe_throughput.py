@@ -218,7 +218,7 @@ def build_methods(moe: MixtureOfExperts, dirs: list[Path],
         return pool(hidden, attention_mask, pooling)
 
     def route_only(rows: list[dict[str, Any]], index: torch.Tensor) -> Any:
-        return moe.route(tokenize(moe.base.tokenizer, rows, max_length))
+        return moe.route(moe.tokenize_rows(rows))
 
     moe_mb = weights_mb(moe.base.model, moe)
     methods: dict[str, tuple[Runner, float]] = {

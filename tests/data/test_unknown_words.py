@@ -43,6 +43,18 @@ def test_a_word_split_into_more_pieces_than_a_common_word_is_unknown(word_piece)
     assert shares.tolist() == [0.0, pytest.approx(2 / (3 + PRIOR_WORDS))]  # lo ##rem, ip ##sum (lower-cased)
 
 
+def test_a_tokenizer_that_pads_on_its_own_gives_the_same_shares(word_piece, tmp_path):
+    """all-MiniLM-L6-v2's tokenizer.json turns padding on in the backend: padded pieces are no pieces."""
+    from transformers import BertTokenizerFast
+
+    word_piece.save_pretrained(tmp_path)
+    padding = BertTokenizerFast.from_pretrained(tmp_path)
+    padding.backend_tokenizer.enable_padding(length=16, pad_id=0, pad_token="[PAD]")
+    rows = [{"text": "Lorem ipsum the cat", "text_pair": "sat"}]
+    assert torch.equal(unknown_word_shares(padding, rows), unknown_word_shares(word_piece, rows))
+    assert float(unknown_word_shares(padding, rows)[0, 0]) == pytest.approx(2 / (4 + PRIOR_WORDS))
+
+
 def test_only_the_first_words_of_a_long_text_count(word_level):
     long = " ".join(["xyzzy"] * MAX_WORDS + ["cat"] * 1000)
     assert float(unknown_word_shares(word_level, [{"text": long, "text_pair": None}])[0, 0]) == pytest.approx(

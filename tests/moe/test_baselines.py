@@ -16,12 +16,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("pooling", ["mean", "last"])
 def test_the_head_only_baseline_reads_the_pooled_final_state_and_nothing_else(pooling):
     """The floor an expert must beat sees what the expert's head sees: no segment means, token counts or
-    surface or fragmentation columns (which the router's features append by default)."""
+    surface, unknown-word or fragmentation columns (which the router's features may append)."""
     spec = head_only_spec(pooling, 64)
     states = [torch.randn(2, 5, 8) for _ in range(3)]
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     features = pool_states(states, mask, torch.zeros(2, 5, dtype=torch.long), spec, word_counts=torch.ones(2, 2))
-    assert not (spec.lengths or spec.surface or spec.fragmentation or spec.segment_layers) and features.shape == (2, 8)
+    assert not (spec.lengths or spec.surface or spec.unknown_words or spec.fragmentation or spec.segment_layers)
+    assert features.shape == (2, 8)
     expected = (states[-1] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True) if pooling == "mean" else \
         states[-1][torch.arange(2), mask.sum(1) - 1]
     assert torch.allclose(features, expected)

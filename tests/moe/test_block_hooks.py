@@ -28,8 +28,9 @@ def test_early_states_equal_those_of_a_full_forward(kind, tiny_bert, tiny_llama)
         assert torch.allclose(got, want, atol=1e-6)
     assert torch.allclose(again, full[-1], atol=1e-6)  # the stopped forward left nothing behind
     # features of the early states only (the forward stops) equal those cut from a full forward
-    spec = FeatureSpec(layers=(0, -2), pooling=("mean", "max"), segment_layers=(1,))
-    upto_last = FeatureSpec(layers=(0, -2), pooling=("mean", "max"), segment_layers=(1, 2))
+    plain = {"surface": False, "unknown_words": False}  # the raw text's statistics: none of the states' business
+    spec = FeatureSpec(layers=(0, -2), pooling=("mean", "max"), segment_layers=(1,), **plain)
+    upto_last = FeatureSpec(layers=(0, -2), pooling=("mean", "max"), segment_layers=(1, 2), **plain)
     tail = 3 + FRAGMENTATION_COLUMNS  # lengths and fragmentation: the same for both specs
     cut = batch_features(base, batch, upto_last)[:, : feature_dim(spec, base) - tail]
     assert torch.allclose(batch_features(base, batch, spec)[:, :-tail], cut, atol=1e-6)

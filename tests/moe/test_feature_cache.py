@@ -75,7 +75,7 @@ def test_sample_indices_are_seeded_nested_and_not_first_n():
 def test_caches_written_before_the_row_statistics_keep_their_key(bert):
     """A spec without the surface statistics and the unknown words hashes as specs did before those options existed;
     with either, it differs."""
-    spec = FeatureSpec()
+    spec = FeatureSpec(surface=False, unknown_words=False)
     before = {k: v for k, v in spec.to_dict().items() if k not in ("surface", "unknown_words")}  # what to_dict() held
     parts = {"base": bert.fingerprint, "data": "md5", "spec": before, "version": FEATURE_VERSION}
     assert cache_key(bert, "md5", spec) == hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

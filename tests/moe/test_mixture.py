@@ -160,7 +160,7 @@ def test_single_pass_scores_options_as_the_adapted_pass(tiny_bert, tmp_path):
         router.net[0].bias.copy_(torch.tensor([-50.0, 50.0]))  # every row rides the quiz expert
     rows = [{"text": "what sat here", "text_pair": options_text(["the cat", "a dog", "the bird"])},
             {"text": "the movie was good", "text_pair": None}]
-    batch = tokenize(base.tokenizer, rows, 48, options=True)
+    batch = moe.tokenize_rows(rows)
     _, _, probs, _, logits = moe.single_pass(batch)
     ride = probs.argmax(-1)
     assert ride.tolist() == [1, 1]

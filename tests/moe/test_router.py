@@ -22,6 +22,12 @@ from ttlora_moe.moe.router import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def synthetic_config(**options) -> RouterConfig:
+    """A RouterConfig for synthetic features: no raw-text statistics unless ``features`` asks for them."""
+    features = {"surface": False, "unknown_words": False, **options.pop("features", {})}
+    return RouterConfig(**options, features=features)
+
+
 def _blobs(n_per: int, dim: int = 8, seed: int = 0, sizes=(1.0, 1.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     centres = torch.eye(3, dim) * 4
@@ -37,7 +43,8 @@ def _blobs(n_per: int, dim: int = 8, seed: int = 0, sizes=(1.0, 1.0, 1.0)) -> tu
 def test_router_learns_calibrates_and_abstains(kind, solver):
     tx, ty = _blobs(200, sizes=(1.0, 1.0, 0.2))  # task 2 has 5x fewer rows: balanced by weights
     vx, vy = _blobs(100, seed=1)
-    config = RouterConfig(kind=kind, solver=solver, hidden=16, lr=1e-2, batch_size=64, max_epochs=25, patience=5, false_abstain_rate=0.05)
+    config = synthetic_config(kind=kind, solver=solver, hidden=16, lr=1e-2, batch_size=64, max_epochs=25, patience=5,
+                              false_abstain_rate=0.05)
     router, report = train_router(tx, ty, vx, vy, ["a", "b", "c"], config, progress=False)
     assert report.validation_balanced_accuracy > 0.9 and min(report.validation_per_task.values()) > 0.85
     assert 0.03 <= report.validation_abstain_rate <= 0.07
@@ -60,7 +67,7 @@ def test_router_learns_calibrates_and_abstains(kind, solver):
 def test_router_is_reproducible_with_its_seed():
     tx, ty = _blobs(60)
     vx, vy = _blobs(30, seed=1)
-    config = RouterConfig(kind="mlp", hidden=8, max_epochs=5)
+    config = synthetic_config(kind="mlp", hidden=8, max_epochs=5)
     r1, _ = train_router(tx, ty, vx, vy, ["a", "b", "c"], config, progress=False)
     r2, _ = train_router(tx, ty, vx, vy, ["a", "b", "c"], config, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(r1.state_dict().values(), r2.state_dict().values()))
@@ -75,7 +82,7 @@ def test_the_lbfgs_router_is_one_convex_fit_along_an_l2_path():
     vx, vy = _blobs(60, dim=40, seed=6)
     vx = vx + 12 * torch.randn(vx.shape, generator=torch.Generator().manual_seed(7))
     penalties = [1e-5, 1.0, 1e-3, 0.1, 1e-2]  # any order: sorted largest first
-    routers = [train_router(tx, ty, vx, vy, ["a", "b", "c"], RouterConfig(seed=seed, l2=penalties), progress=False)
+    routers = [train_router(tx, ty, vx, vy, ["a", "b", "c"], synthetic_config(seed=seed, l2=penalties), progress=False)
                for seed in (0, 1)]
     (r0, report), (r1, _) = routers
     assert torch.equal(r0.net[0].weight, r1.net[0].weight) and report.solver == "lbfgs"
@@ -112,7 +119,7 @@ def test_router_files_round_trip_and_bad_files(tmp_path, method, fragmentation):
     shaped = method == "shaped"
     method = "relative" if shaped else method
     oos = {"method": method, **({"task_covariance": 0.2, "task_covariance_weight": 0.5} if shaped else {})}
-    config = RouterConfig(kind="mlp", hidden=8, max_epochs=3, out_of_scope=oos,
+    config = synthetic_config(kind="mlp", hidden=8, max_epochs=3, out_of_scope=oos,
                           features={"fragmentation": fragmentation})
     router, report = train_router(tx, ty, tx, ty, ["a", "b", "c"], config, progress=False)
     save_router(tmp_path, router, {"experts": ["a", "b", "c"]})
@@ -143,9 +150,9 @@ def test_the_detectors_task_gaussians_join_the_logits_only_when_validation_says_
     tx, ty = _blobs(150)
     vx, vy = _blobs(80, seed=1)
     weak = dict(kind="linear", solver="adamw", lr=1e-6, max_epochs=1, patience=1, out_of_scope={"method": "relative", "components": 4})
-    alone, report_alone = train_router(tx, ty, vx, vy, ["a", "b", "c"], RouterConfig(**weak, generative_weights=[0]),
+    alone, report_alone = train_router(tx, ty, vx, vy, ["a", "b", "c"], synthetic_config(**weak, generative_weights=[0]),
                                        progress=False)
-    mixed, report = train_router(tx, ty, vx, vy, ["a", "b", "c"], RouterConfig(**weak, generative_weights=[0, 0.5, 2.0]),
+    mixed, report = train_router(tx, ty, vx, vy, ["a", "b", "c"], synthetic_config(**weak, generative_weights=[0, 0.5, 2.0]),
                                  progress=False)
     assert report_alone.generative_weight == 0 and report_alone.validation_balanced_accuracy < 0.8
     assert report.generative_weight in (0.5, 2.0) and report.validation_balanced_accuracy > 0.97
@@ -161,7 +168,7 @@ def test_the_detectors_task_gaussians_join_the_logits_only_when_validation_says_
         assert torch.equal(got, want)
     # a detector without Gaussians: the candidates are ignored, the router stays alone
     knn, report_knn = train_router(tx, ty, vx, vy, ["a", "b", "c"],
-                                   RouterConfig(**{**weak, "out_of_scope": {"method": "knn", "components": 4}}), progress=False)
+                                   synthetic_config(**{**weak, "out_of_scope": {"method": "knn", "components": 4}}), progress=False)
     assert report_knn.generative_weight == 0 and knn.generative_weight == 0
 
 
@@ -185,11 +192,11 @@ def test_the_latest_state_term_is_saved_and_loaded(tmp_path):
     features' second-to-last block); router.json records it and a router saved without it loads without it."""
     tx, ty = _blobs(40, dim=8)
     tx = torch.cat([tx, tx.flip(1), tx.roll(1, 1), tx * 0.5 + 1], 1)  # 4 blocks of 8: states 0 and 1, text and pair
-    router, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], RouterConfig(max_epochs=3), progress=False, block=8)
+    router, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], synthetic_config(max_epochs=3), progress=False, block=8)
     assert router.detector.state_weight == 1.0 and router.detector.state_block == 2
     meta = _reloaded_meta(tmp_path, router, tx)
     assert meta["out_of_scope"]["state_weight"] == 1.0 and meta["out_of_scope"]["state_block"] == 2
-    off, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], RouterConfig(max_epochs=3, out_of_scope={"state_weight": 0}),
+    off, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], synthetic_config(max_epochs=3, out_of_scope={"state_weight": 0}),
                           progress=False, block=8)
     (tmp_path / "off").mkdir()
     save_router(tmp_path / "off", off, {"experts": ["a", "b", "c"]})
@@ -209,7 +216,7 @@ def test_a_router_with_the_surface_term_saves_and_loads_it(tmp_path):
     g = torch.Generator().manual_seed(3)
     form = torch.randn(3, 12, generator=g)[ty] + 0.2 * torch.randn(len(tx), 12, generator=g)
     tx = torch.cat([tx, tx.flip(1), form, torch.zeros(len(tx), 2)], 1)  # 2 blocks of 8, surface, fragmentation
-    config = RouterConfig(max_epochs=3, features={"surface": True})
+    config = synthetic_config(max_epochs=3, features={"surface": True})
     router, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], config, progress=False, block=8)
     assert router.detector.surface_weight == 1.0 and router.detector.surface_offset == 2
     meta = _reloaded_meta(tmp_path, router, tx)
@@ -218,7 +225,7 @@ def test_a_router_with_the_surface_term_saves_and_loads_it(tmp_path):
     far[:, 16:28] += 50  # a form no task has: out of scope on the surface alone
     assert bool((router.route(far)[0] == -1).all())
     plain, _ = train_router(tx[:, :16], ty, tx[:, :16], ty, ["a", "b", "c"],
-                            RouterConfig(max_epochs=3, features={"fragmentation": False}), progress=False, block=8)
+                            synthetic_config(max_epochs=3, features={"fragmentation": False}), progress=False, block=8)
     assert plain.detector.surface_weight == 0.0 and not hasattr(plain.detector, "surface_whiten")  # the default spec: none
 
 
@@ -229,7 +236,7 @@ def test_a_router_with_the_unknown_word_term_saves_and_loads_it(tmp_path):
     g = torch.Generator().manual_seed(4)
     form, shares = torch.randn(len(tx), 12, generator=g), 0.1 * torch.rand(len(tx), 2, generator=g)
     tx = torch.cat([tx, tx.flip(1), form, shares, torch.zeros(len(tx), 2)], 1)  # blocks, surface, unknown, fragmentation
-    config = RouterConfig(max_epochs=3, features={"surface": True, "unknown_words": True})
+    config = synthetic_config(max_epochs=3, features={"surface": True, "unknown_words": True})
     router, _ = train_router(tx, ty, tx, ty, ["a", "b", "c"], config, progress=False, block=8)
     detector = router.detector
     assert (detector.unknown_weight, detector.unknown_level, detector.unknown_offset) == (1.0, 0.99, 2)

@@ -46,7 +46,7 @@ def mixture(ref: str, root: Path, k: int | None, path: str) -> MixtureOfExperts:
     plain = load_base_model(ref)
     spec = restrict_spec(FeatureSpec(), k) if k is not None else FeatureSpec()
     router = Router(feature_dim(spec, plain), len(dirs), "linear")
-    feats = batch_features(plain, tokenize(plain.tokenizer, MIXED_ROWS, 32), spec)
+    feats = batch_features(plain, tokenize(plain.tokenizer, MIXED_ROWS, 32, **spec.row_statistics), spec)
     with torch.no_grad():
         router.mean.copy_(feats.mean(0))
         router.scale.copy_(feats.std(0).clamp_min(1e-3))

@@ -31,7 +31,7 @@ def test_the_band_gets_the_second_router_and_the_rest_keeps_the_early_decision(t
     early_spec = restrict_spec(FeatureSpec(), 1)
     early, second = spread_router(plain, early_spec, 3, seed=3).eval(), spread_router(plain, FeatureSpec(), 3, seed=5).eval()
     early.threshold.fill_(0.0)  # alone, the early router would never abstain
-    batch = tokenize(plain.tokenizer, MIXED_ROWS, 32)
+    batch = tokenize(plain.tokenizer, MIXED_ROWS, 32, **FeatureSpec().row_statistics)
     early_scores = early.route(batch_features(plain, batch, early_spec))[3]
     second_scores = second.route(batch_features(plain, batch, FeatureSpec()))[3]  # every state, plain base
     band = float(early_scores.median())
@@ -147,7 +147,7 @@ def test_an_adapted_look_scores_the_single_pass_own_states(kind, tiny_bert, tiny
     plain = load_base_model(ref)
     early_spec = restrict_spec(FeatureSpec(), 1)
     early, second = spread_router(plain, early_spec, 3, seed=3).eval(), spread_router(plain, FeatureSpec(), 3, seed=5).eval()
-    batch = tokenize(plain.tokenizer, MIXED_ROWS, 32)
+    batch = tokenize(plain.tokenizer, MIXED_ROWS, 32, **FeatureSpec().row_statistics)
     early_scores = early.route(batch_features(plain, batch, early_spec))[3]
     band = float(early_scores.median())
     looked = early_scores > band

@@ -47,8 +47,7 @@ def make_expert(directory: Path, ref: str, task: str, seed: int, layers_from: in
 def spread_router(base, spec: FeatureSpec, num_experts: int, seed: int = 0) -> Router:
     """A random linear router standardised on MIXED_ROWS, so that its picks differ between rows."""
     router = Router(feature_dim(spec, base), num_experts, "linear")
-    feats = batch_features(base, tokenize(base.tokenizer, MIXED_ROWS, 32, surface=spec.surface,
-                                          unknown_words=spec.unknown_words), spec)
+    feats = batch_features(base, tokenize(base.tokenizer, MIXED_ROWS, 32, **spec.row_statistics), spec)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         router.mean.copy_(feats.mean(0))
@@ -79,7 +78,7 @@ def test_single_pass_equals_route_then_adapted_pass(tiny_bert, experts):
     plain = load_base_model(tiny_bert)
     router = spread_router(plain, spec, len(experts))
     moe = build(tiny_bert, experts, router, FeatureSpec(), k)
-    batch = tokenize(plain.tokenizer, MIXED_ROWS, 32)
+    batch = moe.tokenize_rows(MIXED_ROWS)
     index, confidence, probs, _, logits = moe.single_pass(batch)
 
     want_index, want_conf, want_probs, _ = router.route(batch_features(plain, batch, spec))
@@ -122,7 +121,7 @@ def test_single_pass_answers_equal_two_pass_answers_with_abstains(tiny_bert, exp
     spec = restrict_spec(FeatureSpec(), 1)
     router = spread_router(load_base_model(tiny_bert), spec, len(experts), seed=3)
     single = build(tiny_bert, experts, router, spec, 1)
-    confidence = single.single_pass(tokenize(single.base.tokenizer, MIXED_ROWS, 32))[1]
+    confidence = single.single_pass(single.tokenize_rows(MIXED_ROWS))[1]
     router.threshold.fill_(float(confidence.median()))  # about half the rows abstain
     two = build(tiny_bert, experts, router, spec, None)
     got, want = single.predict(MIXED_ROWS, batch_size=4), two.predict(MIXED_ROWS, batch_size=4)

@@ -36,8 +36,9 @@ def _text_words(text: str | None) -> list[str]:
 
 def _pieces(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer's own: half the wrapper's cost
-    if backend is not None:
-        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    if backend is not None:  # it may pad (a saved tokenizer.json can say so): keep the real pieces only
+        return [[i for i, real in zip(e.ids, e.attention_mask) if real]
+                for e in backend.encode_batch(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 

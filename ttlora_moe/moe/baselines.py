@@ -34,7 +34,7 @@ from ttlora_moe.moe.features import FeatureSpec
 def head_only_spec(pooling: str, max_length: int) -> FeatureSpec:
     """The expert head's input: the final hidden state pooled as the experts pool it, nothing else."""
     return FeatureSpec(layers=(-1,), pooling=(pooling,), segment_layers=(), lengths=False, surface=False,
-                       fragmentation=False, max_length=max_length)
+                       unknown_words=False, fragmentation=False, max_length=max_length)
 
 
 def head_only_baseline(base: BaseModel, prepared: Path, metric: str, test_indices: Sequence[int],

@@ -52,10 +52,10 @@ class FeatureSpec(Section):
         "all", "Hidden states whose text and text_pair tokens are mean-pooled separately.")
     lengths: bool = option(True, "Append log token counts of text and text_pair and a has-pair flag.")
     surface: bool = option(
-        False, "Append the raw text's surface statistics (ttlora_moe/data/surface.py: length, case, punctuation, "
+        True, "Append the raw text's surface statistics (ttlora_moe/data/surface.py: length, case, punctuation, "
         "digits, a pair's word overlap) before the fragmentation: the out-of-scope detector reads them.")
     unknown_words: bool = option(
-        False, "Append the share of text's and text_pair's words the tokenizer does not hold whole "
+        True, "Append the share of text's and text_pair's words the tokenizer does not hold whole "
         "(ttlora_moe/data/unknown_words.py: invented words, Latin filler, other languages) after the surface "
         "statistics: the out-of-scope detector reads it.")
     fragmentation: bool = option(
@@ -84,6 +84,12 @@ class FeatureSpec(Section):
         """The spec a saved router was trained with (``router.json``'s ``features``): one saved before the
         fragmentation, the surface or the unknown words existed has none of them."""
         return cls.from_dict({"fragmentation": False, "surface": False, "unknown_words": False, **data})
+
+    @property
+    def row_statistics(self) -> dict[str, bool]:
+        """The options of :func:`~ttlora_moe.data.batching.tokenize` for the raw text's statistics these features
+        append (a batch tokenised without them cannot be pooled into these features)."""
+        return {"surface": self.surface, "unknown_words": self.unknown_words}
 
     def latest_text_block(self, num_blocks: int) -> int:
         """Index, among the ``num_blocks`` pooled blocks of these features, of the latest state's ``text``: the
@@ -257,8 +263,7 @@ def compute_features(
     out: torch.Tensor | None = None
     for idx in tqdm(length_batches(rows, batch_size), desc=desc, leave=False, disable=not progress,
                     file=sys.stderr, dynamic_ncols=True):
-        batch = tokenize(base.tokenizer, [rows[i] for i in idx], spec.max_length, surface=spec.surface,
-                         unknown_words=spec.unknown_words)
+        batch = tokenize(base.tokenizer, [rows[i] for i in idx], spec.max_length, **spec.row_statistics)
         feats = batch_features(base, batch, spec)
         if out is None:
             out = torch.empty(len(rows), feats.shape[1])

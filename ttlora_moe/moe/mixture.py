@@ -108,7 +108,7 @@ class MixtureOfExperts(nn.Module):
         self.second_router = None if second_look is None else second_look.router  # a submodule: .to() moves it
         # batches carry the raw text's surface statistics and unknown words only for features that read them
         specs = [feature_spec] + ([] if second_look is None else [second_look.spec])
-        self.row_statistics = {name: any(getattr(s, name) for s in specs) for name in ("surface", "unknown_words")}
+        self.row_statistics = {name: any(s.row_statistics[name] for s in specs) for name in feature_spec.row_statistics}
         layout = expert_meta[0].get("layout") or {}
         self.adapter_path = choose_path(adapter_path, layout, len(experts), merged_cache_mb)
         self._attach(expert_tensors, expert_meta)
@@ -176,6 +176,11 @@ class MixtureOfExperts(nn.Module):
         return self.head_weight.device
 
     @torch.no_grad()
+    def tokenize_rows(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """``rows`` tokenised as this mixture reads them: at its length, with the raw text's statistics its routers
+        read and, for experts that score options, the option masks (what :meth:`route` and :meth:`single_pass` take)."""
+        return tokenize(self.base.tokenizer, rows, self.max_length, options=self.reads_options, **self.row_statistics)
+
     def route(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Routing pass: ``(expert index or -1, confidence, router probabilities, out-of-scope score)`` per input."""
         with self.routing(None):
@@ -300,8 +305,7 @@ class MixtureOfExperts(nn.Module):
         texts = [i for i, r in enumerate(rows) if r["text"].strip() or (r.get("text_pair") or "").strip()]
         for idx in tqdm(length_batches(rows, batch_size, texts), desc="predict", leave=False, disable=not progress,
                         file=sys.stderr, dynamic_ncols=True):
-            batch = tokenize(self.base.tokenizer, [rows[i] for i in idx], self.max_length, options=self.reads_options,
-                             **self.row_statistics)
+            batch = self.tokenize_rows([rows[i] for i in idx])
             if force_expert is None and self.route_after_layer is not None:
                 index, confidence, router_probs, score, logits = self.single_pass(batch)
             else:
