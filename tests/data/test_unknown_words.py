@@ -82,3 +82,7 @@ def test_verdicts_are_cached_per_tokenizer_bounded_and_shared_by_threads(word_le
         assert torch.equal(shares, torch.cat([want[i:], want[:i]]))
     unknown_word_shares(word_level, [{"text": "zebra yak", "text_pair": None}])  # two new words: over the bound
     assert set(unknown_words._VERDICTS[word_level]) == {"zebra", "yak"}
+    # a run of letters longer than any word is unknown without asking the tokenizer, and takes no cache
+    shares = unknown_word_shares(word_level, [{"text": "zebra " + "cat" * 5000, "text_pair": None}])
+    assert float(shares[0, 0]) == pytest.approx(2 / (2 + PRIOR_WORDS))  # zebra is no word of this vocabulary either
+    assert set(unknown_words._VERDICTS[word_level]) == {"zebra", "yak"}

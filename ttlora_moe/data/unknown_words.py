@@ -22,7 +22,8 @@ import torch
 UNKNOWN_COLUMNS = 2  # text, text_pair
 PRIOR_WORDS = 4  # known words every text is credited with: one strange word in a short row is not strange
 MAX_WORDS = 64  # the first words of a text that count (a passage's share is settled long before its end)
-CACHED_WORDS = 100_000  # verdicts each tokenizer keeps (about 10 MB; then its cache starts over)
+MAX_WORD_CHARS = 40  # longer runs of letters are no word of any vocabulary: unknown, never asked nor cached
+CACHED_WORDS = 100_000  # verdicts each tokenizer keeps (at most ~15 MB; then its cache starts over)
 _WORD = re.compile(r"[^\W\d_]+")  # runs of letters: digits, symbols and punctuation are the fragmentation's
 # word -> known, per tokenizer: serving meets the same words again and again, and asking the tokenizer costs
 # ~5 us a word. The verdicts are facts of the tokenizer, never of a call, so threads share them safely.
@@ -44,10 +45,10 @@ def _pieces(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 
 def known_words(tokenizer: Any, words: Iterable[str]) -> dict[str, bool]:
     """Whether the tokenizer holds each word whole: no more pieces than a common word (" the") takes, none of them
-    its unknown token."""
+    its unknown token, and at most :data:`MAX_WORD_CHARS` letters."""
     with _VERDICTS_LOCK:
         cache = _VERDICTS.setdefault(tokenizer, {})
-    verdicts = {w: cache.get(w) for w in words}
+    verdicts = {w: cache.get(w) if len(w) <= MAX_WORD_CHARS else False for w in words}
     new = [w for w, known in verdicts.items() if known is None]
     if new:
         pieces = _pieces(tokenizer, [" the"] + [" " + w for w in new])
