@@ -77,6 +77,7 @@ benchmarks/out_of_scope.py measures every method leave-one-task-out; the README 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Any
 
@@ -212,10 +213,10 @@ class OutOfScopeDetector(nn.Module):
         self.unknown_level, self.unknown_offset = float(unknown_level), int(unknown_offset)
         self.unknown_floor = -math.log1p(-self.unknown_level)  # the surprisal of that quantile: below it, none
         width = 0 if method == "confidence" else (dim // block) * block
-        q = 0 if method == "confidence" else components
+        q = 0 if method == "confidence" else int(components)
         self.register_buffer("center", torch.zeros(width))
         self.register_buffer("components", torch.zeros(q, width))
-        self.register_buffer("bank", torch.zeros(0 if method == "confidence" else bank_rows, q))
+        self.register_buffer("bank", torch.zeros(0 if method == "confidence" else int(bank_rows), q))
         self.register_buffer("scales", torch.tensor([[0.0, 1.0]] * 3))  # (median, spread) of distance, residual, surprise
         self.register_buffer("threshold", torch.tensor(math.inf))
         if method in SURPRISALS:  # only then, so that routers saved before them load unchanged
@@ -252,6 +253,25 @@ class OutOfScopeDetector(nn.Module):
             self.register_buffer("surface_whiten", torch.zeros(width, width))
             self.register_buffer("surface_mix_mean", torch.zeros(width))
             self.register_buffer("surface_whiten_mix", torch.zeros(width, width))
+
+    def arguments(self) -> dict[str, Any]:
+        """The constructor's arguments besides ``dim`` and ``num_experts``: what router.json keeps to rebuild it."""
+        return {"method": self.method, "block": self.block, "components": int(self.components.shape[0]),
+                "bank_rows": int(self.bank.shape[0]), "k": self.k, "confidence_weight": self.confidence_weight,
+                "lexical_weight": self.lexical_weight, "task_covariance_weight": self.task_covariance_weight,
+                "state_weight": self.state_weight, "state_block": self.state_block,
+                "surface_weight": self.surface_weight, "surface_offset": self.surface_offset,
+                "unknown_weight": self.unknown_weight, "unknown_level": self.unknown_level,
+                "unknown_offset": self.unknown_offset}
+
+    @classmethod
+    def rebuilt(cls, dim: int, num_experts: int, saved: dict[str, Any]) -> OutOfScopeDetector:
+        """An empty detector of the shape :meth:`arguments` saved (its buffers load from the router's tensors); a term
+        saved before it existed is off. ``saved`` may hold more keys (the threshold)."""
+        required = ("block", "components", "bank_rows", "k", "method", "confidence_weight")
+        optional = set(inspect.signature(cls.__init__).parameters) - {"self", "dim", "num_experts", *required}
+        return cls(int(dim), num_experts=int(num_experts), **{k: saved[k] for k in required},
+                   **{k: saved[k] for k in optional if k in saved})
 
     def _project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(block-normalised centred features, their coordinates on the principal directions)."""
@@ -326,8 +346,7 @@ class OutOfScopeDetector(nn.Module):
 
     def unknown_words(self, features: torch.Tensor) -> torch.Tensor:
         """``[B]``: the larger unknown-word share (:mod:`ttlora_moe.data.unknown_words`) of ``text`` and ``text_pair``."""
-        stop = features.shape[1] - self.unknown_offset
-        return features[:, stop - UNKNOWN_COLUMNS:stop].float().amax(1)
+        return _tail_max(features, UNKNOWN_COLUMNS, self.unknown_offset)
 
     def task_log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
         """``[B, E]``: log P(task | input) under the ``relative`` method's Gaussians (shared covariance, equal
@@ -340,7 +359,7 @@ class OutOfScopeDetector(nn.Module):
     @staticmethod
     def fragmentation(features: torch.Tensor) -> torch.Tensor:
         """``[B]``: the larger fragmentation (log tokens per word) of ``text`` and ``text_pair``, the last columns."""
-        return features[:, -FRAGMENTATION_COLUMNS:].float().amax(1)
+        return _tail_max(features, FRAGMENTATION_COLUMNS, 0)
 
     def doubt(self, confidence: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
         """``[B]``: ``-log(confidence)`` on the validation scale of the expert each input is routed to."""
@@ -380,6 +399,13 @@ class OutOfScopeDetector(nn.Module):
             return score
         sc, ss = self.scales[2].tolist()
         return score + self.confidence_weight * (surprise - sc) / ss
+
+
+def _tail_max(features: torch.Tensor, width: int, offset: int) -> torch.Tensor:
+    """``[B]``: the largest of the ``width`` columns (e.g. one of ``text``, one of ``text_pair``) that end ``offset``
+    columns before the features' end."""
+    stop = features.shape[1] - offset
+    return features[:, stop - width:stop].float().amax(1)
 
 
 def _robust_scale(values: torch.Tensor, floor: float) -> list[float]:

@@ -485,14 +485,7 @@ def save_router(directory: Path, router: Router, meta: dict[str, Any]) -> None:
         "format": ROUTER_FORMAT, "kind": router.kind, "in_dim": router.in_dim, "num_experts": router.num_experts,
         "hidden": router.hidden, "temperature": float(router.temperature), "threshold": float(router.threshold),
         "generative_weight": router.generative_weight,
-        "out_of_scope": None if detector is None else {
-            "method": detector.method, "block": detector.block, "components": int(detector.components.shape[0]),
-            "bank_rows": int(detector.bank.shape[0]), "k": detector.k, "confidence_weight": detector.confidence_weight,
-            "lexical_weight": detector.lexical_weight, "task_covariance_weight": detector.task_covariance_weight,
-            "state_weight": detector.state_weight, "state_block": detector.state_block,
-            "surface_weight": detector.surface_weight, "surface_offset": detector.surface_offset,
-            "unknown_weight": detector.unknown_weight, "unknown_level": detector.unknown_level,
-            "unknown_offset": detector.unknown_offset, "threshold": float(detector.threshold)},
+        "out_of_scope": None if detector is None else {**detector.arguments(), "threshold": float(detector.threshold)},
         **meta,
     })
 
@@ -505,17 +498,7 @@ def load_router(directory: Path) -> tuple[Router, dict[str, Any]]:
     meta_path = directory / ROUTER_META
     meta = read_format_json(meta_path, ROUTER_FORMAT, "rebuild the bundle")
     oos = meta.get("out_of_scope")  # routers written before 0.2 have none: they abstain on confidence
-    detector = None if not oos else OutOfScopeDetector(int(meta["in_dim"]), int(oos["block"]), int(oos["components"]),
-                                                      int(oos["bank_rows"]), int(oos["k"]), oos["method"],
-                                                      float(oos["confidence_weight"]), int(meta["num_experts"]),
-                                                      float(oos.get("lexical_weight", 0.0)),  # routers saved before it: none
-                                                      float(oos.get("task_covariance_weight", 0.0)),
-                                                      float(oos.get("state_weight", 0.0)), int(oos.get("state_block", 0)),
-                                                      float(oos.get("surface_weight", 0.0)),
-                                                      int(oos.get("surface_offset", 0)),
-                                                      float(oos.get("unknown_weight", 0.0)),
-                                                      float(oos.get("unknown_level", 0.0)),
-                                                      int(oos.get("unknown_offset", 0)))
+    detector = None if not oos else OutOfScopeDetector.rebuilt(meta["in_dim"], meta["num_experts"], oos)
     router = Router(int(meta["in_dim"]), int(meta["num_experts"]), meta["kind"], int(meta.get("hidden", 256)), 0.0, detector)
     tensors = load_tensors(directory / ROUTER_WEIGHTS)
     try:
