@@ -52,8 +52,23 @@ def _records(model_input: Any) -> list[Any]:
         return [{"text": model_input}]
     if isinstance(model_input, COLUMN_TYPES):
         return list(model_input)
-    raise BadInput(f"the request is a {type(model_input).__name__}, not rows",
+    raise BadInput(f"the request is {json_kind(model_input)}, not rows",
                    'send {"dataframe_records": [{"text": ..., "text_pair": ...}, ...]}')
+
+
+def json_kind(value: Any) -> str:
+    """What ``value`` is, in the words of the JSON a client sent: ``a number``, ``an array``, ``an object``, ``null``."""
+    if value is None:
+        return "null"
+    if isinstance(value, (bool, np.bool_)):
+        return "a boolean"
+    if isinstance(value, (int, float, np.number)):
+        return "a number"
+    if isinstance(value, (list, tuple, np.ndarray, pd.Series)):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
 
 
 def _missing(value: Any) -> bool:
@@ -70,7 +85,7 @@ def _field(index: int, record: dict[str, Any], name: str, required: bool) -> str
             raise BadInput(f"row {index}: field {name!r} is {got}", f"send a string in {name!r} for every row")
         return None
     if not isinstance(value, str):
-        raise BadInput(f"row {index}: field {name!r} is a {type(value).__name__} ({str(value)[:40]!r}), not text",
+        raise BadInput(f"row {index}: field {name!r} is {json_kind(value)} ({str(value)[:40]!r}), not text",
                        f"send {name!r} as a JSON string")
     check_unicode(value, f"row {index}: field {name!r}")
     return str(value)  # a plain str, also for numpy's
@@ -99,7 +114,7 @@ def request_rows(model_input: Any, limits: RequestLimits = RequestLimits()) -> l
         if isinstance(record, str):
             record = {"text": record}
         if not isinstance(record, dict):
-            raise BadInput(f"row {i} is a {type(record).__name__}, not an object", 'send {"text": ..., "text_pair": ...}')
+            raise BadInput(f"row {i} is {json_kind(record)}, not an object", 'send {"text": ..., "text_pair": ...}')
         unknown = sorted(str(k) for k in record if k not in FIELDS)
         if unknown:
             raise BadInput(f"row {i}: unknown field(s) {unknown}", f"send only {', '.join(FIELDS)}")
