@@ -81,7 +81,7 @@ class RouterConfig(Section):
     validation_per_task: int = option(400, "Validation rows per task for early stopping, temperature and threshold.")
     unlabelled_per_task: int = option(
         1000, "Extra training inputs per task from its prepared unlabelled.parquet when that file exists (0: never).")
-    false_abstain_rate: float = option(0.015, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
+    false_abstain_rate: float = option(0.0125, "Share of in-scope validation inputs allowed to abstain; sets the threshold.")
     out_of_scope: dict[str, Any] = option(
         dict(DEFAULTS),
         "Out-of-scope detector (see moe/out_of_scope.py): method knn (distance to the training mix), "
