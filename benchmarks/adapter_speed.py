@@ -8,7 +8,9 @@ weight, each sample's rank-r factors of ``ΔW``, the per-sample contraction, or 
 one-expert batch, factors for a mixed one; ``ttlora_moe.moe.expert_linear``), each sample's head
 included; its ``auto`` is also given against the base as one task's classifier (the base, mean
 pooling and one linear head: what one fine-tuned model serves), and its adapted forward alone
-(``auto_forward``: no pooling, no heads) against the base's forward. Forward
+(``auto_forward``: no pooling, no heads) against the base's forward; ``base_again`` times the base's forward a
+second time in the same rounds, so its ratio (1 but for noise) shows how far this machine's noise moves a ratio at
+each batch size. Forward
 latency is the median of several rounds after warm-up (288 at batch 1, down to 15 from batch 32: a
 small batch is fast and noisy), the modes timed in turn within each round, in a shuffled order (so they
 share the machine's drift); a ratio is the median over rounds of the ratio within a round. Memory is
@@ -183,6 +185,7 @@ def mixture_rows(rounds: dict[int, int], device: torch.device, experts: int = 6)
         enc = plain.tokenizer(sentences[:bs], padding=True, return_tensors="pt").to(device)
         index = torch.arange(bs, device=device) % experts
         calls = {"base": lambda: plain.model(**enc),
+                 "base_again": lambda: plain.model(**enc),  # the same call twice: what this machine's noise reads as
                  "classifier": lambda: head(pool(plain.model(**enc).last_hidden_state, enc["attention_mask"],
                                                  plain.pooling))}
         calls.update({path: (lambda m=moe: m.expert_logits(enc["input_ids"], enc["attention_mask"], index))
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows:
         row["device"] = str(device)
     columns = ["level", "batch", "base_ms", "contraction_x", "reconstruction_x", "merged_x", "factored_x", "contract_x",
-               "auto_x", "auto_forward_x", "auto_vs_classifier_x",
+               "auto_x", "auto_forward_x", "auto_vs_classifier_x", "base_again_x",
                "base_bytes", "contraction_bytes", "reconstruction_bytes"]
     table = markdown_table(rows, columns)
     write_results("adapter_speed", {"rows": rows, "quick": args.quick, "device": str(device)}, table)

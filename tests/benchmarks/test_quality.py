@@ -112,6 +112,7 @@ def test_adapter_speed_reports_every_mode(project, bench_results):
             assert row[f"{m}_x"] > 0
         if row["level"].startswith("mixture"):  # also against the base as one task's classifier, and its forward alone
             assert row["auto_vs_classifier_x"] > 0 and row["auto_forward_x"] > 0
+            assert row["base_ms"] > 0 and row["base_again_ms"] > 0 and row["base_again_x"] > 0  # the noise control
 
 
 def test_fusion_vs_moe_puts_our_bundle_beside_adapterfusion_on_the_same_rows(project, bench_results, tmp_path):
