@@ -126,12 +126,17 @@ def sweep_options(specs: list[str], configured: dict[str, Any]) -> list[dict[str
     combos: list[dict[str, Any]] = []
     for values in itertools.product(*grid.values()):
         combo = dict(zip(grid, values))
-        check_options({**configured, **{k: v for k, v in combo.items() if k != RATE}})
+        check_options({**configured, **split_rate(combo, None)[1]})
         if not {**configured, **combo}.get("task_covariance") and "task_covariance_weight" in combo:
             combo["task_covariance_weight"] = configured.get("task_covariance_weight")
         if combo not in combos:
             combos.append(combo)
     return combos
+
+
+def split_rate(options: dict[str, Any], configured: float | None) -> tuple[float | None, dict[str, Any]]:
+    """(the :data:`RATE` of a sweep combination, else ``configured``; its ``router.out_of_scope`` options)."""
+    return options.get(RATE, configured), {k: v for k, v in options.items() if k != RATE}
 
 
 def refit(router, data: dict[str, tuple[torch.Tensor, torch.Tensor]], val_routed: tuple, config: RouterConfig,
@@ -140,8 +145,7 @@ def refit(router, data: dict[str, tuple[torch.Tensor, torch.Tensor]], val_routed
     and rows as the configured one (``val_routed``: the router's outputs on the validation rows)."""
     (train_x, train_y), (val_x, val_y) = data["train"], data["validation"]
     _, confidence, probs, _ = val_routed
-    rate = options.get(RATE, config.false_abstain_rate)
-    detector_options = {k: v for k, v in options.items() if k != RATE}
+    rate, detector_options = split_rate(options, config.false_abstain_rate)
     return fit_detector(train_x, train_y, val_x, confidence, probs.argmax(-1), task_weights(val_y, router.num_experts),
                         router.num_experts, block, {**config.out_of_scope, **detector_options}, rate,
                         config.seed, *feature_layout(config, train_x.shape[1], block))

@@ -175,12 +175,12 @@ class MixtureOfExperts(nn.Module):
     def device(self) -> torch.device:
         return self.head_weight.device
 
-    @torch.no_grad()
     def tokenize_rows(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """``rows`` tokenised as this mixture reads them: at its length, with the raw text's statistics its routers
         read and, for experts that score options, the option masks (what :meth:`route` and :meth:`single_pass` take)."""
         return tokenize(self.base.tokenizer, rows, self.max_length, options=self.reads_options, **self.row_statistics)
 
+    @torch.no_grad()
     def route(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Routing pass: ``(expert index or -1, confidence, router probabilities, out-of-scope score)`` per input."""
         with self.routing(None):

@@ -64,7 +64,7 @@ def json_kind(value: Any) -> str:
         return "a boolean"
     if isinstance(value, (int, float, np.number)):
         return "a number"
-    if isinstance(value, (list, tuple, np.ndarray, pd.Series)):
+    if isinstance(value, COLUMN_TYPES):
         return "an array"
     if isinstance(value, dict):
         return "an object"
